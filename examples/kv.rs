@@ -1,0 +1,126 @@
+//! A JSON API over the session, to poke at sessions with curl and to drive
+//! black-box tests.
+//!
+//! ```sh
+//! SESSION_SECURE=false cargo run --example kv
+//! curl -c jar -b jar -X PUT localhost:3000/session/name -d '"ann"'
+//! curl -c jar -b jar localhost:3000/session
+//! ```
+//!
+//! Environment:
+//! - `PORT`: port on 127.0.0.1 (default 3000);
+//! - `SESSION_SECRET`: the key, at least 32 bytes (generated, with a
+//!   warning, when unset);
+//! - `SESSION_SECURE=false`: no `Secure` attribute, for plain http;
+//! - `SESSION_CODEC`: `signed` (the default and, for now, the only one);
+//! - `SESSION_STORE`: `cookie` (the default and, for now, the only one).
+//!
+//! Routes: `GET /session`, `PUT /session/{key}` (JSON body),
+//! `DELETE /session/{key}`, `POST /session/clear`,
+//! `POST /session/permanent` (body `true` or `false`); each answers with
+//! the whole session as a JSON object.
+
+use std::process::ExitCode;
+
+use axum::extract::Path;
+use axum::routing::{get, post, put};
+use axum::{Json, Router};
+use serde_json::{Map, Value};
+use session_layer::{Key, Session, SessionLayer};
+
+type Reply = Result<Json<Map<String, Value>>, session_layer::Error>;
+
+async fn show(session: Session) -> Reply {
+    Ok(Json(session.to_map()))
+}
+
+async fn set(session: Session, Path(key): Path<String>, Json(value): Json<Value>) -> Reply {
+    session.insert_value(key, value);
+    Ok(Json(session.to_map()))
+}
+
+async fn remove(session: Session, Path(key): Path<String>) -> Reply {
+    session.remove_value(&key);
+    Ok(Json(session.to_map()))
+}
+
+async fn clear(session: Session) -> Reply {
+    session.clear();
+    Ok(Json(session.to_map()))
+}
+
+async fn permanent(session: Session, Json(permanent): Json<bool>) -> Reply {
+    session.set_permanent(permanent);
+    Ok(Json(session.to_map()))
+}
+
+fn layer() -> Result<SessionLayer, String> {
+    let key = match std::env::var("SESSION_SECRET") {
+        Ok(_) => Key::from_env("SESSION_SECRET").map_err(|e| e.to_string())?,
+        Err(_) => {
+            eprintln!(
+                "warning: SESSION_SECRET is unset; using a random key, sessions end with the process"
+            );
+            Key::generate()
+        }
+    };
+    match std::env::var("SESSION_CODEC").as_deref() {
+        Err(_) | Ok("signed") => {}
+        Ok(other) => {
+            return Err(format!(
+                "SESSION_CODEC={other:?} is not supported; use signed"
+            ));
+        }
+    }
+    match std::env::var("SESSION_STORE").as_deref() {
+        Err(_) | Ok("cookie") => {}
+        Ok(other) => {
+            return Err(format!(
+                "SESSION_STORE={other:?} is not supported; use cookie"
+            ));
+        }
+    }
+    let secure = match std::env::var("SESSION_SECURE").as_deref() {
+        Err(_) | Ok("true") => true,
+        Ok("false") => false,
+        Ok(other) => return Err(format!("SESSION_SECURE={other:?}: use true or false")),
+    };
+    Ok(SessionLayer::new(key).secure(secure))
+}
+
+fn app(layer: SessionLayer) -> Router {
+    Router::new()
+        .route("/session", get(show))
+        .route("/session/{key}", put(set).delete(remove))
+        .route("/session/clear", post(clear))
+        .route("/session/permanent", post(permanent))
+        .layer(layer)
+}
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+        .init();
+    let layer = match layer() {
+        Ok(layer) => layer,
+        Err(message) => {
+            eprintln!("error: {message}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let port = std::env::var("PORT").unwrap_or_else(|_| "3000".into());
+    let listener = match tokio::net::TcpListener::bind(format!("127.0.0.1:{port}")).await {
+        Ok(listener) => listener,
+        Err(e) => {
+            eprintln!("error: cannot listen on 127.0.0.1:{port}: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    println!("listening on http://127.0.0.1:{port}");
+    if let Err(e) = axum::serve(listener, app(layer)).await {
+        eprintln!("error: {e}");
+        return ExitCode::FAILURE;
+    }
+    ExitCode::SUCCESS
+}

@@ -1,0 +1,114 @@
+//! Cookie formats. Each codec turns a session's data into one cookie value
+//! and back; it knows nothing of HTTP or stores.
+
+mod signed;
+
+use std::fmt;
+
+pub use signed::SignedCodec;
+
+/// A session's data: JSON values by string key, kept in key order.
+pub type SessionData = serde_json::Map<String, serde_json::Value>;
+
+/// How far in the future an issue time may lie before a cookie is refused:
+/// enough for clocks of servers behind one load balancer to disagree.
+pub const MAX_CLOCK_SKEW: u64 = 60;
+
+/// A cookie value that verified.
+#[derive(Debug, Clone, PartialEq)]
+#[non_exhaustive]
+pub struct Decoded {
+    /// The session's data.
+    pub data: SessionData,
+    /// Whether the session was marked permanent when it was written.
+    pub permanent: bool,
+    /// When it was written, in seconds since the Unix epoch.
+    pub issued_at: u64,
+    /// Whether a fallback key, not the current one, verified it; the layer
+    /// then re-signs it with the current key.
+    pub by_fallback_key: bool,
+}
+
+/// Why a cookie value was refused. The layer treats each as "no session"
+/// and logs it at debug level; none of them is an error of the server.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum DecodeError {
+    /// Not valid unpadded base64url.
+    Encoding,
+    /// Too short to hold an envelope.
+    Truncated,
+    /// An envelope version this build does not know.
+    UnknownVersion,
+    /// No key of the keyring verifies it: forged, altered, or signed with a
+    /// retired key or for another cookie name.
+    BadSignature,
+    /// Older than the maximum age.
+    Expired,
+    /// Issued further in the future than [`MAX_CLOCK_SKEW`] allows.
+    FromTheFuture,
+    /// Authentic, but the contents are not a session (bad flags or JSON).
+    Malformed,
+    /// Longer than any cookie the layer writes.
+    TooLarge,
+}
+
+impl fmt::Display for DecodeError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Self::Encoding => "not base64url",
+            Self::Truncated => "truncated",
+            Self::UnknownVersion => "unknown envelope version",
+            Self::BadSignature => "bad signature",
+            Self::Expired => "expired",
+            Self::FromTheFuture => "issued in the future",
+            Self::Malformed => "malformed contents",
+            Self::TooLarge => "too large",
+        })
+    }
+}
+
+impl std::error::Error for DecodeError {}
+
+/// Refuses an issue time older than `max_age` or beyond the skew allowance.
+fn check_age(issued_at: u64, now: u64, max_age: u64) -> Result<(), DecodeError> {
+    if issued_at > now.saturating_add(MAX_CLOCK_SKEW) {
+        return Err(DecodeError::FromTheFuture);
+    }
+    if now.saturating_sub(issued_at) > max_age {
+        return Err(DecodeError::Expired);
+    }
+    Ok(())
+}
+
+/// The codec a layer is configured with.
+#[derive(Debug, Clone)]
+pub(crate) enum Codec {
+    Signed(SignedCodec),
+}
+
+impl Codec {
+    pub(crate) fn encode(
+        &self,
+        name: &str,
+        data: &SessionData,
+        permanent: bool,
+        now: u64,
+    ) -> String {
+        match self {
+            Self::Signed(codec) => codec.encode(name, data, permanent, now),
+        }
+    }
+
+    pub(crate) fn decode(
+        &self,
+        name: &str,
+        value: &str,
+        now: u64,
+        max_age: u64,
+    ) -> Result<Decoded, DecodeError> {
+        match self {
+            Self::Signed(codec) => codec.decode(name, value, now, max_age),
+        }
+    }
+}

@@ -1,0 +1,253 @@
+//! Cookie attributes, lifetime and refresh policy: everything the layer is
+//! told at construction, and the Set-Cookie lines it derives from that.
+
+use std::fmt;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use cookie::Cookie;
+use cookie::time::OffsetDateTime;
+use http::HeaderValue;
+
+/// Flask's `PERMANENT_SESSION_LIFETIME` default.
+pub(crate) const DEFAULT_LIFETIME: Duration = Duration::from_secs(31 * 24 * 60 * 60);
+
+/// A permanent session is re-issued at most this often when only read.
+pub(crate) const DEFAULT_REFRESH_INTERVAL: Duration = Duration::from_secs(60);
+
+/// The `SameSite` attribute of the session cookie.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum SameSite {
+    /// Sent only on same-site requests.
+    Strict,
+    /// Sent on same-site requests and top-level cross-site navigations: the
+    /// default, which blocks most CSRF while keeping links into the site
+    /// logged in.
+    Lax,
+    /// Sent on every request; browsers require `Secure` with it.
+    None,
+}
+
+/// The clock the layer reads the time from, as seconds since the Unix epoch.
+pub(crate) type Clock = Arc<dyn Fn() -> SystemTime + Send + Sync>;
+
+/// Cookie attributes and session lifetime policy.
+#[derive(Clone)]
+pub(crate) struct Config {
+    pub(crate) name: Box<str>,
+    pub(crate) path: Box<str>,
+    pub(crate) domain: Option<Box<str>>,
+    pub(crate) secure: bool,
+    pub(crate) http_only: bool,
+    pub(crate) same_site: SameSite,
+    pub(crate) partitioned: bool,
+    pub(crate) lifetime: Duration,
+    pub(crate) refresh_each_request: bool,
+    pub(crate) refresh_interval: Duration,
+    pub(crate) skip_paths: Vec<Box<str>>,
+    pub(crate) persist_on_server_error: bool,
+    pub(crate) clock: Clock,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            name: "session".into(),
+            path: "/".into(),
+            domain: None,
+            secure: true,
+            http_only: true,
+            same_site: SameSite::Lax,
+            partitioned: false,
+            lifetime: DEFAULT_LIFETIME,
+            refresh_each_request: true,
+            refresh_interval: DEFAULT_REFRESH_INTERVAL,
+            skip_paths: Vec::new(),
+            persist_on_server_error: false,
+            clock: Arc::new(SystemTime::now),
+        }
+    }
+}
+
+impl fmt::Debug for Config {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Config")
+            .field("name", &self.name)
+            .field("path", &self.path)
+            .field("domain", &self.domain)
+            .field("secure", &self.secure)
+            .field("http_only", &self.http_only)
+            .field("same_site", &self.same_site)
+            .field("partitioned", &self.partitioned)
+            .field("lifetime", &self.lifetime)
+            .field("refresh_each_request", &self.refresh_each_request)
+            .field("refresh_interval", &self.refresh_interval)
+            .field("skip_paths", &self.skip_paths)
+            .field("persist_on_server_error", &self.persist_on_server_error)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Config {
+    /// Seconds since the Unix epoch by the configured clock (0 before it).
+    pub(crate) fn now(&self) -> u64 {
+        (self.clock)()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs())
+    }
+
+    /// Whether requests to `path` bypass the layer: a skip path matches
+    /// itself and everything below it, on segment boundaries (`/static`
+    /// matches `/static` and `/static/app.js`, not `/staticfoo`).
+    pub(crate) fn is_skipped(&self, path: &str) -> bool {
+        self.skip_paths.iter().any(|prefix| {
+            let prefix = prefix.trim_end_matches('/');
+            path.strip_prefix(prefix)
+                .is_some_and(|rest| rest.is_empty() || rest.starts_with('/'))
+        })
+    }
+
+    /// The Set-Cookie value that stores `value`; a permanent cookie carries
+    /// Max-Age and Expires from the lifetime, any other lasts the browser
+    /// session.
+    pub(crate) fn set_cookie(&self, value: &str, permanent: bool, now: u64) -> String {
+        let mut cookie = self.base_cookie(value);
+        if permanent {
+            let max_age = cookie::time::Duration::seconds(
+                i64::try_from(self.lifetime.as_secs()).unwrap_or(i64::MAX),
+            );
+            cookie.set_max_age(max_age);
+            cookie.set_expires(expires_at(now, self.lifetime));
+        }
+        cookie.to_string()
+    }
+
+    /// The Set-Cookie value that deletes the cookie: same name, Path and
+    /// Domain (a browser only deletes the cookie they match), empty value,
+    /// Max-Age=0 and an Expires in the past.
+    pub(crate) fn removal_cookie(&self) -> String {
+        let mut cookie = self.base_cookie("");
+        cookie.set_max_age(cookie::time::Duration::ZERO);
+        cookie.set_expires(OffsetDateTime::UNIX_EPOCH);
+        cookie.to_string()
+    }
+
+    fn base_cookie<'a>(&'a self, value: &'a str) -> Cookie<'a> {
+        let mut cookie = Cookie::new(&*self.name, value);
+        cookie.set_path(&*self.path);
+        if let Some(domain) = &self.domain {
+            cookie.set_domain(&**domain);
+        }
+        cookie.set_secure(self.secure);
+        cookie.set_http_only(self.http_only);
+        cookie.set_same_site(match self.same_site {
+            SameSite::Strict => cookie::SameSite::Strict,
+            SameSite::Lax => cookie::SameSite::Lax,
+            SameSite::None => cookie::SameSite::None,
+        });
+        if self.partitioned {
+            cookie.set_partitioned(true);
+        }
+        cookie
+    }
+}
+
+fn expires_at(now: u64, lifetime: Duration) -> OffsetDateTime {
+    let at = now.saturating_add(lifetime.as_secs());
+    i64::try_from(at)
+        .ok()
+        .and_then(|at| OffsetDateTime::from_unix_timestamp(at).ok())
+        .unwrap_or(OffsetDateTime::new_utc(
+            cookie::time::Date::MAX,
+            cookie::time::Time::MIDNIGHT,
+        ))
+}
+
+/// A header value from a Set-Cookie line built by [`Config`]. Every byte
+/// of it comes from a validated cookie name, attribute or codec output, so
+/// failure is a bug in this crate.
+pub(crate) fn header_value(line: String) -> HeaderValue {
+    HeaderValue::try_from(line).expect("Set-Cookie lines are built from visible ASCII")
+}
+
+/// Whether `name` is a valid cookie name (an RFC 6265 token).
+pub(crate) fn is_cookie_name(name: &str) -> bool {
+    !name.is_empty()
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b))
+}
+
+/// Whether `value` may stand in a Set-Cookie attribute (Path, Domain):
+/// visible ASCII without `;`.
+pub(crate) fn is_attribute_value(value: &str) -> bool {
+    value
+        .bytes()
+        .all(|b| (0x21..0x7f).contains(&b) && b != b';')
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_are_the_secure_ones() {
+        let config = Config::default();
+        let line = config.set_cookie("v", false, 0);
+        assert_eq!(line, "session=v; HttpOnly; SameSite=Lax; Secure; Path=/");
+    }
+
+    #[test]
+    fn permanent_cookies_carry_max_age_and_expires() {
+        let config = Config {
+            lifetime: Duration::from_secs(3600),
+            ..Config::default()
+        };
+        let line = config.set_cookie("v", true, 1_700_000_000);
+        assert!(line.contains("Max-Age=3600"), "{line}");
+        assert!(
+            line.contains("Expires=Tue, 14 Nov 2023 23:13:20 GMT"),
+            "{line}"
+        );
+    }
+
+    #[test]
+    fn removal_keeps_path_and_domain() {
+        let config = Config {
+            path: "/app".into(),
+            domain: Some("example.com".into()),
+            partitioned: true,
+            ..Config::default()
+        };
+        let line = config.removal_cookie();
+        assert!(line.starts_with("session=;"), "{line}");
+        assert!(line.contains("Path=/app"), "{line}");
+        assert!(line.contains("Domain=example.com"), "{line}");
+        assert!(line.contains("Max-Age=0"), "{line}");
+        assert!(line.contains("Expires=Thu, 01 Jan 1970"), "{line}");
+        assert!(line.contains("Partitioned"), "{line}");
+    }
+
+    #[test]
+    fn skip_paths_match_on_segment_boundaries() {
+        let config = Config {
+            skip_paths: vec!["/static".into(), "/health/".into()],
+            ..Config::default()
+        };
+        assert!(config.is_skipped("/static"));
+        assert!(config.is_skipped("/static/app.js"));
+        assert!(config.is_skipped("/health"));
+        assert!(!config.is_skipped("/staticfoo"));
+        assert!(!config.is_skipped("/"));
+        assert!(!config.is_skipped("/api/static"));
+    }
+
+    #[test]
+    fn cookie_names_are_tokens() {
+        assert!(is_cookie_name("session"));
+        assert!(is_cookie_name("__Host-session"));
+        for bad in ["", "a b", "a;b", "a=b", "a,b", "sé"] {
+            assert!(!is_cookie_name(bad), "{bad:?}");
+        }
+    }
+}

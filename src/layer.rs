@@ -1,0 +1,268 @@
+//! `SessionLayer`: the configuration builder and `impl Layer`.
+
+use std::sync::{Arc, Once};
+use std::time::{Duration, SystemTime};
+
+use tower_layer::Layer;
+
+use crate::codec::{Codec, DecodeError, Decoded, SessionData, SignedCodec};
+use crate::config::{self, Config, SameSite};
+use crate::cookies::MAX_COOKIE_LEN;
+use crate::error::{DefaultErrorHandler, Error, ErrorKind};
+use crate::key::Keyring;
+use crate::service::SessionService;
+
+/// A Tower layer that gives every request a [`Session`](crate::Session)
+/// and writes it back to cookies on the response.
+///
+/// ```
+/// use axum::{Router, routing::get};
+/// use session_layer::{Key, Session, SessionLayer};
+///
+/// async fn count(session: Session) -> Result<String, session_layer::Error> {
+///     let n = session.update("n", |n: Option<u64>| n.unwrap_or(0) + 1)?;
+///     Ok(n.to_string())
+/// }
+///
+/// let app: Router = Router::new()
+///     .route("/", get(count))
+///     .layer(SessionLayer::new(Key::generate()).skip_path("/static"));
+/// ```
+///
+/// The defaults are the safe ones: cookie `session`, `Path=/`, no
+/// `Domain`, `Secure`, `HttpOnly`, `SameSite=Lax`, a 31-day lifetime (as
+/// Flask's), and permanent sessions refreshed at most once a minute.
+#[derive(Debug, Clone)]
+#[must_use]
+pub struct SessionLayer<H = DefaultErrorHandler> {
+    shared: Arc<Shared>,
+    error_handler: H,
+}
+
+/// What every request of one layer shares: configuration and codec.
+#[derive(Debug, Clone)]
+pub(crate) struct Shared {
+    pub(crate) config: Config,
+    pub(crate) codec: Codec,
+}
+
+impl Shared {
+    /// Verifies one cookie value of the request.
+    pub(crate) fn decode_cookie(&self, value: &[u8]) -> Result<Decoded, DecodeError> {
+        if value.len() > MAX_COOKIE_LEN {
+            return Err(DecodeError::TooLarge);
+        }
+        let value = std::str::from_utf8(value).map_err(|_| DecodeError::Encoding)?;
+        let now = self.config.now();
+        self.codec.decode(
+            &self.config.name,
+            value,
+            now,
+            self.config.lifetime.as_secs(),
+        )
+    }
+
+    /// The Set-Cookie line that stores `data`, or an error if browsers
+    /// would drop it for its size.
+    pub(crate) fn set_cookie(
+        &self,
+        data: &SessionData,
+        permanent: bool,
+        now: u64,
+    ) -> Result<String, Error> {
+        let value = self.codec.encode(&self.config.name, data, permanent, now);
+        let line = self.config.set_cookie(&value, permanent, now);
+        if line.len() > MAX_COOKIE_LEN {
+            return Err(Error::with_message(
+                ErrorKind::CookieTooLarge,
+                format!(
+                    "the Set-Cookie line would be {} bytes; browsers keep at most {MAX_COOKIE_LEN}",
+                    line.len()
+                ),
+            ));
+        }
+        Ok(line)
+    }
+}
+
+impl SessionLayer {
+    /// A layer keeping sessions in cookies signed with HMAC-SHA256 by the
+    /// current key of `keys` (a [`Key`](crate::Key) or a
+    /// [`Keyring`] with fallbacks).
+    pub fn new(keys: impl Into<Keyring>) -> Self {
+        Self {
+            shared: Arc::new(Shared {
+                config: Config::default(),
+                codec: Codec::Signed(SignedCodec::new(keys.into())),
+            }),
+            error_handler: DefaultErrorHandler,
+        }
+    }
+}
+
+impl<H> SessionLayer<H> {
+    fn config(&mut self) -> &mut Config {
+        &mut Arc::make_mut(&mut self.shared).config
+    }
+
+    /// The cookie's name (default `session`).
+    ///
+    /// # Panics
+    /// When `name` is not a valid cookie name (an RFC 6265 token: no
+    /// spaces, separators or control characters): a programming error,
+    /// caught at start-up.
+    pub fn cookie_name(mut self, name: &str) -> Self {
+        assert!(
+            config::is_cookie_name(name),
+            "{name:?} is not a valid cookie name"
+        );
+        self.config().name = name.into();
+        self
+    }
+
+    /// The cookie's `Path` (default `/`).
+    ///
+    /// # Panics
+    /// When `path` holds a `;`, a space or a control character.
+    pub fn path(mut self, path: &str) -> Self {
+        assert!(
+            config::is_attribute_value(path),
+            "{path:?} is not a valid cookie Path"
+        );
+        self.config().path = path.into();
+        self
+    }
+
+    /// The cookie's `Domain` (default none: the cookie goes back only to
+    /// the host that set it, which is the safest choice).
+    ///
+    /// # Security
+    /// With a domain, every subdomain receives the session cookie.
+    ///
+    /// # Panics
+    /// When `domain` holds a `;`, a space or a control character.
+    pub fn domain(mut self, domain: &str) -> Self {
+        assert!(
+            config::is_attribute_value(domain),
+            "{domain:?} is not a valid cookie Domain"
+        );
+        self.config().domain = Some(domain.into());
+        self
+    }
+
+    /// Whether the cookie carries `Secure` (default true).
+    ///
+    /// # Security
+    /// Turn it off only for local development over plain http: without it
+    /// the cookie travels in clear text over any http link.
+    pub fn secure(mut self, secure: bool) -> Self {
+        self.config().secure = secure;
+        self
+    }
+
+    /// Whether the cookie carries `HttpOnly` (default true).
+    ///
+    /// # Security
+    /// Without it, any script on the page, injected ones included, can read
+    /// the session cookie.
+    pub fn http_only(mut self, http_only: bool) -> Self {
+        self.config().http_only = http_only;
+        self
+    }
+
+    /// The cookie's `SameSite` (default [`SameSite::Lax`]).
+    ///
+    /// # Security
+    /// [`SameSite::None`] sends the cookie with cross-site requests, so
+    /// state-changing routes need CSRF protection of their own; browsers
+    /// also require `Secure` with it.
+    pub fn same_site(mut self, same_site: SameSite) -> Self {
+        self.config().same_site = same_site;
+        self
+    }
+
+    /// Whether the cookie carries `Partitioned` (CHIPS; default false), for
+    /// a site embedded cross-site in an iframe.
+    pub fn partitioned(mut self, partitioned: bool) -> Self {
+        self.config().partitioned = partitioned;
+        self
+    }
+
+    /// How long a session lives (default 31 days): a permanent session's
+    /// cookie expires this long after it was last written, and the server
+    /// refuses any cookie, permanent or not, signed longer ago than this.
+    pub fn lifetime(mut self, lifetime: Duration) -> Self {
+        self.config().lifetime = lifetime;
+        self
+    }
+
+    /// Whether a permanent session that was read but not changed is
+    /// re-issued, so that it expires a lifetime after the user's last
+    /// visit rather than after the last change (default true, as Flask's
+    /// `SESSION_REFRESH_EACH_REQUEST`). Re-issuing is throttled by
+    /// [`refresh_interval`](Self::refresh_interval).
+    pub fn refresh_each_request(mut self, refresh: bool) -> Self {
+        self.config().refresh_each_request = refresh;
+        self
+    }
+
+    /// The least time between two refreshes of an unchanged permanent
+    /// session (default 60 seconds), so a busy user is not sent a new
+    /// cookie on every request. Zero refreshes on every request.
+    pub fn refresh_interval(mut self, interval: Duration) -> Self {
+        self.config().refresh_interval = interval;
+        self
+    }
+
+    /// Passes requests whose path is `prefix` or lies below it (`/static`
+    /// covers `/static/app.js`, not `/staticfoo`) through untouched: no
+    /// session, no cookie, no `Vary`. Call it once per prefix.
+    pub fn skip_path(mut self, prefix: &str) -> Self {
+        self.config().skip_paths.push(prefix.into());
+        self
+    }
+
+    /// Whether a session changed by a handler that answered with a 5xx
+    /// status is still saved (default false: a failed request should not
+    /// leave half its changes behind).
+    pub fn persist_on_server_error(mut self, persist: bool) -> Self {
+        self.config().persist_on_server_error = persist;
+        self
+    }
+
+    /// The clock the layer reads the time from (default the system clock),
+    /// for tests that need to move time.
+    pub fn clock(mut self, clock: impl Fn() -> SystemTime + Send + Sync + 'static) -> Self {
+        self.config().clock = Arc::new(clock);
+        self
+    }
+
+    /// Replaces the response sent when the session cannot be saved (default
+    /// [`DefaultErrorHandler`]: an empty body with the error's status).
+    /// Whatever the handler returns, the layer also logs the error and
+    /// puts it in the response extensions.
+    pub fn with_error_handler<H2>(self, error_handler: H2) -> SessionLayer<H2> {
+        SessionLayer {
+            shared: self.shared,
+            error_handler,
+        }
+    }
+}
+
+impl<S, H: Clone> Layer<S> for SessionLayer<H> {
+    type Service = SessionService<S, H>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        let config = &self.shared.config;
+        if config.same_site == SameSite::None && !config.secure {
+            // Axum applies a layer once per route: say it once.
+            static WARNED: Once = Once::new();
+            WARNED.call_once(|| {
+                tracing::warn!(
+                    "SameSite=None without Secure: browsers will refuse the session cookie"
+                );
+            });
+        }
+        SessionService::new(inner, self.shared.clone(), self.error_handler.clone())
+    }
+}

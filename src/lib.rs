@@ -1,0 +1,86 @@
+//! Sessions for [Axum](https://docs.rs/axum) and any Tower service, in the
+//! spirit of Flask's session interface.
+//!
+//! [`SessionLayer`] reads the session cookie of each request into a
+//! change-tracking map that handlers take as [`Session`], and on the way out
+//! signs the data back into a `Set-Cookie` header when it changed.
+//!
+//! ```
+//! use axum::{Router, body::Body, routing::get};
+//! use http::{Request, header};
+//! use session_layer::{Key, Session, SessionLayer};
+//! use tower::ServiceExt;
+//!
+//! async fn visits(session: Session) -> Result<String, session_layer::Error> {
+//!     let n = session.update("visits", |n: Option<u64>| n.unwrap_or(0) + 1)?;
+//!     Ok(format!("visit {n}"))
+//! }
+//!
+//! # #[tokio::main(flavor = "current_thread")] async fn main() {
+//! let app = Router::new()
+//!     .route("/", get(visits))
+//!     .layer(SessionLayer::new(Key::generate()));
+//!
+//! // The first visit sets the cookie...
+//! let response = app.clone().oneshot(Request::new(Body::empty())).await.unwrap();
+//! let set_cookie = response.headers()[header::SET_COOKIE].to_str().unwrap();
+//! let cookie = set_cookie.split(';').next().unwrap().to_owned();
+//!
+//! // ...and the browser sends it back.
+//! let request = Request::builder().header(header::COOKIE, cookie).body(Body::empty()).unwrap();
+//! let response = app.oneshot(request).await.unwrap();
+//! let body = axum::body::to_bytes(response.into_body(), 64).await.unwrap();
+//! assert_eq!(body, "visit 2");
+//! # }
+//! ```
+//!
+//! # What the layer does
+//!
+//! - A request's cookie is verified only when a handler asks for the
+//!   session; routes that never do cost a pointer in the request
+//!   extensions and nothing else.
+//! - Forged, altered, truncated, expired or otherwise bad cookies give an
+//!   empty session, never an error.
+//! - A read adds `Vary: Cookie`; a change writes the cookie; emptying the
+//!   session deletes it; a permanent session is refreshed (throttled).
+//! - A session that cannot be saved (too big for a cookie) replaces the
+//!   response with the [`ErrorHandler`]'s (empty 500 by default), logs a
+//!   `tracing` error and puts the [`Error`] in the response extensions:
+//!   nothing a handler stored is dropped silently.
+//!
+//! The cookie format is specified byte by byte in `docs/cookie-format.md`.
+//!
+//! # Without Axum
+//!
+//! Disable the default `axum` feature and call [`Session::from_request`]
+//! (or [`Session::from_parts`]) in any Tower service behind the layer.
+//!
+//! # Dependencies
+//!
+//! Cryptography comes from RustCrypto's `hmac`, `sha2` and `hkdf` (audited,
+//! constant-time verification), randomness from `getrandom` (the OS CSPRNG),
+//! `Set-Cookie` formatting from `cookie`, and the middleware traits from
+//! `tower-layer`/`tower-service` alone, so the default build stays small.
+
+mod config;
+mod cookies;
+mod error;
+#[cfg(feature = "axum")]
+mod extract;
+mod future;
+mod key;
+mod layer;
+mod service;
+mod session;
+
+pub mod codec;
+
+pub use config::SameSite;
+pub use error::{DefaultErrorHandler, Error, ErrorHandler, ErrorKind};
+#[cfg(feature = "axum")]
+pub use extract::SessionRejection;
+pub use future::ResponseFuture;
+pub use key::{Key, Keyring, MIN_KEY_LEN};
+pub use layer::SessionLayer;
+pub use service::SessionService;
+pub use session::Session;

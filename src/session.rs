@@ -1,0 +1,512 @@
+//! `Session`: the change-tracking map handlers read and write, and the
+//! per-request handle that loads it lazily.
+
+use std::fmt;
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock, PoisonError};
+
+use http::HeaderMap;
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use serde_json::Value;
+
+use crate::codec::{Decoded, SessionData};
+use crate::cookies;
+use crate::error::{Error, ErrorKind};
+use crate::layer::Shared;
+
+/// The session of the current request.
+///
+/// Values go in and out through serde (as JSON), so a handler always works
+/// on a copy: changing a value means writing it back with
+/// [`insert`](Self::insert) or [`update`](Self::update), and every write is
+/// seen. Every method is synchronous and holds an internal lock only for
+/// its own duration, never across an `.await`.
+///
+/// `Session` is a cheap handle: clones share the same data. Changes made
+/// after the response has left the layer (from a spawned task, say) are not
+/// saved.
+///
+/// Every read marks the session *accessed* (the response gets
+/// `Vary: Cookie`); every write that changes something marks it *modified*
+/// (the response carries the new cookie).
+#[derive(Clone)]
+pub struct Session {
+    state: Arc<Mutex<State>>,
+}
+
+#[derive(Debug, Default)]
+pub(crate) struct State {
+    pub(crate) data: SessionData,
+    pub(crate) permanent: bool,
+    pub(crate) accessed: bool,
+    pub(crate) modified: bool,
+}
+
+impl Session {
+    fn from_state(state: State) -> Self {
+        Self {
+            state: Arc::new(Mutex::new(state)),
+        }
+    }
+
+    /// The session a [`SessionLayer`](crate::SessionLayer) prepared for this
+    /// request, for Tower services without Axum (Axum handlers take
+    /// `Session` as an extractor instead).
+    ///
+    /// # Errors
+    /// [`ErrorKind::LayerMissing`] when no `SessionLayer` ran for this
+    /// request or its path is skipped.
+    pub async fn from_parts(parts: &http::request::Parts) -> Result<Self, Error> {
+        Self::load(&parts.headers, &parts.extensions)
+    }
+
+    /// Like [`from_parts`](Self::from_parts), from a whole request.
+    ///
+    /// # Errors
+    /// As [`from_parts`](Self::from_parts).
+    pub async fn from_request<B>(request: &http::Request<B>) -> Result<Self, Error> {
+        Self::load(request.headers(), request.extensions())
+    }
+
+    pub(crate) fn load(headers: &HeaderMap, extensions: &http::Extensions) -> Result<Self, Error> {
+        let handle = extensions
+            .get::<SessionHandle>()
+            .ok_or_else(|| Error::new(ErrorKind::LayerMissing))?;
+        Ok(handle.load(headers).session.clone())
+    }
+
+    fn lock(&self) -> MutexGuard<'_, State> {
+        // No code of ours panics under the lock; a user's `Deserialize` impl
+        // might, and the data is still consistent then, since reads do not
+        // mutate it.
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn read(&self) -> MutexGuard<'_, State> {
+        let mut state = self.lock();
+        state.accessed = true;
+        state
+    }
+
+    /// The value under `key`, deserialized as `T`.
+    ///
+    /// # Errors
+    /// [`ErrorKind::Deserialize`] when the stored value is not a `T`.
+    pub fn get<T: DeserializeOwned>(&self, key: &str) -> Result<Option<T>, Error> {
+        self.read()
+            .data
+            .get(key)
+            .map(|value| T::deserialize(value).map_err(deserialize_error))
+            .transpose()
+    }
+
+    /// The raw JSON value under `key`.
+    pub fn get_value(&self, key: &str) -> Option<Value> {
+        self.read().data.get(key).cloned()
+    }
+
+    /// Stores `value` under `key`. Writing a value equal to the one already
+    /// stored changes nothing and does not mark the session modified.
+    ///
+    /// # Errors
+    /// [`ErrorKind::Serialize`] when `value` cannot be represented as JSON
+    /// (a map with non-string keys, say); the session is then unchanged.
+    pub fn insert<T: Serialize>(&self, key: impl Into<String>, value: T) -> Result<(), Error> {
+        // Serialize outside the lock: it runs the caller's code.
+        let value =
+            serde_json::to_value(value).map_err(|e| Error::with_source(ErrorKind::Serialize, e))?;
+        self.insert_value(key, value);
+        Ok(())
+    }
+
+    /// Stores a raw JSON value under `key`, returning the previous one.
+    pub fn insert_value(&self, key: impl Into<String>, value: Value) -> Option<Value> {
+        let key = key.into();
+        let mut state = self.read();
+        if state.data.get(&key) == Some(&value) {
+            return Some(value);
+        }
+        state.modified = true;
+        state.data.insert(key, value)
+    }
+
+    /// Reads the value under `key` as `T`, passes it to `f` and stores what
+    /// `f` returns, under one lock, so concurrent handlers sharing this
+    /// session cannot interleave. Returns the stored value.
+    ///
+    /// ```
+    /// # fn handler(session: session_layer::Session) -> Result<(), session_layer::Error> {
+    /// let visits = session.update("visits", |n: Option<u64>| n.unwrap_or(0) + 1)?;
+    /// # Ok(()) }
+    /// ```
+    ///
+    /// # Errors
+    /// [`ErrorKind::Deserialize`] when the stored value is not a `T`,
+    /// [`ErrorKind::Serialize`] when the new one is not JSON; the session is
+    /// unchanged then.
+    pub fn update<T, F>(&self, key: &str, f: F) -> Result<T, Error>
+    where
+        T: Serialize + DeserializeOwned,
+        F: FnOnce(Option<T>) -> T,
+    {
+        let mut state = self.read();
+        let old = state
+            .data
+            .get(key)
+            .map(|value| T::deserialize(value).map_err(deserialize_error))
+            .transpose()?;
+        let new = f(old);
+        let value =
+            serde_json::to_value(&new).map_err(|e| Error::with_source(ErrorKind::Serialize, e))?;
+        if state.data.get(key) != Some(&value) {
+            state.modified = true;
+            state.data.insert(key.to_owned(), value);
+        }
+        Ok(new)
+    }
+
+    /// Removes the value under `key` and returns it as `T`.
+    ///
+    /// # Errors
+    /// [`ErrorKind::Deserialize`] when the removed value is not a `T`; it
+    /// is removed all the same.
+    pub fn remove<T: DeserializeOwned>(&self, key: &str) -> Result<Option<T>, Error> {
+        self.remove_value(key)
+            .map(|value| serde_json::from_value(value).map_err(deserialize_error))
+            .transpose()
+    }
+
+    /// Removes the raw JSON value under `key` and returns it.
+    pub fn remove_value(&self, key: &str) -> Option<Value> {
+        let mut state = self.read();
+        let removed = state.data.remove(key);
+        if removed.is_some() {
+            state.modified = true;
+        }
+        removed
+    }
+
+    /// Whether a value is stored under `key`.
+    pub fn contains_key(&self, key: &str) -> bool {
+        self.read().data.contains_key(key)
+    }
+
+    /// The keys, in sorted order.
+    pub fn keys(&self) -> Vec<String> {
+        self.read().data.keys().cloned().collect()
+    }
+
+    /// How many values are stored.
+    pub fn len(&self) -> usize {
+        self.read().data.len()
+    }
+
+    /// Whether nothing is stored.
+    pub fn is_empty(&self) -> bool {
+        self.read().data.is_empty()
+    }
+
+    /// A copy of the whole session as a JSON object.
+    pub fn to_map(&self) -> SessionData {
+        self.read().data.clone()
+    }
+
+    /// Removes every value; the response deletes the cookie. The
+    /// permanent flag is kept, as in Flask.
+    pub fn clear(&self) {
+        let mut state = self.read();
+        if !state.data.is_empty() {
+            state.data.clear();
+            state.modified = true;
+        }
+    }
+
+    /// Ends the session (logout): removes every value and the permanent
+    /// flag, and the response deletes the cookie even if the session was
+    /// already empty.
+    pub fn flush(&self) {
+        let mut state = self.read();
+        state.data.clear();
+        state.permanent = false;
+        state.modified = true;
+    }
+
+    /// Makes the session permanent (the cookie outlives the browser session
+    /// and expires after the layer's lifetime) or a browser-session one.
+    pub fn set_permanent(&self, permanent: bool) {
+        let mut state = self.read();
+        if state.permanent != permanent {
+            state.permanent = permanent;
+            state.modified = true;
+        }
+    }
+
+    /// Whether the session is permanent.
+    pub fn is_permanent(&self) -> bool {
+        self.read().permanent
+    }
+
+    /// Marks the session modified so the response writes it again, as
+    /// Flask's `session.modified = True` does.
+    pub fn mark_modified(&self) {
+        self.read().modified = true;
+    }
+
+    /// Whether anything was changed during this request.
+    pub fn is_modified(&self) -> bool {
+        self.lock().modified
+    }
+
+    /// Whether anything was read or written during this request.
+    pub fn is_accessed(&self) -> bool {
+        self.lock().accessed
+    }
+
+    pub(crate) fn state(&self) -> MutexGuard<'_, State> {
+        self.lock()
+    }
+}
+
+fn deserialize_error(e: serde_json::Error) -> Error {
+    Error::with_source(ErrorKind::Deserialize, e)
+}
+
+impl fmt::Debug for Session {
+    /// Prints the keys and flags, never the values: sessions hold secrets
+    /// (tokens, user data) that have no place in logs.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let state = self.lock();
+        f.debug_struct("Session")
+            .field("keys", &state.data.keys().collect::<Vec<_>>())
+            .field("permanent", &state.permanent)
+            .field("accessed", &state.accessed)
+            .field("modified", &state.modified)
+            .finish()
+    }
+}
+
+/// What the layer puts in the request extensions: the way from the
+/// request to its session, decoded on first use so that routes which never
+/// touch the session never pay for it.
+#[derive(Clone)]
+pub(crate) struct SessionHandle {
+    inner: Arc<HandleInner>,
+}
+
+struct HandleInner {
+    shared: Arc<Shared>,
+    loaded: OnceLock<Loaded>,
+}
+
+/// A session as read from the request, with what the response needs to
+/// know about where it came from.
+pub(crate) struct Loaded {
+    pub(crate) session: Session,
+    /// The request carried a cookie of the session's name, valid or not.
+    pub(crate) had_cookie: bool,
+    /// The verified cookie, if any.
+    pub(crate) origin: Option<Origin>,
+}
+
+/// Facts about a verified cookie.
+pub(crate) struct Origin {
+    pub(crate) issued_at: u64,
+    pub(crate) by_fallback_key: bool,
+}
+
+impl SessionHandle {
+    pub(crate) fn new(shared: Arc<Shared>) -> Self {
+        Self {
+            inner: Arc::new(HandleInner {
+                shared,
+                loaded: OnceLock::new(),
+            }),
+        }
+    }
+
+    pub(crate) fn shared(&self) -> &Shared {
+        &self.inner.shared
+    }
+
+    /// The session, decoding the request's cookie the first time.
+    pub(crate) fn load(&self, headers: &HeaderMap) -> &Loaded {
+        self.inner.loaded.get_or_init(|| self.decode(headers))
+    }
+
+    /// The session if a handler asked for it.
+    pub(crate) fn loaded(&self) -> Option<&Loaded> {
+        self.inner.loaded.get()
+    }
+
+    fn decode(&self, headers: &HeaderMap) -> Loaded {
+        let shared = self.shared();
+        let name = &*shared.config.name;
+        let mut had_cookie = false;
+        for value in cookies::find(headers, name) {
+            had_cookie = true;
+            match shared.decode_cookie(value) {
+                Ok(Decoded {
+                    data,
+                    permanent,
+                    issued_at,
+                    by_fallback_key,
+                    ..
+                }) => {
+                    return Loaded {
+                        session: Session::from_state(State {
+                            data,
+                            permanent,
+                            ..State::default()
+                        }),
+                        had_cookie,
+                        origin: Some(Origin {
+                            issued_at,
+                            by_fallback_key,
+                        }),
+                    };
+                }
+                Err(reason) => {
+                    tracing::debug!(cookie = name, %reason, "session cookie refused");
+                }
+            }
+        }
+        Loaded {
+            session: Session::from_state(State::default()),
+            had_cookie,
+            origin: None,
+        }
+    }
+}
+
+impl fmt::Debug for SessionHandle {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SessionHandle")
+            .field("loaded", &self.inner.loaded.get().is_some())
+            .finish()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn session() -> Session {
+        Session::from_state(State::default())
+    }
+
+    #[test]
+    fn typed_round_trip() {
+        let s = session();
+        s.insert("n", 5u32).unwrap();
+        s.insert("name", "ann").unwrap();
+        assert_eq!(s.get::<u32>("n").unwrap(), Some(5));
+        assert_eq!(s.get::<String>("name").unwrap().as_deref(), Some("ann"));
+        assert_eq!(s.get::<u32>("missing").unwrap(), None);
+        assert_eq!(s.keys(), ["n", "name"]);
+        assert_eq!(s.len(), 2);
+    }
+
+    #[test]
+    fn wrong_type_is_an_error_not_a_panic() {
+        let s = session();
+        s.insert("n", "five").unwrap();
+        assert_eq!(
+            s.get::<u32>("n").unwrap_err().kind(),
+            ErrorKind::Deserialize
+        );
+        assert_eq!(
+            s.remove::<u32>("n").unwrap_err().kind(),
+            ErrorKind::Deserialize
+        );
+        assert!(!s.contains_key("n"), "removed all the same");
+    }
+
+    #[test]
+    fn unserializable_values_leave_the_session_unchanged() {
+        let s = session();
+        let mut bad = std::collections::HashMap::new();
+        bad.insert((1, 2), 3);
+        assert_eq!(
+            s.insert("bad", bad).unwrap_err().kind(),
+            ErrorKind::Serialize
+        );
+        assert!(!s.is_modified());
+        assert!(s.is_empty());
+    }
+
+    #[test]
+    fn reads_mark_accessed_and_writes_mark_modified() {
+        let s = session();
+        assert!(!s.is_accessed());
+        assert!(!s.contains_key("x"));
+        assert!(s.is_accessed());
+        assert!(!s.is_modified());
+        s.insert("x", 1).unwrap();
+        assert!(s.is_modified());
+    }
+
+    #[test]
+    fn writes_that_change_nothing_are_not_modifications() {
+        let s = Session::from_state(State {
+            data: json!({"x": 1}).as_object().unwrap().clone(),
+            ..State::default()
+        });
+        s.insert("x", 1).unwrap();
+        assert_eq!(s.remove_value("absent"), None);
+        s.set_permanent(false);
+        s.update("x", |x: Option<i32>| x.unwrap()).unwrap();
+        assert!(!s.is_modified());
+        session().clear();
+        s.update("x", |x: Option<i32>| x.unwrap() + 1).unwrap();
+        assert!(s.is_modified());
+        assert_eq!(s.get::<i32>("x").unwrap(), Some(2));
+    }
+
+    #[test]
+    fn clear_keeps_permanent_and_flush_does_not() {
+        let s = session();
+        s.insert("x", 1).unwrap();
+        s.set_permanent(true);
+        s.clear();
+        assert!(s.is_empty() && s.is_permanent() && s.is_modified());
+        s.flush();
+        assert!(s.is_empty() && !s.is_permanent());
+    }
+
+    #[test]
+    fn clones_share_state() {
+        let s = session();
+        let t = s.clone();
+        t.insert("x", [1, 2]).unwrap();
+        assert_eq!(s.get::<Vec<u8>>("x").unwrap(), Some(vec![1, 2]));
+        assert_eq!(s.to_map(), *json!({"x": [1, 2]}).as_object().unwrap());
+    }
+
+    #[test]
+    fn debug_shows_keys_not_values() {
+        let s = session();
+        s.insert("token", "hunter2").unwrap();
+        let text = format!("{s:?}");
+        assert!(
+            text.contains("token") && !text.contains("hunter2"),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn update_is_atomic_across_threads() {
+        let s = session();
+        std::thread::scope(|scope| {
+            for _ in 0..8 {
+                let s = s.clone();
+                scope.spawn(move || {
+                    for _ in 0..1000 {
+                        s.update("n", |n: Option<u64>| n.unwrap_or(0) + 1).unwrap();
+                    }
+                });
+            }
+        });
+        assert_eq!(s.get::<u64>("n").unwrap(), Some(8000));
+    }
+}
