@@ -8,7 +8,7 @@
 //! ```
 //!
 //! Environment:
-//! - `PORT`: port on 127.0.0.1 (default 3000);
+//! - `PORT`: port on 127.0.0.1 (default 3000; 0 picks a free one, printed);
 //! - `SESSION_SECRET`: the key, at least 32 bytes (generated, with a
 //!   warning, when unset);
 //! - `SESSION_SECURE=false`: no `Secure` attribute, for plain http;
@@ -117,7 +117,10 @@ async fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    println!("listening on http://127.0.0.1:{port}");
+    match listener.local_addr() {
+        Ok(addr) => println!("listening on http://{addr}"),
+        Err(e) => eprintln!("warning: cannot read the bound address: {e}"),
+    }
     if let Err(e) = axum::serve(listener, app(layer)).await {
         eprintln!("error: {e}");
         return ExitCode::FAILURE;

@@ -99,7 +99,7 @@ fn save<B>(
         return Ok(());
     }
     let now = config.now();
-    if state.modified && state.data.is_empty() {
+    if state.modified && state.is_empty() {
         if loaded.had_cookie {
             let removal = header_value(config.removal_cookie());
             response.headers_mut().append(SET_COOKIE, removal);

@@ -58,3 +58,64 @@ where
         ResponseFuture::new(self.inner.call(request), handle, self.error_handler.clone())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::convert::Infallible;
+
+    use http::header::{COOKIE, SET_COOKIE};
+    use tower::{Layer, ServiceExt, service_fn};
+
+    use super::*;
+    use crate::{Key, Session, SessionLayer};
+
+    /// The layer on a bare `service_fn`, no Axum involved.
+    async fn counter(request: Request<String>) -> Result<Response<String>, Infallible> {
+        let session = Session::from_request(&request).await.expect("layer ran");
+        let n = session
+            .update("n", |n: Option<u32>| n.unwrap_or(0) + 1)
+            .unwrap();
+        Ok(Response::new(n.to_string()))
+    }
+
+    #[tokio::test]
+    async fn works_on_any_tower_service() {
+        let service = SessionLayer::new(Key::generate()).layer(service_fn(counter));
+        let response = service
+            .clone()
+            .oneshot(Request::new(String::new()))
+            .await
+            .unwrap();
+        assert_eq!(response.body(), "1");
+        let cookie = response.headers()[SET_COOKIE].to_str().unwrap();
+        let cookie = cookie.split(';').next().unwrap().to_owned();
+
+        let request = Request::builder()
+            .header(COOKIE, cookie)
+            .body(String::new())
+            .unwrap();
+        let response = service.oneshot(request).await.unwrap();
+        assert_eq!(response.body(), "2");
+    }
+
+    #[tokio::test]
+    async fn without_the_layer_the_session_is_a_clear_error() {
+        let request = Request::new(String::new());
+        let error = Session::from_request(&request).await.unwrap_err();
+        assert_eq!(error.kind(), crate::ErrorKind::LayerMissing);
+    }
+
+    #[tokio::test]
+    async fn an_untouched_session_costs_no_header() {
+        let service =
+            SessionLayer::new(Key::generate()).layer(service_fn(|_: Request<String>| async {
+                Ok::<_, Infallible>(Response::new(String::new()))
+            }));
+        let request = Request::builder()
+            .header(COOKIE, "session=garbage")
+            .body(String::new())
+            .unwrap();
+        let response = service.oneshot(request).await.unwrap();
+        assert!(response.headers().is_empty());
+    }
+}

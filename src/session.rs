@@ -42,6 +42,14 @@ pub(crate) struct State {
     pub(crate) modified: bool,
 }
 
+impl State {
+    /// Nothing worth a cookie: no data and not permanent (a permanent flag
+    /// alone is kept, as Flask keeps a session holding only `_permanent`).
+    pub(crate) fn is_empty(&self) -> bool {
+        self.data.is_empty() && !self.permanent
+    }
+}
+
 impl Session {
     fn from_state(state: State) -> Self {
         Self {
@@ -211,19 +219,21 @@ impl Session {
         self.read().data.clone()
     }
 
-    /// Removes every value; the response deletes the cookie. The
-    /// permanent flag is kept, as in Flask.
+    /// Removes every value and the permanent flag (as Flask's
+    /// `session.clear()`, where the flag is a key); the response deletes
+    /// the cookie.
     pub fn clear(&self) {
         let mut state = self.read();
-        if !state.data.is_empty() {
+        if !state.is_empty() {
             state.data.clear();
+            state.permanent = false;
             state.modified = true;
         }
     }
 
-    /// Ends the session (logout): removes every value and the permanent
-    /// flag, and the response deletes the cookie even if the session was
-    /// already empty.
+    /// Ends the session (logout): like [`clear`](Self::clear), and the
+    /// response deletes the cookie even if the session was already empty
+    /// (a stale or refused cookie goes too).
     pub fn flush(&self) {
         let mut state = self.read();
         state.data.clear();
@@ -464,14 +474,19 @@ mod tests {
     }
 
     #[test]
-    fn clear_keeps_permanent_and_flush_does_not() {
+    fn clear_and_flush_drop_the_permanent_flag() {
         let s = session();
         s.insert("x", 1).unwrap();
         s.set_permanent(true);
         s.clear();
-        assert!(s.is_empty() && s.is_permanent() && s.is_modified());
+        assert!(s.is_empty() && !s.is_permanent() && s.is_modified());
+        let s = session();
+        s.set_permanent(true);
         s.flush();
-        assert!(s.is_empty() && !s.is_permanent());
+        assert!(s.is_empty() && !s.is_permanent() && s.is_modified());
+        let s = session();
+        s.clear();
+        assert!(!s.is_modified(), "clearing nothing changes nothing");
     }
 
     #[test]

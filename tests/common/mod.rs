@@ -1,0 +1,130 @@
+//! Helpers shared by the Router-level tests: a cookie jar that behaves like
+//! a browser's, a settable clock, and request shortcuts.
+
+#![allow(dead_code, unreachable_pub)]
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use axum::Router;
+use axum::body::Body;
+use http::header::{COOKIE, SET_COOKIE};
+use http::{Request, Response};
+use tower::ServiceExt;
+
+/// A browser's cookie jar, reduced to what the tests need: it stores what
+/// Set-Cookie says, deletes on Max-Age=0 or a past Expires, and sends the
+/// rest back.
+#[derive(Debug, Default, Clone)]
+pub struct Jar {
+    pub cookies: BTreeMap<String, String>,
+}
+
+impl Jar {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Takes in every Set-Cookie header of `response`.
+    pub fn store<B>(&mut self, response: &Response<B>) {
+        for line in response.headers().get_all(SET_COOKIE) {
+            let cookie = cookie::Cookie::parse(line.to_str().unwrap().to_owned()).unwrap();
+            let deleted = cookie.max_age().is_some_and(|age| age.is_zero())
+                || cookie
+                    .expires_datetime()
+                    .is_some_and(|at| at < cookie::time::OffsetDateTime::now_utc());
+            if deleted {
+                self.cookies.remove(cookie.name());
+            } else {
+                self.cookies
+                    .insert(cookie.name().to_owned(), cookie.value().to_owned());
+            }
+        }
+    }
+
+    /// The Cookie header a browser would send, if any cookie is stored.
+    pub fn header(&self) -> Option<String> {
+        (!self.cookies.is_empty()).then(|| {
+            self.cookies
+                .iter()
+                .map(|(name, value)| format!("{name}={value}"))
+                .collect::<Vec<_>>()
+                .join("; ")
+        })
+    }
+
+    pub fn get(&self, name: &str) -> Option<&str> {
+        self.cookies.get(name).map(String::as_str)
+    }
+
+    /// Sends `request` through `app` with the jar's cookies and stores the
+    /// response's.
+    pub async fn send(&mut self, app: &Router, mut request: Request<Body>) -> Response<Body> {
+        if let Some(header) = self.header() {
+            request
+                .headers_mut()
+                .insert(COOKIE, header.parse().unwrap());
+        }
+        let response = app.clone().oneshot(request).await.unwrap();
+        self.store(&response);
+        response
+    }
+
+    pub async fn get_text(&mut self, app: &Router, uri: &str) -> (http::StatusCode, String) {
+        let response = self.send(app, get(uri)).await;
+        let status = response.status();
+        (status, body_text(response).await)
+    }
+}
+
+pub fn get(uri: &str) -> Request<Body> {
+    Request::get(uri).body(Body::empty()).unwrap()
+}
+
+pub fn with_cookie(uri: &str, cookie: &str) -> Request<Body> {
+    Request::get(uri)
+        .header(COOKIE, cookie)
+        .body(Body::empty())
+        .unwrap()
+}
+
+pub async fn body_text(response: Response<Body>) -> String {
+    let bytes = axum::body::to_bytes(response.into_body(), 1 << 20)
+        .await
+        .unwrap();
+    String::from_utf8(bytes.to_vec()).unwrap()
+}
+
+pub fn set_cookies<B>(response: &Response<B>) -> Vec<String> {
+    response
+        .headers()
+        .get_all(SET_COOKIE)
+        .iter()
+        .map(|v| v.to_str().unwrap().to_owned())
+        .collect()
+}
+
+/// A clock the test moves by hand, in whole seconds since the epoch.
+#[derive(Debug, Clone)]
+pub struct TestClock(Arc<AtomicU64>);
+
+impl TestClock {
+    pub fn at(secs: u64) -> Self {
+        Self(Arc::new(AtomicU64::new(secs)))
+    }
+
+    pub fn advance(&self, secs: u64) {
+        self.0.fetch_add(secs, Ordering::SeqCst);
+    }
+
+    pub fn now(&self) -> u64 {
+        self.0.load(Ordering::SeqCst)
+    }
+
+    pub fn source(&self) -> impl Fn() -> SystemTime + Send + Sync + 'static {
+        let secs = self.0.clone();
+        move || UNIX_EPOCH + Duration::from_secs(secs.load(Ordering::SeqCst))
+    }
+}

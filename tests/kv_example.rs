@@ -1,0 +1,198 @@
+//! Black-box tests of `examples/kv.rs`: the real binary over real HTTP,
+//! the way people poke at it with curl.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpStream;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+
+/// The example binary cargo built beside this test.
+fn kv_binary() -> PathBuf {
+    let mut path = std::env::current_exe().unwrap();
+    path.pop(); // the test binary
+    path.pop(); // deps/
+    path.push("examples");
+    path.push(format!("kv{}", std::env::consts::EXE_SUFFIX));
+    assert!(
+        path.exists(),
+        "{} not built: run the whole `cargo test`, which builds the examples",
+        path.display()
+    );
+    path
+}
+
+struct Server {
+    child: Child,
+    addr: String,
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn start(env: &[(&str, &str)]) -> Server {
+    let mut command = Command::new(kv_binary());
+    command
+        .env_remove("SESSION_CODEC")
+        .env_remove("SESSION_STORE")
+        .env("PORT", "0")
+        .env("SESSION_SECURE", "false")
+        .env("SESSION_SECRET", "kv-example-test-secret-of-enough-length!")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    for (k, v) in env {
+        command.env(k, v);
+    }
+    let mut child = command.spawn().unwrap();
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    let addr = line
+        .trim()
+        .strip_prefix("listening on http://")
+        .unwrap_or_else(|| panic!("unexpected first line {line:?}"))
+        .to_owned();
+    Server { child, addr }
+}
+
+struct Reply {
+    status: u16,
+    set_cookies: Vec<String>,
+    body: String,
+}
+
+/// One HTTP/1.1 request over a fresh connection, sending `cookie`.
+fn request(server: &Server, method: &str, path: &str, body: &str, cookie: &str) -> Reply {
+    let mut stream = TcpStream::connect(&server.addr).unwrap();
+    write!(
+        stream,
+        "{method} {path} HTTP/1.1\r\nHost: {}\r\nConnection: close\r\nContent-Type: application/json\r\nContent-Length: {}\r\nCookie: {cookie}\r\n\r\n{body}",
+        server.addr,
+        body.len()
+    )
+    .unwrap();
+    let mut raw = String::new();
+    stream.read_to_string(&mut raw).unwrap();
+    let (head, body) = raw.split_once("\r\n\r\n").unwrap();
+    let mut lines = head.lines();
+    let status = lines
+        .next()
+        .unwrap()
+        .split(' ')
+        .nth(1)
+        .unwrap()
+        .parse()
+        .unwrap();
+    let set_cookies = lines
+        .filter_map(|l| l.split_once(": "))
+        .filter(|(name, _)| name.eq_ignore_ascii_case("set-cookie"))
+        .map(|(_, value)| value.to_owned())
+        .collect();
+    Reply {
+        status,
+        set_cookies,
+        body: body.to_owned(),
+    }
+}
+
+/// A curl-like session: the cookie from each reply goes into the next request.
+struct Client<'a> {
+    server: &'a Server,
+    cookie: String,
+}
+
+impl Client<'_> {
+    fn send(&mut self, method: &str, path: &str, body: &str) -> Reply {
+        let reply = request(self.server, method, path, body, &self.cookie);
+        for line in &reply.set_cookies {
+            let pair = line.split(';').next().unwrap();
+            self.cookie = if line.contains("Max-Age=0") {
+                String::new()
+            } else {
+                pair.to_owned()
+            };
+        }
+        reply
+    }
+}
+
+#[test]
+fn the_kv_api_works_over_http() {
+    let server = start(&[]);
+    let mut client = Client {
+        server: &server,
+        cookie: String::new(),
+    };
+
+    let reply = client.send("GET", "/session", "");
+    assert_eq!((reply.status, reply.body.as_str()), (200, "{}"));
+    assert!(reply.set_cookies.is_empty());
+
+    let reply = client.send("PUT", "/session/name", "\"ann\"");
+    assert_eq!(
+        (reply.status, reply.body.as_str()),
+        (200, r#"{"name":"ann"}"#)
+    );
+    assert_eq!(reply.set_cookies.len(), 1);
+    assert!(
+        !reply.set_cookies[0].contains("Secure"),
+        "SESSION_SECURE=false"
+    );
+
+    let reply = client.send("PUT", "/session/cart", "[1,2]");
+    assert_eq!(reply.body, r#"{"cart":[1,2],"name":"ann"}"#);
+    assert_eq!(
+        client.send("GET", "/session", "").body,
+        r#"{"cart":[1,2],"name":"ann"}"#
+    );
+
+    let reply = client.send("DELETE", "/session/name", "");
+    assert_eq!(reply.body, r#"{"cart":[1,2]}"#);
+
+    let reply = client.send("POST", "/session/permanent", "true");
+    assert_eq!(reply.status, 200);
+    assert!(
+        reply.set_cookies[0].contains("Max-Age=2678400"),
+        "{:?}",
+        reply.set_cookies
+    );
+
+    let reply = client.send("POST", "/session/clear", "");
+    assert_eq!((reply.status, reply.body.as_str()), (200, "{}"));
+    assert!(reply.set_cookies[0].contains("Max-Age=0"));
+    assert_eq!(client.send("GET", "/session", "").body, "{}");
+
+    // A forged cookie is an empty session, not an error.
+    let reply = request(&server, "GET", "/session", "", "session=AAAAforged");
+    assert_eq!((reply.status, reply.body.as_str()), (200, "{}"));
+}
+
+fn fails_to_start(env: &[(&str, &str)]) -> String {
+    let output = Command::new(kv_binary())
+        .env("PORT", "0")
+        .env("SESSION_SECRET", "kv-example-test-secret-of-enough-length!")
+        .envs(env.iter().copied())
+        .output()
+        .unwrap();
+    assert!(!output.status.success());
+    String::from_utf8(output.stderr).unwrap()
+}
+
+#[test]
+fn bad_settings_stop_it_with_a_clear_error() {
+    assert!(fails_to_start(&[("SESSION_CODEC", "rot13")]).contains("SESSION_CODEC=\"rot13\""));
+    assert!(fails_to_start(&[("SESSION_STORE", "floppy:")]).contains("SESSION_STORE=\"floppy:\""));
+    let short = fails_to_start(&[("SESSION_SECRET", "short")]);
+    assert!(
+        short.contains("SESSION_SECRET") && short.contains("at least 32"),
+        "{short}"
+    );
+    assert!(
+        !short.contains("short\""),
+        "the secret itself is not printed: {short}"
+    );
+}
