@@ -15,6 +15,9 @@ pub(crate) const DEFAULT_LIFETIME: Duration = Duration::from_secs(31 * 24 * 60 *
 /// A permanent session is re-issued at most this often when only read.
 pub(crate) const DEFAULT_REFRESH_INTERVAL: Duration = Duration::from_secs(60);
 
+/// Ten cookies, about 40 KB, as the Flask chunking snippet allowed.
+pub(crate) const DEFAULT_MAX_CHUNKS: usize = 10;
+
 /// The `SameSite` attribute of the session cookie.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum SameSite {
@@ -46,6 +49,7 @@ pub(crate) struct Config {
     pub(crate) refresh_interval: Duration,
     pub(crate) skip_paths: Vec<Box<str>>,
     pub(crate) persist_on_server_error: bool,
+    pub(crate) max_chunks: usize,
     pub(crate) clock: Clock,
 }
 
@@ -64,6 +68,7 @@ impl Default for Config {
             refresh_interval: DEFAULT_REFRESH_INTERVAL,
             skip_paths: Vec::new(),
             persist_on_server_error: false,
+            max_chunks: DEFAULT_MAX_CHUNKS,
             clock: Arc::new(SystemTime::now),
         }
     }
@@ -84,6 +89,7 @@ impl fmt::Debug for Config {
             .field("refresh_interval", &self.refresh_interval)
             .field("skip_paths", &self.skip_paths)
             .field("persist_on_server_error", &self.persist_on_server_error)
+            .field("max_chunks", &self.max_chunks)
             .finish_non_exhaustive()
     }
 }
@@ -110,8 +116,8 @@ impl Config {
     /// The Set-Cookie value that stores `value`; a permanent cookie carries
     /// Max-Age and Expires from the lifetime, any other lasts the browser
     /// session.
-    pub(crate) fn set_cookie(&self, value: &str, permanent: bool, now: u64) -> String {
-        let mut cookie = self.base_cookie(value);
+    pub(crate) fn set_cookie(&self, name: &str, value: &str, permanent: bool, now: u64) -> String {
+        let mut cookie = self.base_cookie(name, value);
         if permanent {
             let max_age = cookie::time::Duration::seconds(
                 i64::try_from(self.lifetime.as_secs()).unwrap_or(i64::MAX),
@@ -125,15 +131,15 @@ impl Config {
     /// The Set-Cookie value that deletes the cookie: same name, Path and
     /// Domain (a browser only deletes the cookie they match), empty value,
     /// Max-Age=0 and an Expires in the past.
-    pub(crate) fn removal_cookie(&self) -> String {
-        let mut cookie = self.base_cookie("");
+    pub(crate) fn removal_cookie(&self, name: &str) -> String {
+        let mut cookie = self.base_cookie(name, "");
         cookie.set_max_age(cookie::time::Duration::ZERO);
         cookie.set_expires(OffsetDateTime::UNIX_EPOCH);
         cookie.to_string()
     }
 
-    fn base_cookie<'a>(&'a self, value: &'a str) -> Cookie<'a> {
-        let mut cookie = Cookie::new(&*self.name, value);
+    fn base_cookie<'a>(&'a self, name: &'a str, value: &'a str) -> Cookie<'a> {
+        let mut cookie = Cookie::new(name, value);
         cookie.set_path(&*self.path);
         if let Some(domain) = &self.domain {
             cookie.set_domain(&**domain);
@@ -193,7 +199,7 @@ mod tests {
     #[test]
     fn defaults_are_the_secure_ones() {
         let config = Config::default();
-        let line = config.set_cookie("v", false, 0);
+        let line = config.set_cookie("session", "v", false, 0);
         assert_eq!(line, "session=v; HttpOnly; SameSite=Lax; Secure; Path=/");
     }
 
@@ -203,7 +209,7 @@ mod tests {
             lifetime: Duration::from_secs(3600),
             ..Config::default()
         };
-        let line = config.set_cookie("v", true, 1_700_000_000);
+        let line = config.set_cookie("session", "v", true, 1_700_000_000);
         assert!(line.contains("Max-Age=3600"), "{line}");
         assert!(
             line.contains("Expires=Tue, 14 Nov 2023 23:13:20 GMT"),
@@ -219,7 +225,7 @@ mod tests {
             partitioned: true,
             ..Config::default()
         };
-        let line = config.removal_cookie();
+        let line = config.removal_cookie("session");
         assert!(line.starts_with("session=;"), "{line}");
         assert!(line.contains("Path=/app"), "{line}");
         assert!(line.contains("Domain=example.com"), "{line}");

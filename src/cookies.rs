@@ -7,6 +7,9 @@
 use http::HeaderMap;
 use http::header::COOKIE;
 
+use crate::codec::MAX_CHUNKS;
+use crate::codec::chunk;
+
 /// The largest cookie value the layer tries to decode: browsers store at
 /// most 4096 bytes of name, value and attributes per cookie.
 pub(crate) const MAX_COOKIE_LEN: usize = 4096;
@@ -16,16 +19,56 @@ pub(crate) const MAX_COOKIE_LEN: usize = 4096;
 /// common when a Domain or Path changed, more are an attack.
 pub(crate) const MAX_CANDIDATES: usize = 4;
 
-/// The values of the cookies called `name`, in the order sent, across every
-/// `Cookie` header (HTTP/2 may split one into several).
-pub(crate) fn find<'a>(headers: &'a HeaderMap, name: &'a str) -> impl Iterator<Item = &'a [u8]> {
-    headers
+/// The most chunk cookies looked at; a request with more is refused whole.
+const MAX_CHUNK_COOKIES: usize = 2 * MAX_CHUNKS;
+
+/// The cookies of one session's name family in a request: those called
+/// `name` and the chunks `name.1`, `name.2`, ...
+#[derive(Debug, Default)]
+pub(crate) struct Family<'a> {
+    /// Values of the cookies called `name`, in the order sent.
+    pub(crate) firsts: Vec<&'a [u8]>,
+    /// `(index, value)` of every chunk cookie, in the order sent.
+    pub(crate) chunks: Vec<(usize, &'a [u8])>,
+    /// More chunk cookies than any valid session has.
+    pub(crate) overflow: bool,
+}
+
+impl Family<'_> {
+    /// The chunk indices present, each once, ascending.
+    pub(crate) fn chunk_indices(&self) -> Vec<usize> {
+        let mut indices: Vec<usize> = self.chunks.iter().map(|&(i, _)| i).collect();
+        indices.sort_unstable();
+        indices.dedup();
+        indices
+    }
+}
+
+/// The session family of cookies across every `Cookie` header (HTTP/2 may
+/// split one into several). Other cookies are passed over unread.
+pub(crate) fn family<'a>(headers: &'a HeaderMap, name: &str) -> Family<'a> {
+    let mut family = Family::default();
+    let pairs = headers
         .get_all(COOKIE)
         .iter()
-        .flat_map(|header| pairs(header.as_bytes()))
-        .filter(move |(n, _)| *n == name.as_bytes())
-        .map(|(_, value)| value)
-        .take(MAX_CANDIDATES)
+        .flat_map(|header| pairs(header.as_bytes()));
+    for (cookie, value) in pairs {
+        if !cookie.starts_with(name.as_bytes()) {
+            continue;
+        }
+        if cookie.len() == name.len() {
+            if family.firsts.len() < MAX_CANDIDATES {
+                family.firsts.push(value);
+            }
+        } else if let Some(index) = chunk::chunk_index(cookie, name) {
+            if family.chunks.len() < MAX_CHUNK_COOKIES {
+                family.chunks.push((index, value));
+            } else {
+                family.overflow = true;
+            }
+        }
+    }
+    family
 }
 
 /// Splits one `Cookie` header into (name, value) pairs: `;`-separated,
@@ -57,31 +100,57 @@ mod tests {
         map
     }
 
+    fn firsts<'a>(map: &'a HeaderMap, name: &str) -> Vec<&'a [u8]> {
+        family(map, name).firsts
+    }
+
     #[test]
     fn finds_the_named_cookie_among_others() {
         let map = headers(&[b"a=1; session=abc ;b=2", b"session=\"def\""]);
-        let found: Vec<_> = find(&map, "session").collect();
-        assert_eq!(found, [b"abc".as_slice(), b"def".as_slice()]);
-        assert_eq!(find(&map, "sess").count(), 0);
-        assert_eq!(find(&map, "b").next(), Some(b"2".as_slice()));
+        assert_eq!(
+            firsts(&map, "session"),
+            [b"abc".as_slice(), b"def".as_slice()]
+        );
+        assert!(firsts(&map, "sess").is_empty());
+        assert_eq!(firsts(&map, "b"), [b"2".as_slice()]);
+    }
+
+    #[test]
+    fn collects_chunks_and_ignores_lookalikes() {
+        let map = headers(&[b"session.2=c; session=!3!a; sessionx=no; session.1=b; session.01=no; session.x=no; session.2=d"]);
+        let found = family(&map, "session");
+        assert_eq!(found.firsts, [b"!3!a".as_slice()]);
+        assert_eq!(
+            found.chunks,
+            [
+                (2, b"c".as_slice()),
+                (1, b"b".as_slice()),
+                (2, b"d".as_slice())
+            ]
+        );
+        assert_eq!(found.chunk_indices(), [1, 2]);
+        assert!(!found.overflow);
     }
 
     #[test]
     fn tolerates_junk_and_non_utf8_neighbours() {
         let map = headers(&[b"\xff\xfe=\x80; noequals; =v; session=ok; ;;"]);
-        assert_eq!(find(&map, "session").next(), Some(b"ok".as_slice()));
+        assert_eq!(firsts(&map, "session"), [b"ok".as_slice()]);
     }
 
     #[test]
     fn values_may_contain_equals() {
         let map = headers(&[b"session=a=b=="]);
-        assert_eq!(find(&map, "session").next(), Some(b"a=b==".as_slice()));
+        assert_eq!(firsts(&map, "session"), [b"a=b==".as_slice()]);
     }
 
     #[test]
     fn candidates_are_capped() {
-        let line = "session=x; ".repeat(100);
+        let line = "session=x; session.1=y; ".repeat(200);
         let map = headers(&[line.as_bytes()]);
-        assert_eq!(find(&map, "session").count(), MAX_CANDIDATES);
+        let found = family(&map, "session");
+        assert_eq!(found.firsts.len(), MAX_CANDIDATES);
+        assert_eq!(found.chunks.len(), MAX_CHUNK_COOKIES);
+        assert!(found.overflow);
     }
 }

@@ -8,6 +8,7 @@ use http::header::{SET_COOKIE, VARY};
 use http::{HeaderMap, HeaderValue, Response};
 use pin_project_lite::pin_project;
 
+use crate::codec::chunk;
 use crate::config::header_value;
 use crate::error::{Error, ErrorHandler};
 use crate::session::{Loaded, SessionHandle};
@@ -99,11 +100,15 @@ fn save<B>(
         return Ok(());
     }
     let now = config.now();
+    let headers = response.headers_mut();
     if state.modified && state.is_empty() {
         if loaded.had_cookie {
-            let removal = header_value(config.removal_cookie());
-            response.headers_mut().append(SET_COOKIE, removal);
+            headers.append(
+                SET_COOKIE,
+                header_value(config.removal_cookie(&config.name)),
+            );
         }
+        expire_chunks(headers, handle, loaded, 1);
         return Ok(());
     }
     let reissue = loaded.origin.as_ref().is_some_and(|origin| {
@@ -113,12 +118,24 @@ fn save<B>(
                 && now.saturating_sub(origin.issued_at) >= config.refresh_interval.as_secs())
     });
     if state.modified || reissue {
-        let line = shared.set_cookie(&state.data, state.permanent, now)?;
-        response
-            .headers_mut()
-            .append(SET_COOKIE, header_value(line));
+        let lines = shared.set_cookies(&state.data, state.permanent, now)?;
+        let written = lines.len();
+        for line in lines {
+            headers.append(SET_COOKIE, header_value(line));
+        }
+        expire_chunks(headers, handle, loaded, written);
     }
     Ok(())
+}
+
+/// Deletes the chunk cookies the request carried from index `from` on: a
+/// session that shrank, or was emptied, leaves none behind.
+fn expire_chunks(headers: &mut HeaderMap, handle: &SessionHandle, loaded: &Loaded, from: usize) {
+    let config = &handle.shared().config;
+    for &index in loaded.chunks.iter().filter(|&&i| i >= from) {
+        let name = chunk::chunk_name(&config.name, index);
+        headers.append(SET_COOKIE, header_value(config.removal_cookie(&name)));
+    }
 }
 
 /// Adds `Cookie` to `Vary` unless it (or `*`) is already there, so caches

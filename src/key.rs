@@ -4,6 +4,7 @@
 use std::fmt;
 use std::sync::Arc;
 
+use chacha20poly1305::XChaCha20Poly1305;
 use hkdf::Hkdf;
 use hmac::{Hmac, KeyInit};
 use sha2::Sha256;
@@ -34,6 +35,7 @@ pub struct Key {
 
 struct KeyInner {
     signing: HmacSha256,
+    encryption: XChaCha20Poly1305,
 }
 
 impl Key {
@@ -56,8 +58,12 @@ impl Key {
         }
         let hkdf = Hkdf::<Sha256>::new(Some(HKDF_SALT), secret);
         let signing = derive_mac(&hkdf, b"signed-cookie v1");
+        let encryption = XChaCha20Poly1305::new(&derive(&hkdf, b"private-cookie v1").into());
         Ok(Self {
-            inner: Arc::new(KeyInner { signing }),
+            inner: Arc::new(KeyInner {
+                signing,
+                encryption,
+            }),
         })
     }
 
@@ -98,13 +104,22 @@ impl Key {
     pub(crate) fn signing(&self) -> &HmacSha256 {
         &self.inner.signing
     }
+
+    pub(crate) fn encryption(&self) -> &XChaCha20Poly1305 {
+        &self.inner.encryption
+    }
 }
 
-fn derive_mac(hkdf: &Hkdf<Sha256>, purpose: &[u8]) -> HmacSha256 {
+/// The 32-byte key for `purpose`.
+fn derive(hkdf: &Hkdf<Sha256>, purpose: &[u8]) -> [u8; 32] {
     let mut okm = [0u8; 32];
     hkdf.expand(purpose, &mut okm)
         .expect("32 bytes is a valid HKDF-SHA256 output length");
-    HmacSha256::new_from_slice(&okm).expect("HMAC takes keys of any length")
+    okm
+}
+
+fn derive_mac(hkdf: &Hkdf<Sha256>, purpose: &[u8]) -> HmacSha256 {
+    HmacSha256::new_from_slice(&derive(hkdf, purpose)).expect("HMAC takes keys of any length")
 }
 
 impl fmt::Debug for Key {

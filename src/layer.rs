@@ -5,7 +5,9 @@ use std::time::{Duration, SystemTime};
 
 use tower_layer::Layer;
 
-use crate::codec::{Codec, DecodeError, Decoded, SessionData, SignedCodec};
+use crate::codec::{
+    Codec, DecodeError, Decoded, MAX_CHUNKS, PrivateCodec, SessionData, SignedCodec, chunk,
+};
 use crate::config::{self, Config, SameSite};
 use crate::cookies::MAX_COOKIE_LEN;
 use crate::error::{DefaultErrorHandler, Error, ErrorKind};
@@ -47,12 +49,18 @@ pub(crate) struct Shared {
 }
 
 impl Shared {
-    /// Verifies one cookie value of the request.
-    pub(crate) fn decode_cookie(&self, value: &[u8]) -> Result<Decoded, DecodeError> {
-        if value.len() > MAX_COOKIE_LEN {
+    /// Verifies the request's session cookie: `first` is the value of the
+    /// cookie named after the session, `chunks` the chunk cookies.
+    pub(crate) fn decode_cookie(
+        &self,
+        first: &[u8],
+        chunks: &[(usize, &[u8])],
+    ) -> Result<Decoded, DecodeError> {
+        if first.len() > MAX_COOKIE_LEN {
             return Err(DecodeError::TooLarge);
         }
-        let value = std::str::from_utf8(value).map_err(|_| DecodeError::Encoding)?;
+        let joined = chunk::join(first, chunks, self.config.max_chunks)?;
+        let value = std::str::from_utf8(&joined).map_err(|_| DecodeError::Encoding)?;
         let now = self.config.now();
         self.codec.decode(
             &self.config.name,
@@ -62,38 +70,75 @@ impl Shared {
         )
     }
 
-    /// The Set-Cookie line that stores `data`, or an error if browsers
-    /// would drop it for its size.
-    pub(crate) fn set_cookie(
+    /// The Set-Cookie lines that store `data`: one cookie when it fits,
+    /// chunks when it does not, or an error when even the chunk budget is
+    /// too small (browsers would drop what does not fit).
+    pub(crate) fn set_cookies(
         &self,
         data: &SessionData,
         permanent: bool,
         now: u64,
-    ) -> Result<String, Error> {
-        let value = self.codec.encode(&self.config.name, data, permanent, now);
-        let line = self.config.set_cookie(&value, permanent, now);
-        if line.len() > MAX_COOKIE_LEN {
-            return Err(Error::with_message(
-                ErrorKind::CookieTooLarge,
-                format!(
-                    "the Set-Cookie line would be {} bytes; browsers keep at most {MAX_COOKIE_LEN}",
-                    line.len()
-                ),
-            ));
+    ) -> Result<Vec<String>, Error> {
+        let config = &self.config;
+        let value = self.codec.encode(&config.name, data, permanent, now);
+        let line = config.set_cookie(&config.name, &value, permanent, now);
+        if line.len() <= MAX_COOKIE_LEN {
+            return Ok(vec![line]);
         }
-        Ok(line)
+        let overhead = line.len() - value.len();
+        let values = chunk::split(&value, overhead, MAX_COOKIE_LEN, config.max_chunks)
+            .ok_or_else(|| {
+                Error::with_message(
+                    ErrorKind::CookieTooLarge,
+                    format!(
+                        "the session encodes to {} bytes, more than {} cookies of {MAX_COOKIE_LEN} bytes hold",
+                        value.len(),
+                        config.max_chunks
+                    ),
+                )
+            })?;
+        Ok(values
+            .iter()
+            .enumerate()
+            .map(|(index, value)| {
+                if index == 0 {
+                    config.set_cookie(&config.name, value, permanent, now)
+                } else {
+                    let name = chunk::chunk_name(&config.name, index);
+                    config.set_cookie(&name, value, permanent, now)
+                }
+            })
+            .collect())
     }
 }
 
 impl SessionLayer {
     /// A layer keeping sessions in cookies signed with HMAC-SHA256 by the
     /// current key of `keys` (a [`Key`](crate::Key) or a
-    /// [`Keyring`] with fallbacks).
+    /// [`Keyring`] with fallbacks): the client can read the session but
+    /// not change it. The same as [`SessionLayer::signed`].
     pub fn new(keys: impl Into<Keyring>) -> Self {
+        Self::signed(keys)
+    }
+
+    /// A layer keeping sessions in signed cookies ([`SignedCodec`]).
+    pub fn signed(keys: impl Into<Keyring>) -> Self {
+        Self::with_codec(Codec::Signed(SignedCodec::new(keys.into())))
+    }
+
+    /// A layer keeping sessions in encrypted cookies ([`PrivateCodec`],
+    /// XChaCha20-Poly1305): the client can neither read nor change the
+    /// session. Costs 40 bytes more per cookie than [`signed`](Self::signed)
+    /// and a cipher pass over the data.
+    pub fn private(keys: impl Into<Keyring>) -> Self {
+        Self::with_codec(Codec::Private(PrivateCodec::new(keys.into())))
+    }
+
+    fn with_codec(codec: Codec) -> Self {
         Self {
             shared: Arc::new(Shared {
                 config: Config::default(),
-                codec: Codec::Signed(SignedCodec::new(keys.into())),
+                codec,
             }),
             error_handler: DefaultErrorHandler,
         }
@@ -219,6 +264,25 @@ impl<H> SessionLayer<H> {
     /// session, no cookie, no `Vary`. Call it once per prefix.
     pub fn skip_path(mut self, prefix: &str) -> Self {
         self.config().skip_paths.push(prefix.into());
+        self
+    }
+
+    /// How many cookies one session may be spread over (default 10, about
+    /// 40 KB; 1 turns chunking off). A session that does not fit is an
+    /// error response, never silently cut.
+    ///
+    /// Proxies and servers cap the whole `Cookie` header well before
+    /// browsers do (nginx's default `large_client_header_buffers` is 8 KB,
+    /// so two full chunks): past a few chunks, prefer a server-side store.
+    ///
+    /// # Panics
+    /// When `max` is 0 or more than [`MAX_CHUNKS`].
+    pub fn max_chunks(mut self, max: usize) -> Self {
+        assert!(
+            (1..=MAX_CHUNKS).contains(&max),
+            "max_chunks must be between 1 and {MAX_CHUNKS}, not {max}"
+        );
+        self.config().max_chunks = max;
         self
     }
 

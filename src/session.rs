@@ -314,6 +314,9 @@ pub(crate) struct Loaded {
     pub(crate) session: Session,
     /// The request carried a cookie of the session's name, valid or not.
     pub(crate) had_cookie: bool,
+    /// The chunk indices (`name.1`, ...) the request carried, valid or not:
+    /// the response expires those the new value no longer uses.
+    pub(crate) chunks: Vec<usize>,
     /// The verified cookie, if any.
     pub(crate) origin: Option<Origin>,
 }
@@ -351,10 +354,19 @@ impl SessionHandle {
     fn decode(&self, headers: &HeaderMap) -> Loaded {
         let shared = self.shared();
         let name = &*shared.config.name;
-        let mut had_cookie = false;
-        for value in cookies::find(headers, name) {
-            had_cookie = true;
-            match shared.decode_cookie(value) {
+        let family = cookies::family(headers, name);
+        let mut loaded = Loaded {
+            session: Session::from_state(State::default()),
+            had_cookie: !family.firsts.is_empty(),
+            chunks: family.chunk_indices(),
+            origin: None,
+        };
+        if family.overflow {
+            tracing::debug!(cookie = name, "too many session chunk cookies; refused");
+            return loaded;
+        }
+        for first in &family.firsts {
+            match shared.decode_cookie(first, &family.chunks) {
                 Ok(Decoded {
                     data,
                     permanent,
@@ -362,29 +374,23 @@ impl SessionHandle {
                     by_fallback_key,
                     ..
                 }) => {
-                    return Loaded {
-                        session: Session::from_state(State {
-                            data,
-                            permanent,
-                            ..State::default()
-                        }),
-                        had_cookie,
-                        origin: Some(Origin {
-                            issued_at,
-                            by_fallback_key,
-                        }),
-                    };
+                    loaded.session = Session::from_state(State {
+                        data,
+                        permanent,
+                        ..State::default()
+                    });
+                    loaded.origin = Some(Origin {
+                        issued_at,
+                        by_fallback_key,
+                    });
+                    break;
                 }
                 Err(reason) => {
                     tracing::debug!(cookie = name, %reason, "session cookie refused");
                 }
             }
         }
-        Loaded {
-            session: Session::from_state(State::default()),
-            had_cookie,
-            origin: None,
-        }
+        loaded
     }
 }
 

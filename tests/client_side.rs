@@ -379,7 +379,8 @@ async fn a_session_too_big_for_a_cookie_is_an_error_not_a_silent_loss() {
     let response = jar.send(&app, get_req("/big/2000")).await;
     assert_eq!(response.status(), StatusCode::OK);
 
-    let response = jar.send(&app, get_req("/big/4000")).await;
+    // Past the chunk budget (10 cookies, about 40 KB)...
+    let response = jar.send(&app, get_req("/big/60000")).await;
     assert_eq!(response.status(), StatusCode::INTERNAL_SERVER_ERROR);
     assert!(set_cookies(&response).is_empty());
     let error = response
@@ -394,12 +395,22 @@ async fn a_session_too_big_for_a_cookie_is_an_error_not_a_silent_loss() {
 
     // The previous cookie is intact in the browser.
     assert!(jar.get_text(&app, "/read").await.0.is_success());
+    assert_eq!(jar.cookies.len(), 1);
+
+    // ...and past one cookie when chunking is off.
+    let unchunked = app_with(layer(&clock).max_chunks(1));
+    let response = unchunked.oneshot_req(get_req("/big/4000")).await;
+    assert_eq!(response.status(), StatusCode::INTERNAL_SERVER_ERROR);
+    assert_eq!(
+        response.extensions().get::<Error>().unwrap().kind(),
+        ErrorKind::CookieTooLarge
+    );
 }
 
 #[tokio::test]
 async fn the_size_limit_is_on_the_whole_set_cookie_line() {
     let clock = TestClock::at(T0);
-    let app = app_with(layer(&clock));
+    let app = app_with(layer(&clock).max_chunks(1));
     // Find the largest value that fits, then one byte more must fail.
     let (mut lo, mut hi) = (1000usize, 4096usize);
     while lo + 1 < hi {
@@ -439,7 +450,7 @@ async fn a_custom_error_handler_replaces_the_response() {
             )))
             .unwrap()
     }));
-    let response = app.oneshot_req(get_req("/big/5000")).await;
+    let response = app.oneshot_req(get_req("/big/50000")).await;
     assert_eq!(response.status(), StatusCode::INSUFFICIENT_STORAGE);
     assert!(response.extensions().get::<Error>().is_some());
     assert_eq!(body_text(response).await, "session: CookieTooLarge");

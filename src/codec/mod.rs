@@ -1,10 +1,14 @@
 //! Cookie formats. Each codec turns a session's data into one cookie value
 //! and back; it knows nothing of HTTP or stores.
 
+pub(crate) mod chunk;
+mod private;
 mod signed;
 
 use std::fmt;
 
+pub use chunk::MAX_CHUNKS;
+pub use private::PrivateCodec;
 pub use signed::SignedCodec;
 
 /// A session's data: JSON values by string key, kept in key order.
@@ -51,6 +55,9 @@ pub enum DecodeError {
     Malformed,
     /// Longer than any cookie the layer writes.
     TooLarge,
+    /// A chunked value whose chunks do not add up: a count out of range, a
+    /// chunk missing, sent twice, or beyond the count.
+    BadChunks,
 }
 
 impl fmt::Display for DecodeError {
@@ -64,6 +71,7 @@ impl fmt::Display for DecodeError {
             Self::FromTheFuture => "issued in the future",
             Self::Malformed => "malformed contents",
             Self::TooLarge => "too large",
+            Self::BadChunks => "chunks missing, repeated or extra",
         })
     }
 }
@@ -85,6 +93,7 @@ fn check_age(issued_at: u64, now: u64, max_age: u64) -> Result<(), DecodeError> 
 #[derive(Debug, Clone)]
 pub(crate) enum Codec {
     Signed(SignedCodec),
+    Private(PrivateCodec),
 }
 
 impl Codec {
@@ -97,6 +106,7 @@ impl Codec {
     ) -> String {
         match self {
             Self::Signed(codec) => codec.encode(name, data, permanent, now),
+            Self::Private(codec) => codec.encode(name, data, permanent, now),
         }
     }
 
@@ -109,6 +119,7 @@ impl Codec {
     ) -> Result<Decoded, DecodeError> {
         match self {
             Self::Signed(codec) => codec.decode(name, value, now, max_age),
+            Self::Private(codec) => codec.decode(name, value, now, max_age),
         }
     }
 }
