@@ -12,7 +12,7 @@
 //! - `SESSION_SECRET`: the key, at least 32 bytes (generated, with a
 //!   warning, when unset);
 //! - `SESSION_SECURE=false`: no `Secure` attribute, for plain http;
-//! - `SESSION_CODEC`: `signed` (the default and, for now, the only one);
+//! - `SESSION_CODEC`: `signed` (the default) or `private` (encrypted);
 //! - `SESSION_STORE`: `cookie` (the default and, for now, the only one).
 //!
 //! Routes: `GET /session`, `PUT /session/{key}` (JSON body),
@@ -64,14 +64,15 @@ fn layer() -> Result<SessionLayer, String> {
             Key::generate()
         }
     };
-    match std::env::var("SESSION_CODEC").as_deref() {
-        Err(_) | Ok("signed") => {}
+    let layer = match std::env::var("SESSION_CODEC").as_deref() {
+        Err(_) | Ok("signed") => SessionLayer::signed(key),
+        Ok("private") => SessionLayer::private(key),
         Ok(other) => {
             return Err(format!(
-                "SESSION_CODEC={other:?} is not supported; use signed"
+                "SESSION_CODEC={other:?} is not supported; use signed or private"
             ));
         }
-    }
+    };
     match std::env::var("SESSION_STORE").as_deref() {
         Err(_) | Ok("cookie") => {}
         Ok(other) => {
@@ -85,7 +86,7 @@ fn layer() -> Result<SessionLayer, String> {
         Ok("false") => false,
         Ok(other) => return Err(format!("SESSION_SECURE={other:?}: use true or false")),
     };
-    Ok(SessionLayer::new(key).secure(secure))
+    Ok(layer.secure(secure))
 }
 
 fn app(layer: SessionLayer) -> Router {

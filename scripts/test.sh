@@ -3,15 +3,41 @@
 # need, then formatting, lints, docs and every test. CI runs exactly this
 # (through .ci/run) with CI=true.
 #
-# Today the suite needs nothing beyond the Rust toolchain: client-side
-# sessions talk to no external service. Stores and the Flask interop tests
-# add their preparation here as they land, so that a fresh machine passes.
+# What the suite needs beyond the Rust toolchain is installed here if
+# missing, so that a fresh machine passes: Debian's Chromium and Node.js
+# with playwright-core for the browser test. Each later need (database
+# servers, the Flask venv) adds its preparation here.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export PATH="$HOME/.cargo/bin:$PATH"
 export CARGO_TERM_COLOR="${CARGO_TERM_COLOR:-never}"
 
 step() { printf '\n== %s\n' "$*"; }
+
+apt_updated=
+apt_install() {
+    if [ "$(id -u)" -ne 0 ] && ! command -v sudo >/dev/null; then
+        echo "cannot install $* (not root, no sudo)" >&2
+        return 1
+    fi
+    local sudo=; [ "$(id -u)" -eq 0 ] || sudo=sudo
+    if [ -z "$apt_updated" ]; then
+        $sudo apt-get update -qq
+        apt_updated=1
+    fi
+    DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "$@" >/dev/null
+}
+
+step "prepare: Chromium and playwright-core for the browser test"
+if ! [ -x "${CHROMIUM:-/usr/bin/chromium}" ]; then
+    apt_install chromium
+fi
+if ! command -v node >/dev/null || ! command -v npm >/dev/null; then
+    apt_install nodejs npm
+fi
+if ! [ -d tests/browser/node_modules/playwright-core ]; then
+    (cd tests/browser && npm ci --no-audit --no-fund --loglevel=error)
+fi
 
 step "cargo fmt --check"
 cargo fmt --all -- --check

@@ -128,8 +128,8 @@ impl SessionLayer {
 
     /// A layer keeping sessions in encrypted cookies ([`PrivateCodec`],
     /// XChaCha20-Poly1305): the client can neither read nor change the
-    /// session. Costs 40 bytes more per cookie than [`signed`](Self::signed)
-    /// and a cipher pass over the data.
+    /// session. Costs 11 characters more per cookie than
+    /// [`signed`](Self::signed) and a cipher pass over the data.
     pub fn private(keys: impl Into<Keyring>) -> Self {
         Self::with_codec(Codec::Private(PrivateCodec::new(keys.into())))
     }

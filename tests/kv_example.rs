@@ -1,62 +1,16 @@
 //! Black-box tests of `examples/kv.rs`: the real binary over real HTTP,
 //! the way people poke at it with curl.
 
-use std::io::{BufRead, BufReader, Read, Write};
+mod common;
+
+use std::io::{Read, Write};
 use std::net::TcpStream;
-use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 
-/// The example binary cargo built beside this test.
-fn kv_binary() -> PathBuf {
-    let mut path = std::env::current_exe().unwrap();
-    path.pop(); // the test binary
-    path.pop(); // deps/
-    path.push("examples");
-    path.push(format!("kv{}", std::env::consts::EXE_SUFFIX));
-    assert!(
-        path.exists(),
-        "{} not built: run the whole `cargo test`, which builds the examples",
-        path.display()
-    );
-    path
-}
-
-struct Server {
-    child: Child,
-    addr: String,
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
+use common::{ExampleServer as Server, example_binary, start_example};
 
 fn start(env: &[(&str, &str)]) -> Server {
-    let mut command = Command::new(kv_binary());
-    command
-        .env_remove("SESSION_CODEC")
-        .env_remove("SESSION_STORE")
-        .env("PORT", "0")
-        .env("SESSION_SECURE", "false")
-        .env("SESSION_SECRET", "kv-example-test-secret-of-enough-length!")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
-    for (k, v) in env {
-        command.env(k, v);
-    }
-    let mut child = command.spawn().unwrap();
-    let mut line = String::new();
-    BufReader::new(child.stdout.take().unwrap())
-        .read_line(&mut line)
-        .unwrap();
-    let addr = line
-        .trim()
-        .strip_prefix("listening on http://")
-        .unwrap_or_else(|| panic!("unexpected first line {line:?}"))
-        .to_owned();
-    Server { child, addr }
+    start_example("kv", env)
 }
 
 struct Reply {
@@ -122,7 +76,13 @@ impl Client<'_> {
 
 #[test]
 fn the_kv_api_works_over_http() {
-    let server = start(&[]);
+    for codec in ["signed", "private"] {
+        kv_api_works_with(codec);
+    }
+}
+
+fn kv_api_works_with(codec: &str) {
+    let server = start(&[("SESSION_CODEC", codec)]);
     let mut client = Client {
         server: &server,
         cookie: String::new(),
@@ -172,7 +132,7 @@ fn the_kv_api_works_over_http() {
 }
 
 fn fails_to_start(env: &[(&str, &str)]) -> String {
-    let output = Command::new(kv_binary())
+    let output = Command::new(example_binary("kv"))
         .env("PORT", "0")
         .env("SESSION_SECRET", "kv-example-test-secret-of-enough-length!")
         .envs(env.iter().copied())

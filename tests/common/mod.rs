@@ -128,3 +128,77 @@ impl TestClock {
         move || UNIX_EPOCH + Duration::from_secs(secs.load(Ordering::SeqCst))
     }
 }
+
+/// An example binary cargo built beside the tests, running on a free port.
+pub struct ExampleServer {
+    child: std::process::Child,
+    pub addr: String,
+}
+
+impl Drop for ExampleServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The path of `examples/NAME.rs` as built by `cargo test`.
+pub fn example_binary(name: &str) -> std::path::PathBuf {
+    let mut path = std::env::current_exe().unwrap();
+    path.pop(); // the test binary
+    path.pop(); // deps/
+    path.push("examples");
+    path.push(format!("{name}{}", std::env::consts::EXE_SUFFIX));
+    assert!(
+        path.exists(),
+        "{} not built: run the whole `cargo test`, which builds the examples",
+        path.display()
+    );
+    path
+}
+
+/// Starts `examples/NAME.rs` on a free port with a fixed secret, plain
+/// http, and `env` on top; returns once it listens.
+pub fn start_example(name: &str, env: &[(&str, &str)]) -> ExampleServer {
+    use std::io::BufRead;
+    let mut command = std::process::Command::new(example_binary(name));
+    command
+        .env_remove("SESSION_CODEC")
+        .env_remove("SESSION_STORE")
+        .env("PORT", "0")
+        .env("SESSION_SECURE", "false")
+        .env("SESSION_SECRET", "example-test-secret-of-enough-length!!")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::inherit());
+    for (k, v) in env {
+        command.env(k, v);
+    }
+    let mut child = command.spawn().unwrap();
+    let mut line = String::new();
+    std::io::BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    let addr = line
+        .trim()
+        .strip_prefix("listening on http://")
+        .unwrap_or_else(|| panic!("unexpected first line {line:?}"))
+        .to_owned();
+    ExampleServer { child, addr }
+}
+
+/// Whether the run is CI's, where a test that needs something missing
+/// must fail rather than skip.
+pub fn in_ci() -> bool {
+    std::env::var("CI").is_ok_and(|v| v == "true" || v == "1")
+}
+
+/// Skips (outside CI) or fails (in CI) a test whose prerequisite is
+/// missing. Returns true when the test should stop.
+pub fn missing(what: &str) -> bool {
+    assert!(
+        !in_ci(),
+        "CI=true and {what}: scripts/test.sh should have provided it"
+    );
+    eprintln!("SKIPPED: {what} (run scripts/test.sh to set it up)");
+    true
+}
