@@ -12,7 +12,9 @@
 //! - `SESSION_SECRET`: the key, at least 32 bytes (generated, with a
 //!   warning, when unset);
 //! - `SESSION_SECURE=false`: no `Secure` attribute, for plain http;
-//! - `SESSION_CODEC`: `signed` (the default) or `private` (encrypted);
+//! - `SESSION_CODEC`: `signed` (the default), `private` (encrypted) or
+//!   `flask` (Flask's own cookies, `SESSION_SECRET` being the Flask app's
+//!   `SECRET_KEY`; needs `--features flask`);
 //! - `SESSION_STORE`: `cookie` (the default and, for now, the only one).
 //!
 //! Routes: `GET /session`, `PUT /session/{key}` (JSON body),
@@ -55,21 +57,14 @@ async fn permanent(session: Session, Json(permanent): Json<bool>) -> Reply {
 }
 
 fn layer() -> Result<SessionLayer, String> {
-    let key = match std::env::var("SESSION_SECRET") {
-        Ok(_) => Key::from_env("SESSION_SECRET").map_err(|e| e.to_string())?,
-        Err(_) => {
-            eprintln!(
-                "warning: SESSION_SECRET is unset; using a random key, sessions end with the process"
-            );
-            Key::generate()
-        }
-    };
-    let layer = match std::env::var("SESSION_CODEC").as_deref() {
-        Err(_) | Ok("signed") => SessionLayer::signed(key),
-        Ok("private") => SessionLayer::private(key),
-        Ok(other) => {
+    let codec = std::env::var("SESSION_CODEC").unwrap_or_else(|_| "signed".into());
+    let layer = match codec.as_str() {
+        "signed" => SessionLayer::signed(key()?),
+        "private" => SessionLayer::private(key()?),
+        "flask" => flask_layer()?,
+        other => {
             return Err(format!(
-                "SESSION_CODEC={other:?} is not supported; use signed or private"
+                "SESSION_CODEC={other:?} is not supported; use signed, private or flask"
             ));
         }
     };
@@ -87,6 +82,36 @@ fn layer() -> Result<SessionLayer, String> {
         Ok(other) => return Err(format!("SESSION_SECURE={other:?}: use true or false")),
     };
     Ok(layer.secure(secure))
+}
+
+/// The key from `SESSION_SECRET`, or a random one with a warning.
+fn key() -> Result<Key, String> {
+    if std::env::var_os("SESSION_SECRET").is_none() {
+        eprintln!(
+            "warning: SESSION_SECRET is unset; using a random key, sessions end with the process"
+        );
+        return Ok(Key::generate());
+    }
+    Key::from_env("SESSION_SECRET").map_err(|e| e.to_string())
+}
+
+/// Flask's cookies, signed with the Flask app's `SECRET_KEY` from
+/// `SESSION_SECRET` (any length: Flask keys are often short).
+#[cfg(feature = "flask")]
+fn flask_layer() -> Result<SessionLayer, String> {
+    let secret = std::env::var("SESSION_SECRET").map_err(|_| {
+        "SESSION_CODEC=flask needs SESSION_SECRET, the Flask app's SECRET_KEY".to_owned()
+    })?;
+    let codec = session_layer::codec::FlaskCodec::new(secret).map_err(|e| e.to_string())?;
+    Ok(SessionLayer::flask(codec))
+}
+
+#[cfg(not(feature = "flask"))]
+fn flask_layer() -> Result<SessionLayer, String> {
+    Err(
+        "SESSION_CODEC=flask needs the flask feature: cargo run --features flask --example kv"
+            .into(),
+    )
 }
 
 fn app(layer: SessionLayer) -> Router {

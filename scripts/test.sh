@@ -4,9 +4,10 @@
 # (through .ci/run) with CI=true.
 #
 # What the suite needs beyond the Rust toolchain is installed here if
-# missing, so that a fresh machine passes: Debian's Chromium and Node.js
-# with playwright-core for the browser test. Each later need (database
-# servers, the Flask venv) adds its preparation here.
+# missing, so that a fresh machine passes: a Python venv with the pinned
+# Flask for the interop tests, and Debian's Chromium and Node.js with
+# playwright-core for the browser test. Each later need (database servers)
+# adds its preparation here.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export PATH="$HOME/.cargo/bin:$PATH"
@@ -27,6 +28,19 @@ apt_install() {
     fi
     DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "$@" >/dev/null
 }
+
+step "prepare: Python venv with the pinned Flask for the interop tests"
+if ! .venv/bin/python -c 'import flask' 2>/dev/null \
+    || ! cmp -s tests/flask/requirements.txt .venv/requirements.installed; then
+    if ! python3 -m venv --help >/dev/null 2>&1; then
+        apt_install python3-venv
+    fi
+    rm -rf .venv
+    python3 -m venv .venv
+    .venv/bin/pip install --quiet --disable-pip-version-check -r tests/flask/requirements.txt
+    cp tests/flask/requirements.txt .venv/requirements.installed
+fi
+.venv/bin/python -c 'from importlib.metadata import version as v; print("Flask", v("flask"), "itsdangerous", v("itsdangerous"))'
 
 step "prepare: Chromium and playwright-core for the browser test"
 if ! [ -x "${CHROMIUM:-/usr/bin/chromium}" ]; then

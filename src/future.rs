@@ -118,7 +118,7 @@ fn save<B>(
                 && now.saturating_sub(origin.issued_at) >= config.refresh_interval.as_secs())
     });
     if state.modified || reissue {
-        let lines = shared.set_cookies(&state.data, state.permanent, now)?;
+        let lines = shared.set_cookies(&state.data, state.permanent, now, state.tags.as_ref())?;
         let written = lines.len();
         for line in lines {
             headers.append(SET_COOKIE, header_value(line));

@@ -6,7 +6,7 @@ use std::time::{Duration, SystemTime};
 use tower_layer::Layer;
 
 use crate::codec::{
-    Codec, DecodeError, Decoded, MAX_CHUNKS, PrivateCodec, SessionData, SignedCodec, chunk,
+    Codec, DecodeError, Decoded, MAX_CHUNKS, PrivateCodec, SessionData, SignedCodec, Tags, chunk,
 };
 use crate::config::{self, Config, SameSite};
 use crate::cookies::MAX_COOKIE_LEN;
@@ -78,9 +78,10 @@ impl Shared {
         data: &SessionData,
         permanent: bool,
         now: u64,
+        tags: Option<&Tags>,
     ) -> Result<Vec<String>, Error> {
         let config = &self.config;
-        let value = self.codec.encode(&config.name, data, permanent, now);
+        let value = self.codec.encode(&config.name, data, permanent, now, tags);
         let line = config.set_cookie(&config.name, &value, permanent, now);
         if line.len() <= MAX_COOKIE_LEN {
             return Ok(vec![line]);
@@ -132,6 +133,22 @@ impl SessionLayer {
     /// [`signed`](Self::signed) and a cipher pass over the data.
     pub fn private(keys: impl Into<Keyring>) -> Self {
         Self::with_codec(Codec::Private(PrivateCodec::new(keys.into())))
+    }
+
+    /// A layer reading and writing Flask's session cookies
+    /// ([`FlaskCodec`](crate::codec::FlaskCodec)), so a Flask app and this
+    /// one, sharing `SECRET_KEY` and the cookie name, share sessions.
+    ///
+    /// Chunking is off (Flask cannot read chunks) until
+    /// [`max_chunks`](Self::max_chunks) turns it on. Match `lifetime` to
+    /// Flask's `PERMANENT_SESSION_LIFETIME` (both default to 31 days) and
+    /// the cookie name, Path and Domain to Flask's `SESSION_COOKIE_*`;
+    /// `docs/migrating-from-flask.md` maps every setting.
+    #[cfg(feature = "flask")]
+    pub fn flask(codec: crate::codec::FlaskCodec) -> Self {
+        let mut layer = Self::with_codec(Codec::Flask(codec));
+        layer.config().max_chunks = 1;
+        layer
     }
 
     fn with_codec(codec: Codec) -> Self {

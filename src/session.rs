@@ -9,7 +9,7 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 use serde_json::Value;
 
-use crate::codec::{Decoded, SessionData};
+use crate::codec::{Decoded, SessionData, Tags};
 use crate::cookies;
 use crate::error::{Error, ErrorKind};
 use crate::layer::Shared;
@@ -40,6 +40,8 @@ pub(crate) struct State {
     pub(crate) permanent: bool,
     pub(crate) accessed: bool,
     pub(crate) modified: bool,
+    /// What the codec remembers of the cookie (Python types, for Flask).
+    pub(crate) tags: Option<Tags>,
 }
 
 impl State {
@@ -372,11 +374,13 @@ impl SessionHandle {
                     permanent,
                     issued_at,
                     by_fallback_key,
+                    tags,
                     ..
                 }) => {
                     loaded.session = Session::from_state(State {
                         data,
                         permanent,
+                        tags,
                         ..State::default()
                     });
                     loaded.origin = Some(Origin {

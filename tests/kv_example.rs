@@ -3,54 +3,16 @@
 
 mod common;
 
-use std::io::{Read, Write};
-use std::net::TcpStream;
 use std::process::Command;
 
-use common::{ExampleServer as Server, example_binary, start_example};
+use common::{ExampleServer as Server, Reply, example_binary, http_request, start_example};
 
 fn start(env: &[(&str, &str)]) -> Server {
     start_example("kv", env)
 }
 
-struct Reply {
-    status: u16,
-    set_cookies: Vec<String>,
-    body: String,
-}
-
-/// One HTTP/1.1 request over a fresh connection, sending `cookie`.
 fn request(server: &Server, method: &str, path: &str, body: &str, cookie: &str) -> Reply {
-    let mut stream = TcpStream::connect(&server.addr).unwrap();
-    write!(
-        stream,
-        "{method} {path} HTTP/1.1\r\nHost: {}\r\nConnection: close\r\nContent-Type: application/json\r\nContent-Length: {}\r\nCookie: {cookie}\r\n\r\n{body}",
-        server.addr,
-        body.len()
-    )
-    .unwrap();
-    let mut raw = String::new();
-    stream.read_to_string(&mut raw).unwrap();
-    let (head, body) = raw.split_once("\r\n\r\n").unwrap();
-    let mut lines = head.lines();
-    let status = lines
-        .next()
-        .unwrap()
-        .split(' ')
-        .nth(1)
-        .unwrap()
-        .parse()
-        .unwrap();
-    let set_cookies = lines
-        .filter_map(|l| l.split_once(": "))
-        .filter(|(name, _)| name.eq_ignore_ascii_case("set-cookie"))
-        .map(|(_, value)| value.to_owned())
-        .collect();
-    Reply {
-        status,
-        set_cookies,
-        body: body.to_owned(),
-    }
+    http_request(&server.addr, method, path, body, cookie)
 }
 
 /// A curl-like session: the cookie from each reply goes into the next request.

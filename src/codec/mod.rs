@@ -2,12 +2,25 @@
 //! and back; it knows nothing of HTTP or stores.
 
 pub(crate) mod chunk;
+#[cfg(feature = "flask")]
+mod flask;
 mod private;
 mod signed;
 
 use std::fmt;
 
 pub use chunk::MAX_CHUNKS;
+#[cfg(feature = "flask")]
+pub use flask::FlaskCodec;
+#[cfg(feature = "flask")]
+pub(crate) use flask::Tags;
+
+/// What a codec remembers of a decoded cookie to write it back faithfully:
+/// for the flask codec, the Python types of the values. Nothing for the
+/// others.
+#[cfg(not(feature = "flask"))]
+#[derive(Debug, Clone, Default, PartialEq)]
+pub(crate) struct Tags;
 pub use private::PrivateCodec;
 pub use signed::SignedCodec;
 
@@ -31,6 +44,8 @@ pub struct Decoded {
     /// Whether a fallback key, not the current one, verified it; the layer
     /// then re-signs it with the current key.
     pub by_fallback_key: bool,
+    /// The Python types of the values, for the flask codec.
+    pub(crate) tags: Option<Tags>,
 }
 
 /// Why a cookie value was refused. The layer treats each as "no session"
@@ -94,6 +109,8 @@ fn check_age(issued_at: u64, now: u64, max_age: u64) -> Result<(), DecodeError> 
 pub(crate) enum Codec {
     Signed(SignedCodec),
     Private(PrivateCodec),
+    #[cfg(feature = "flask")]
+    Flask(FlaskCodec),
 }
 
 impl Codec {
@@ -103,10 +120,15 @@ impl Codec {
         data: &SessionData,
         permanent: bool,
         now: u64,
+        tags: Option<&Tags>,
     ) -> String {
+        #[cfg(not(feature = "flask"))]
+        let _ = tags;
         match self {
             Self::Signed(codec) => codec.encode(name, data, permanent, now),
             Self::Private(codec) => codec.encode(name, data, permanent, now),
+            #[cfg(feature = "flask")]
+            Self::Flask(codec) => codec.encode_tagged(data, permanent, now, tags),
         }
     }
 
@@ -120,6 +142,8 @@ impl Codec {
         match self {
             Self::Signed(codec) => codec.decode(name, value, now, max_age),
             Self::Private(codec) => codec.decode(name, value, now, max_age),
+            #[cfg(feature = "flask")]
+            Self::Flask(codec) => codec.decode(value, now, max_age),
         }
     }
 }

@@ -127,6 +127,7 @@ impl PrivateCodec {
             permanent: flags & FLAG_PERMANENT != 0,
             issued_at,
             by_fallback_key: key_index > 0,
+            tags: None,
         })
     }
 }

@@ -99,6 +99,7 @@ impl SignedCodec {
             permanent: flags & FLAG_PERMANENT != 0,
             issued_at,
             by_fallback_key: key_index > 0,
+            tags: None,
         })
     }
 }

@@ -202,3 +202,51 @@ pub fn missing(what: &str) -> bool {
     eprintln!("SKIPPED: {what} (run scripts/test.sh to set it up)");
     true
 }
+
+/// What [`http_request`] got back.
+pub struct Reply {
+    pub status: u16,
+    pub set_cookies: Vec<String>,
+    pub body: String,
+}
+
+/// One HTTP/1.1 request over a fresh connection to `addr`, sending
+/// `cookie` (a `Cookie` header value, possibly empty) and `body` (form
+/// encoded when it contains `=`, JSON otherwise).
+pub fn http_request(addr: &str, method: &str, path: &str, body: &str, cookie: &str) -> Reply {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect(addr).unwrap();
+    let content_type = if body.contains('=') && !body.starts_with(['{', '[', '"']) {
+        "application/x-www-form-urlencoded"
+    } else {
+        "application/json"
+    };
+    write!(
+        stream,
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\nCookie: {cookie}\r\n\r\n{body}",
+        body.len()
+    )
+    .unwrap();
+    let mut raw = String::new();
+    stream.read_to_string(&mut raw).unwrap();
+    let (head, body) = raw.split_once("\r\n\r\n").unwrap();
+    let mut lines = head.lines();
+    let status = lines
+        .next()
+        .unwrap()
+        .split(' ')
+        .nth(1)
+        .unwrap()
+        .parse()
+        .unwrap();
+    let set_cookies = lines
+        .filter_map(|l| l.split_once(": "))
+        .filter(|(name, _)| name.eq_ignore_ascii_case("set-cookie"))
+        .map(|(_, value)| value.to_owned())
+        .collect();
+    Reply {
+        status,
+        set_cookies,
+        body: body.to_owned(),
+    }
+}

@@ -1,0 +1,323 @@
+//! Flask's session cookie, byte for byte: itsdangerous 2.x
+//! `URLSafeTimedSerializer` with salt `cookie-session`, HMAC-SHA1 keys
+//! derived by HMAC, zlib when it saves space, and Flask's tagged JSON.
+//! Verified against Flask 3.1 and itsdangerous 2.2 by the interop tests.
+
+mod json;
+mod tag;
+
+use std::io::{Read, Write};
+use std::sync::Arc;
+
+use base64::Engine;
+use base64::alphabet::URL_SAFE;
+use base64::engine::{DecodePaddingMode, GeneralPurpose, GeneralPurposeConfig};
+use flate2::Compression;
+use flate2::read::ZlibDecoder;
+use flate2::write::ZlibEncoder;
+use hmac::{Hmac, KeyInit, Mac};
+use serde_json::Value;
+use sha1::Sha1;
+
+pub(crate) use tag::Tags;
+
+use super::{DecodeError, Decoded, SessionData};
+use crate::error::{Error, ErrorKind};
+
+type HmacSha1 = Hmac<Sha1>;
+
+/// Flask's `SecureCookieSessionInterface.salt`.
+const SALT: &[u8] = b"cookie-session";
+
+/// The key Flask marks permanent sessions with.
+const PERMANENT_KEY: &str = "_permanent";
+
+/// The most a compressed payload may inflate to. Only authentic payloads
+/// are inflated, but a cap costs nothing and bounds a key holder's mistake.
+const MAX_INFLATED: u64 = 1 << 20;
+
+/// itsdangerous writes unpadded base64url and reads leniently; reading
+/// with trailing bits allowed accepts every signature Flask accepts.
+const B64: GeneralPurpose = GeneralPurpose::new(
+    &URL_SAFE,
+    GeneralPurposeConfig::new()
+        .with_encode_padding(false)
+        .with_decode_padding_mode(DecodePaddingMode::Indifferent)
+        .with_decode_allow_trailing_bits(true),
+);
+
+/// Flask's session cookie format, so a Flask app and a Rust app sharing
+/// `SECRET_KEY` read and write each other's sessions.
+///
+/// ```
+/// use session_layer::codec::FlaskCodec;
+/// let codec = FlaskCodec::new("the Flask app's SECRET_KEY").unwrap();
+/// let mut data = serde_json::Map::new();
+/// data.insert("user_id".into(), 42.into());
+/// let cookie = codec.encode(&data, false, 1_700_000_000);
+/// // What Flask 3.1 writes for session["user_id"] = 42 at that time:
+/// assert_eq!(cookie, "eyJ1c2VyX2lkIjo0Mn0.ZVPxAA.mL8c90GFLDa5amwGqnx4QxgB4vs");
+/// ```
+///
+/// Differences from Flask, all on the safe side: a validly signed payload
+/// that Flask would answer with a 500 (bad tagged JSON) is an empty session
+/// here, and cookies up to 60 seconds in the future are accepted (clock
+/// skew between servers), where itsdangerous refuses any.
+///
+/// The format does not bind the cookie name (Flask's does not), and signs
+/// with HMAC-SHA1: fine for a MAC, but prefer the signed or private codec
+/// once Flask no longer needs to read the sessions.
+#[derive(Clone)]
+pub struct FlaskCodec {
+    /// Derived signing keys, current first.
+    keys: Arc<[HmacSha1]>,
+}
+
+impl FlaskCodec {
+    /// A codec signing with Flask's `SECRET_KEY` (as its UTF-8 bytes, the
+    /// way Flask uses a `str` key).
+    ///
+    /// Flask keys are often shorter than the 32 bytes the other codecs
+    /// require; a short one is accepted, with a `tracing` warning.
+    ///
+    /// # Errors
+    /// [`ErrorKind::InvalidKey`] for an empty secret, with which Flask
+    /// itself refuses to sign sessions.
+    pub fn new(secret_key: impl AsRef<[u8]>) -> Result<Self, Error> {
+        Ok(Self {
+            keys: Arc::from([derive(secret_key.as_ref())?]),
+        })
+    }
+
+    /// Adds a key that still verifies, as Flask's `SECRET_KEY_FALLBACKS`;
+    /// fallbacks are tried in the order added, after the current key.
+    ///
+    /// # Errors
+    /// [`ErrorKind::InvalidKey`] for an empty secret.
+    pub fn fallback(self, secret_key: impl AsRef<[u8]>) -> Result<Self, Error> {
+        let mut keys = self.keys.to_vec();
+        keys.push(derive(secret_key.as_ref())?);
+        Ok(Self {
+            keys: Arc::from(keys),
+        })
+    }
+
+    /// The cookie value Flask would write for `data` at `now`; a permanent
+    /// session carries `"_permanent": true`, as in Flask.
+    pub fn encode(&self, data: &SessionData, permanent: bool, now: u64) -> String {
+        self.encode_tagged(data, permanent, now, None)
+    }
+
+    pub(crate) fn encode_tagged(
+        &self,
+        data: &SessionData,
+        permanent: bool,
+        now: u64,
+        tags: Option<&Tags>,
+    ) -> String {
+        let mut tagged = tag::tag_session(data, tags);
+        if permanent {
+            tagged.insert(PERMANENT_KEY.to_owned(), Value::Bool(true));
+        }
+        let json = json::to_vec(&tagged);
+        let mut value = String::with_capacity(json.len() * 4 / 3 + 48);
+        let compressed = compress(&json);
+        if compressed.len() < json.len() - 1 {
+            value.push('.');
+            B64.encode_string(&compressed, &mut value);
+        } else {
+            B64.encode_string(&json, &mut value);
+        }
+        value.push('.');
+        let ts = now.to_be_bytes();
+        let first = ts.iter().position(|&b| b != 0).unwrap_or(ts.len());
+        B64.encode_string(&ts[first..], &mut value);
+        let mut mac = self.keys[0].clone();
+        mac.update(value.as_bytes());
+        let signature = mac.finalize().into_bytes();
+        value.push('.');
+        B64.encode_string(signature, &mut value);
+        value
+    }
+
+    /// Verifies and decodes a Flask session cookie, refusing one issued
+    /// more than `max_age` seconds before `now` (Flask's
+    /// `PERMANENT_SESSION_LIFETIME`, which it applies to every session).
+    ///
+    /// # Errors
+    /// A [`DecodeError`] saying why the value was refused.
+    pub fn decode(&self, value: &str, now: u64, max_age: u64) -> Result<Decoded, DecodeError> {
+        let (signed, signature) = value.rsplit_once('.').ok_or(DecodeError::Malformed)?;
+        let (payload, ts) = signed.rsplit_once('.').ok_or(DecodeError::Malformed)?;
+        let signature = B64.decode(signature).map_err(|_| DecodeError::Encoding)?;
+        let key_index = self
+            .keys
+            .iter()
+            .position(|key| {
+                let mut mac = key.clone();
+                mac.update(signed.as_bytes());
+                mac.verify_slice(&signature).is_ok()
+            })
+            .ok_or(DecodeError::BadSignature)?;
+        let ts = B64.decode(ts).map_err(|_| DecodeError::Encoding)?;
+        if ts.len() > 8 {
+            return Err(DecodeError::Malformed);
+        }
+        let issued_at = ts.iter().fold(0u64, |n, &b| n << 8 | u64::from(b));
+        super::check_age(issued_at, now, max_age)?;
+        let json = match payload.strip_prefix('.') {
+            Some(compressed) => {
+                inflate(&B64.decode(compressed).map_err(|_| DecodeError::Encoding)?)?
+            }
+            None => B64.decode(payload).map_err(|_| DecodeError::Encoding)?,
+        };
+        let tagged: SessionData =
+            serde_json::from_slice(&json).map_err(|_| DecodeError::Malformed)?;
+        let (mut data, tags) = tag::untag_session(tagged).map_err(|_| DecodeError::Malformed)?;
+        let permanent = data.remove(PERMANENT_KEY) == Some(Value::Bool(true));
+        Ok(Decoded {
+            data,
+            permanent,
+            issued_at,
+            by_fallback_key: key_index > 0,
+            tags: Some(tags),
+        })
+    }
+}
+
+/// itsdangerous' `key_derivation="hmac"`: HMAC-SHA1(secret, salt).
+fn derive(secret: &[u8]) -> Result<HmacSha1, Error> {
+    if secret.is_empty() {
+        return Err(Error::with_message(
+            ErrorKind::InvalidKey,
+            "the Flask secret key is empty",
+        ));
+    }
+    if secret.len() < crate::MIN_KEY_LEN {
+        tracing::warn!(
+            length = secret.len(),
+            "the Flask secret key is shorter than 32 bytes; use a longer one once Flask allows"
+        );
+    }
+    let mut mac = HmacSha1::new_from_slice(secret).expect("HMAC takes keys of any length");
+    mac.update(SALT);
+    let key = mac.finalize().into_bytes();
+    Ok(HmacSha1::new_from_slice(&key).expect("HMAC takes keys of any length"))
+}
+
+/// `zlib.compress(data)`: zlib format at the default level 6.
+fn compress(data: &[u8]) -> Vec<u8> {
+    let mut encoder =
+        ZlibEncoder::new(Vec::with_capacity(data.len() / 2 + 16), Compression::new(6));
+    encoder
+        .write_all(data)
+        .expect("writing to a Vec cannot fail");
+    encoder.finish().expect("writing to a Vec cannot fail")
+}
+
+fn inflate(data: &[u8]) -> Result<Vec<u8>, DecodeError> {
+    let mut out = Vec::new();
+    ZlibDecoder::new(data)
+        .take(MAX_INFLATED + 1)
+        .read_to_end(&mut out)
+        .map_err(|_| DecodeError::Malformed)?;
+    if out.len() as u64 > MAX_INFLATED {
+        return Err(DecodeError::TooLarge);
+    }
+    Ok(out)
+}
+
+impl std::fmt::Debug for FlaskCodec {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "FlaskCodec(REDACTED, {} keys)", self.keys.len())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    const NOW: u64 = 1_700_000_000;
+
+    fn codec() -> FlaskCodec {
+        FlaskCodec::new("dev").unwrap()
+    }
+
+    fn data(value: Value) -> SessionData {
+        value.as_object().unwrap().clone()
+    }
+
+    #[test]
+    fn round_trips_with_and_without_compression() {
+        for value in [
+            json!({"a": 1}),
+            json!({"long": "x".repeat(500), "n": [1, 2, 3]}),
+        ] {
+            let cookie = codec().encode(&data(value.clone()), true, NOW);
+            let decoded = codec().decode(&cookie, NOW, 3600).unwrap();
+            assert_eq!(Value::Object(decoded.data), value);
+            assert!(decoded.permanent);
+        }
+        let long = codec().encode(&data(json!({"long": "x".repeat(500)})), false, NOW);
+        assert!(long.starts_with('.'), "compressed: {long}");
+    }
+
+    #[test]
+    fn fallbacks_verify_and_the_current_key_signs() {
+        let old = FlaskCodec::new("old secret").unwrap();
+        let cookie = old.encode(&data(json!({"a": 1})), false, NOW);
+        let rotated = FlaskCodec::new("new secret")
+            .unwrap()
+            .fallback("old secret")
+            .unwrap();
+        assert!(rotated.decode(&cookie, NOW, 60).unwrap().by_fallback_key);
+        let fresh = rotated.encode(&data(json!({"a": 1})), false, NOW);
+        assert!(old.decode(&fresh, NOW, 60).is_err());
+    }
+
+    #[test]
+    fn expired_future_and_forged_cookies_are_refused() {
+        let cookie = codec().encode(&data(json!({"a": 1})), false, NOW);
+        assert_eq!(
+            codec().decode(&cookie, NOW + 61, 60).unwrap_err(),
+            DecodeError::Expired
+        );
+        assert_eq!(
+            codec().decode(&cookie, NOW - 61, 60).unwrap_err(),
+            DecodeError::FromTheFuture
+        );
+        let forged = cookie.replacen("eyJ", "eyK", 1);
+        assert_eq!(
+            codec().decode(&forged, NOW, 60).unwrap_err(),
+            DecodeError::BadSignature
+        );
+        for bad in ["", ".", "..", "a.b", "a.b.c", "...", &"x".repeat(5000)] {
+            assert!(codec().decode(bad, NOW, 60).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn a_zip_bomb_signed_with_the_key_is_refused() {
+        let json = format!("{{\"a\":\"{}\"}}", "x".repeat(2 << 20));
+        let compressed = compress(json.as_bytes());
+        let mut value = format!(".{}.{}", B64.encode(compressed), B64.encode([1u8]));
+        let mut mac = codec().keys[0].clone();
+        mac.update(value.as_bytes());
+        value = format!("{value}.{}", B64.encode(mac.finalize().into_bytes()));
+        assert_eq!(
+            codec().decode(&value, 1, u64::MAX).unwrap_err(),
+            DecodeError::TooLarge
+        );
+    }
+
+    #[test]
+    fn empty_secrets_are_refused_and_debug_redacts() {
+        assert_eq!(
+            FlaskCodec::new("").unwrap_err().kind(),
+            ErrorKind::InvalidKey
+        );
+        let text = format!("{:?}", FlaskCodec::new("hunter2").unwrap());
+        assert!(text.contains("REDACTED") && !text.contains("hunter2"));
+    }
+}
