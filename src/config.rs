@@ -9,6 +9,8 @@ use cookie::Cookie;
 use cookie::time::OffsetDateTime;
 use http::HeaderValue;
 
+use crate::store::Record;
+
 /// Flask's `PERMANENT_SESSION_LIFETIME` default.
 pub(crate) const DEFAULT_LIFETIME: Duration = Duration::from_secs(31 * 24 * 60 * 60);
 
@@ -50,6 +52,8 @@ pub(crate) struct Config {
     pub(crate) skip_paths: Vec<Box<str>>,
     pub(crate) persist_on_server_error: bool,
     pub(crate) max_chunks: usize,
+    pub(crate) idle_timeout: Option<Duration>,
+    pub(crate) absolute_timeout: Option<Duration>,
     pub(crate) clock: Clock,
 }
 
@@ -69,6 +73,8 @@ impl Default for Config {
             skip_paths: Vec::new(),
             persist_on_server_error: false,
             max_chunks: DEFAULT_MAX_CHUNKS,
+            idle_timeout: None,
+            absolute_timeout: None,
             clock: Arc::new(SystemTime::now),
         }
     }
@@ -90,6 +96,8 @@ impl fmt::Debug for Config {
             .field("skip_paths", &self.skip_paths)
             .field("persist_on_server_error", &self.persist_on_server_error)
             .field("max_chunks", &self.max_chunks)
+            .field("idle_timeout", &self.idle_timeout)
+            .field("absolute_timeout", &self.absolute_timeout)
             .finish_non_exhaustive()
     }
 }
@@ -113,19 +121,51 @@ impl Config {
         })
     }
 
-    /// The Set-Cookie value that stores `value`; a permanent cookie carries
-    /// Max-Age and Expires from the lifetime, any other lasts the browser
-    /// session.
-    pub(crate) fn set_cookie(&self, name: &str, value: &str, permanent: bool, now: u64) -> String {
+    /// The Set-Cookie value that stores `value`: with `expires` (seconds
+    /// since the epoch) it carries Max-Age and Expires, without it it lasts
+    /// the browser session.
+    pub(crate) fn set_cookie(
+        &self,
+        name: &str,
+        value: &str,
+        expires: Option<u64>,
+        now: u64,
+    ) -> String {
         let mut cookie = self.base_cookie(name, value);
-        if permanent {
-            let max_age = cookie::time::Duration::seconds(
-                i64::try_from(self.lifetime.as_secs()).unwrap_or(i64::MAX),
-            );
-            cookie.set_max_age(max_age);
-            cookie.set_expires(expires_at(now, self.lifetime));
+        if let Some(expires) = expires {
+            let max_age = expires.saturating_sub(now);
+            cookie.set_max_age(cookie::time::Duration::seconds(
+                i64::try_from(max_age).unwrap_or(i64::MAX),
+            ));
+            cookie.set_expires(expires_at(now, Duration::from_secs(max_age)));
         }
         cookie.to_string()
+    }
+
+    /// When a permanent client-side cookie written at `now` expires.
+    pub(crate) fn cookie_expiry(&self, permanent: bool, now: u64) -> Option<u64> {
+        permanent.then(|| now.saturating_add(self.lifetime.as_secs()))
+    }
+
+    /// When a server-side record touched at `now` expires: after the idle
+    /// timeout (the lifetime if none is set), and never after the absolute
+    /// timeout from its creation.
+    pub(crate) fn record_expiry(&self, created_at: u64, now: u64) -> u64 {
+        let idle = self.idle_timeout.unwrap_or(self.lifetime).as_secs();
+        let mut expires = now.saturating_add(idle);
+        if let Some(absolute) = self.absolute_timeout {
+            expires = expires.min(created_at.saturating_add(absolute.as_secs()));
+        }
+        expires
+    }
+
+    /// Whether a stored record is dead at `now`, by its own expiry or by
+    /// the absolute timeout configured now.
+    pub(crate) fn record_expired(&self, record: &Record, now: u64) -> bool {
+        record.is_expired(now)
+            || self
+                .absolute_timeout
+                .is_some_and(|a| record.created_at.saturating_add(a.as_secs()) <= now)
     }
 
     /// The Set-Cookie value that deletes the cookie: same name, Path and
@@ -199,7 +239,7 @@ mod tests {
     #[test]
     fn defaults_are_the_secure_ones() {
         let config = Config::default();
-        let line = config.set_cookie("session", "v", false, 0);
+        let line = config.set_cookie("session", "v", None, 0);
         assert_eq!(line, "session=v; HttpOnly; SameSite=Lax; Secure; Path=/");
     }
 
@@ -209,7 +249,12 @@ mod tests {
             lifetime: Duration::from_secs(3600),
             ..Config::default()
         };
-        let line = config.set_cookie("session", "v", true, 1_700_000_000);
+        let line = config.set_cookie(
+            "session",
+            "v",
+            config.cookie_expiry(true, 1_700_000_000),
+            1_700_000_000,
+        );
         assert!(line.contains("Max-Age=3600"), "{line}");
         assert!(
             line.contains("Expires=Tue, 14 Nov 2023 23:13:20 GMT"),

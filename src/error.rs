@@ -43,6 +43,12 @@ pub enum ErrorKind {
     /// `Session` was asked for where no [`SessionLayer`](crate::SessionLayer)
     /// ran (or the path is skipped).
     LayerMissing,
+    /// The session store failed (down, slow, full, or refused the data).
+    Store,
+    /// The session's record disappeared while the request ran (logged out
+    /// or expired elsewhere); its changes were not saved, so that a session
+    /// ended on purpose is never brought back.
+    SessionEnded,
 }
 
 impl Error {
@@ -81,10 +87,22 @@ impl Error {
         self.inner.kind
     }
 
-    /// The HTTP status a response reporting this error should carry: 500
-    /// for everything today (the server could not keep its promise).
+    /// An error of a session store, keeping `source` as its cause. Store
+    /// implementations build their errors with it.
+    pub fn store(source: impl Into<BoxError>) -> Self {
+        Self::with_source(ErrorKind::Store, source)
+    }
+
+    /// The HTTP status a response reporting this error should carry: 503
+    /// when the store failed (try again later), 409 when the session ended
+    /// during the request, 500 otherwise (the server could not keep its
+    /// promise).
     pub fn status(&self) -> StatusCode {
-        StatusCode::INTERNAL_SERVER_ERROR
+        match self.inner.kind {
+            ErrorKind::Store => StatusCode::SERVICE_UNAVAILABLE,
+            ErrorKind::SessionEnded => StatusCode::CONFLICT,
+            _ => StatusCode::INTERNAL_SERVER_ERROR,
+        }
     }
 
     fn description(&self) -> &'static str {
@@ -94,6 +112,8 @@ impl Error {
             ErrorKind::Deserialize => "session value could not be deserialized",
             ErrorKind::CookieTooLarge => "session does not fit in the cookie budget",
             ErrorKind::LayerMissing => "SessionLayer is not installed on this route",
+            ErrorKind::Store => "session store failed",
+            ErrorKind::SessionEnded => "the session ended while the request ran",
         }
     }
 }
@@ -131,8 +151,13 @@ impl StdError for Error {
     }
 }
 
-/// Turns an [`Error`] met while saving the session into the response the
-/// client gets instead of the handler's.
+/// Marks a response the `Session` extractor produced because the store
+/// could not be read, so the layer answers it through the error handler.
+#[derive(Clone)]
+pub(crate) struct LoadFailed(pub(crate) Error);
+
+/// Turns an [`Error`] met while loading or saving the session into the
+/// response the client gets instead of the handler's.
 ///
 /// The layer always emits a `tracing` error event and puts the [`Error`] in
 /// the extensions of the returned response, whatever the handler does, so a

@@ -7,13 +7,15 @@ use axum_core::response::{IntoResponse, Response};
 use http::StatusCode;
 use http::request::Parts;
 
-use crate::error::{Error, ErrorKind};
+use crate::error::{Error, ErrorKind, LoadFailed};
 use crate::session::Session;
 
-/// Why `Session` could not be extracted: today only that no
+/// Why `Session` could not be extracted: no
 /// [`SessionLayer`](crate::SessionLayer) ran for the request (the layer is
-/// missing, or the path is skipped). Answers 500 with a body saying so,
-/// since it is a mistake in the application, not the client's.
+/// missing, or the path is skipped), a mistake in the application answered
+/// with 500 and a body saying so; or the session store could not be read,
+/// answered through the layer's error handler (503 by default) rather than
+/// with an empty session that would overwrite the user's data.
 #[derive(Debug)]
 pub struct SessionRejection {
     error: Error,
@@ -44,11 +46,17 @@ impl std::error::Error for SessionRejection {
 }
 
 impl IntoResponse for SessionRejection {
+    /// Where the layer is missing: 500 with a body saying so. Where the
+    /// store failed: the layer replaces this response with its error
+    /// handler's (503 by default), so it answers like a failed save.
     fn into_response(self) -> Response {
         if self.error.kind() == ErrorKind::LayerMissing {
             tracing::error!("a handler asked for Session on a route without SessionLayer");
+            return (self.status(), self.error.to_string()).into_response();
         }
-        (self.status(), self.error.to_string()).into_response()
+        let mut response = self.status().into_response();
+        response.extensions_mut().insert(LoadFailed(self.error));
+        response
     }
 }
 

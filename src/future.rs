@@ -10,97 +10,173 @@ use pin_project_lite::pin_project;
 
 use crate::codec::chunk;
 use crate::config::header_value;
-use crate::error::{Error, ErrorHandler};
-use crate::session::{Loaded, SessionHandle};
+use crate::error::{Error, ErrorHandler, ErrorKind, LoadFailed};
+use crate::id::{self, SessionId};
+use crate::key::Keyring;
+use crate::layer::{Backend, Shared};
+use crate::session::{Loaded, SessionHandle, State};
+use crate::store::{Changes, Record, SessionStore};
+
+type Saving<B> = Pin<Box<dyn Future<Output = Response<B>> + Send>>;
 
 pin_project! {
     /// The response future of [`SessionService`](crate::SessionService):
-    /// once the inner service answers, it writes the session's cookie (or
-    /// replaces the response through the error handler when the session
-    /// cannot be saved).
-    #[derive(Debug)]
-    pub struct ResponseFuture<F, H> {
+    /// once the inner service answers, it saves the session (into cookies,
+    /// or through the store) and sets the cookie, or replaces the response
+    /// through the error handler when the session cannot be saved.
+    pub struct ResponseFuture<F, H, B> {
         #[pin]
-        inner: F,
+        step: Step<F, B>,
         session: Option<(SessionHandle, H)>,
     }
 }
 
-impl<F, H> ResponseFuture<F, H> {
-    pub(crate) fn new(inner: F, handle: SessionHandle, error_handler: H) -> Self {
+pin_project! {
+    #[project = StepProj]
+    enum Step<F, B> {
+        Inner { #[pin] future: F },
+        Saving { future: Saving<B> },
+        Done,
+    }
+}
+
+impl<F, H, B> ResponseFuture<F, H, B> {
+    pub(crate) fn new(future: F, handle: SessionHandle, error_handler: H) -> Self {
         Self {
-            inner,
+            step: Step::Inner { future },
             session: Some((handle, error_handler)),
         }
     }
 
-    pub(crate) fn untouched(inner: F) -> Self {
+    pub(crate) fn untouched(future: F) -> Self {
         Self {
-            inner,
+            step: Step::Inner { future },
             session: None,
         }
     }
 }
 
-impl<F, H, B, E> Future for ResponseFuture<F, H>
+impl<F, H, B> std::fmt::Debug for ResponseFuture<F, H, B> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ResponseFuture").finish_non_exhaustive()
+    }
+}
+
+impl<F, H, B, E> Future for ResponseFuture<F, H, B>
 where
     F: Future<Output = Result<Response<B>, E>>,
     H: ErrorHandler<B>,
+    B: Send + 'static,
 {
     type Output = Result<Response<B>, E>;
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        let this = self.project();
-        let response = ready!(this.inner.poll(cx))?;
-        let Some((handle, error_handler)) = this.session.take() else {
-            return Poll::Ready(Ok(response));
-        };
-        Poll::Ready(Ok(finish(&handle, &error_handler, response)))
-    }
-}
-
-/// Saves the session into the response, or swaps the response for the
-/// error handler's when it cannot be saved.
-fn finish<B, H: ErrorHandler<B>>(
-    handle: &SessionHandle,
-    error_handler: &H,
-    mut response: Response<B>,
-) -> Response<B> {
-    // A session no handler asked for was neither read nor changed.
-    let Some(loaded) = handle.loaded() else {
-        return response;
-    };
-    match save(handle, loaded, &mut response) {
-        Ok(()) => response,
-        Err(error) => {
-            tracing::error!(%error, "session could not be saved; answering with the error handler's response");
-            let mut replacement = error_handler.handle(&error);
-            replacement.extensions_mut().insert(error);
-            replacement
+        let mut this = self.project();
+        loop {
+            match this.step.as_mut().project() {
+                StepProj::Inner { future } => {
+                    let response = ready!(future.poll(cx))?;
+                    let Some((handle, error_handler)) = this.session.take() else {
+                        return Poll::Ready(Ok(response));
+                    };
+                    match finish(&handle, error_handler, response) {
+                        Next::Ready(response) => {
+                            this.step.set(Step::Done);
+                            return Poll::Ready(Ok(response));
+                        }
+                        Next::Saving(future) => this.step.set(Step::Saving { future }),
+                    }
+                }
+                StepProj::Saving { future } => {
+                    let response = ready!(future.as_mut().poll(cx));
+                    this.step.set(Step::Done);
+                    return Poll::Ready(Ok(response));
+                }
+                StepProj::Done => panic!("ResponseFuture polled after completion"),
+            }
         }
     }
 }
 
-/// The design's step 5: Vary when accessed; delete when emptied; write
-/// when modified, or when a permanent session is due for a refresh, or
-/// when a fallback key verified it; nothing at all after a 5xx unless
-/// configured.
-fn save<B>(
-    handle: &SessionHandle,
-    loaded: &Loaded,
-    response: &mut Response<B>,
-) -> Result<(), Error> {
+enum Next<B> {
+    Ready(Response<B>),
+    Saving(Saving<B>),
+}
+
+/// The design's step 5, for the response the handler gave.
+fn finish<B, H>(handle: &SessionHandle, error_handler: H, mut response: Response<B>) -> Next<B>
+where
+    H: ErrorHandler<B>,
+    B: Send + 'static,
+{
+    // The extractor could not read the store: answer through the hook.
+    if let Some(LoadFailed(error)) = response.extensions_mut().remove::<LoadFailed>() {
+        return Next::Ready(fail(&error_handler, error));
+    }
+    // A session no handler asked for was neither read nor changed.
+    let Some(loaded) = handle.loaded() else {
+        return Next::Ready(response);
+    };
     let shared = handle.shared();
-    let config = &shared.config;
     let state = loaded.session.state();
     if state.accessed {
         add_vary_cookie(response.headers_mut());
     }
-    if response.status().is_server_error() && !config.persist_on_server_error {
-        return Ok(());
+    if response.status().is_server_error() && !shared.config.persist_on_server_error {
+        return Next::Ready(response);
     }
+    match &shared.backend {
+        Backend::Cookie(_) => {
+            let saved = save_cookie(shared, loaded, &state, response.headers_mut());
+            drop(state);
+            Next::Ready(match saved {
+                Ok(()) => response,
+                Err(error) => fail(&error_handler, error),
+            })
+        }
+        Backend::Store { store, keys } => {
+            let Some(plan) = plan_store(shared, loaded, &state) else {
+                return Next::Ready(response);
+            };
+            drop(state);
+            let (shared, store, keys) = (shared.clone(), store.clone(), keys.clone());
+            let had_cookie = loaded.had_cookie;
+            Next::Saving(Box::pin(async move {
+                match run_store(&shared, &*store, &keys, plan, had_cookie).await {
+                    Ok(lines) => {
+                        for line in lines {
+                            response
+                                .headers_mut()
+                                .append(SET_COOKIE, header_value(line));
+                        }
+                        response
+                    }
+                    Err(error) => fail(&error_handler, error),
+                }
+            }))
+        }
+    }
+}
+
+/// Replaces the response with the error handler's; the failure is logged
+/// and rides in the extensions whatever the handler does.
+fn fail<B, H: ErrorHandler<B>>(error_handler: &H, error: Error) -> Response<B> {
+    tracing::error!(%error, source = ?std::error::Error::source(&error), "session could not be loaded or saved");
+    let mut replacement = error_handler.handle(&error);
+    replacement.extensions_mut().insert(error);
+    replacement
+}
+
+/// Client-side: delete when emptied; write when modified, when a permanent
+/// session is due for a refresh, or when a fallback key verified it.
+fn save_cookie(
+    shared: &Shared,
+    loaded: &Loaded,
+    state: &State,
+    headers: &mut HeaderMap,
+) -> Result<(), Error> {
+    let config = &shared.config;
     let now = config.now();
-    let headers = response.headers_mut();
     if state.modified && state.is_empty() {
         if loaded.had_cookie {
             headers.append(
@@ -108,7 +184,7 @@ fn save<B>(
                 header_value(config.removal_cookie(&config.name)),
             );
         }
-        expire_chunks(headers, handle, loaded, 1);
+        expire_chunks(headers, shared, loaded, 1);
         return Ok(());
     }
     let reissue = loaded.origin.as_ref().is_some_and(|origin| {
@@ -123,19 +199,196 @@ fn save<B>(
         for line in lines {
             headers.append(SET_COOKIE, header_value(line));
         }
-        expire_chunks(headers, handle, loaded, written);
+        expire_chunks(headers, shared, loaded, written);
     }
     Ok(())
 }
 
 /// Deletes the chunk cookies the request carried from index `from` on: a
 /// session that shrank, or was emptied, leaves none behind.
-fn expire_chunks(headers: &mut HeaderMap, handle: &SessionHandle, loaded: &Loaded, from: usize) {
-    let config = &handle.shared().config;
+fn expire_chunks(headers: &mut HeaderMap, shared: &Shared, loaded: &Loaded, from: usize) {
+    let config = &shared.config;
     for &index in loaded.chunks.iter().filter(|&&i| i >= from) {
         let name = chunk::chunk_name(&config.name, index);
         headers.append(SET_COOKIE, header_value(config.removal_cookie(&name)));
     }
+}
+
+/// What a server-side session needs done after the handler.
+struct StorePlan {
+    op: StoreOp,
+    /// Whether the id cookie is (re)written, and until when.
+    cookie: CookieAction,
+}
+
+enum StoreOp {
+    None,
+    /// A new record under a fresh id.
+    Create(Record),
+    /// A new record under a fresh id, then the old one removed.
+    Cycle(Record, SessionId),
+    Apply(SessionId, Changes),
+    Delete(SessionId),
+}
+
+enum CookieAction {
+    None,
+    Remove,
+    /// The id the store op produced (or kept), permanent until the expiry.
+    Set {
+        id: Option<SessionId>,
+        expires: Option<u64>,
+    },
+}
+
+/// Decides, under the session's lock, what the store and the cookie need;
+/// `None` when nothing does.
+fn plan_store(shared: &Shared, loaded: &Loaded, state: &State) -> Option<StorePlan> {
+    let config = &shared.config;
+    let now = config.now();
+    let record = loaded.record.as_ref();
+    let by_fallback = loaded.origin.as_ref().is_some_and(|o| o.by_fallback_key);
+    if state.flushed || (state.modified && state.is_empty()) {
+        return Some(StorePlan {
+            op: record.map_or(StoreOp::None, |r| StoreOp::Delete(r.id.clone())),
+            cookie: if loaded.had_cookie {
+                CookieAction::Remove
+            } else {
+                CookieAction::None
+            },
+        });
+    }
+    let fresh = || {
+        let expires = config.record_expiry(now, now);
+        let record = Record::new(state.data.clone(), state.permanent, now, expires);
+        (
+            record,
+            CookieAction::Set {
+                id: None,
+                expires: state.permanent.then_some(expires),
+            },
+        )
+    };
+    if state.modified {
+        return Some(match record {
+            None => {
+                let (new, cookie) = fresh();
+                StorePlan {
+                    op: StoreOp::Create(new),
+                    cookie,
+                }
+            }
+            Some(r) if state.cycle => {
+                let (new, cookie) = fresh();
+                StorePlan {
+                    op: StoreOp::Cycle(new, r.id.clone()),
+                    cookie,
+                }
+            }
+            Some(r) => {
+                let expires = config.record_expiry(r.created_at, now);
+                let rewrite = state.permanent || state.permanent_changed || by_fallback;
+                StorePlan {
+                    op: StoreOp::Apply(r.id.clone(), state.changes(expires)),
+                    cookie: if rewrite {
+                        CookieAction::Set {
+                            id: Some(r.id.clone()),
+                            expires: state.permanent.then_some(expires),
+                        }
+                    } else {
+                        CookieAction::None
+                    },
+                }
+            }
+        });
+    }
+    // Unchanged: refresh the expiry (throttled), re-sign a fallback id.
+    let r = record?;
+    let expires = config.record_expiry(r.created_at, now);
+    let refresh = config.refresh_each_request
+        && expires.saturating_sub(r.expires_at) >= config.refresh_interval.as_secs()
+        && expires > r.expires_at;
+    if !refresh && !by_fallback {
+        return None;
+    }
+    let expires = if refresh { expires } else { r.expires_at };
+    Some(StorePlan {
+        op: if refresh {
+            StoreOp::Apply(r.id.clone(), Changes::expiry(expires))
+        } else {
+            StoreOp::None
+        },
+        cookie: if state.permanent || by_fallback {
+            CookieAction::Set {
+                id: Some(r.id.clone()),
+                expires: state.permanent.then_some(expires),
+            }
+        } else {
+            CookieAction::None
+        },
+    })
+}
+
+/// How many fresh ids are tried before giving up: with 256-bit ids a
+/// collision means a broken random source, not bad luck.
+const CREATE_ATTEMPTS: usize = 4;
+
+/// Carries out a plan against the store; the Set-Cookie lines to add.
+async fn run_store(
+    shared: &Shared,
+    store: &dyn SessionStore,
+    keys: &Keyring,
+    plan: StorePlan,
+    had_cookie: bool,
+) -> Result<Vec<String>, Error> {
+    let config = &shared.config;
+    let created = match plan.op {
+        StoreOp::None => None,
+        StoreOp::Create(record) => Some(create(store, &record).await?),
+        StoreOp::Cycle(record, old) => {
+            let id = create(store, &record).await?;
+            store.delete(&old).await?;
+            Some(id)
+        }
+        StoreOp::Apply(id, changes) => {
+            if !store.apply(&id, &changes).await? {
+                return Err(Error::new(ErrorKind::SessionEnded));
+            }
+            None
+        }
+        StoreOp::Delete(id) => {
+            store.delete(&id).await?;
+            None
+        }
+    };
+    let now = config.now();
+    Ok(match plan.cookie {
+        CookieAction::None => Vec::new(),
+        CookieAction::Remove => {
+            debug_assert!(had_cookie);
+            vec![config.removal_cookie(&config.name)]
+        }
+        CookieAction::Set { id, expires } => {
+            let id = id
+                .or(created)
+                .expect("a plan that sets a new id creates one");
+            let value = id::sign(keys, &config.name, &id);
+            vec![config.set_cookie(&config.name, &value, expires, now)]
+        }
+    })
+}
+
+async fn create(store: &dyn SessionStore, record: &Record) -> Result<SessionId, Error> {
+    for _ in 0..CREATE_ATTEMPTS {
+        let id = SessionId::generate();
+        if store.create(&id, record).await? {
+            return Ok(id);
+        }
+        tracing::warn!("session id collision; drawing another");
+    }
+    Err(Error::store(
+        "no free session id after several random draws",
+    ))
 }
 
 /// Adds `Cookie` to `Vary` unless it (or `*`) is already there, so caches

@@ -36,6 +36,7 @@ pub struct Key {
 struct KeyInner {
     signing: HmacSha256,
     encryption: XChaCha20Poly1305,
+    id_signing: HmacSha256,
 }
 
 impl Key {
@@ -59,10 +60,12 @@ impl Key {
         let hkdf = Hkdf::<Sha256>::new(Some(HKDF_SALT), secret);
         let signing = derive_mac(&hkdf, b"signed-cookie v1");
         let encryption = XChaCha20Poly1305::new(&derive(&hkdf, b"private-cookie v1").into());
+        let id_signing = derive_mac(&hkdf, b"session-id v1");
         Ok(Self {
             inner: Arc::new(KeyInner {
                 signing,
                 encryption,
+                id_signing,
             }),
         })
     }
@@ -107,6 +110,10 @@ impl Key {
 
     pub(crate) fn encryption(&self) -> &XChaCha20Poly1305 {
         &self.inner.encryption
+    }
+
+    pub(crate) fn id_signing(&self) -> &HmacSha256 {
+        &self.inner.id_signing
     }
 }
 

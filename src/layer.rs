@@ -13,6 +13,7 @@ use crate::cookies::MAX_COOKIE_LEN;
 use crate::error::{DefaultErrorHandler, Error, ErrorKind};
 use crate::key::Keyring;
 use crate::service::SessionService;
+use crate::store::SessionStore;
 
 /// A Tower layer that gives every request a [`Session`](crate::Session)
 /// and writes it back to cookies on the response.
@@ -41,11 +42,24 @@ pub struct SessionLayer<H = DefaultErrorHandler> {
     error_handler: H,
 }
 
-/// What every request of one layer shares: configuration and codec.
+/// What every request of one layer shares: configuration and where
+/// sessions live.
 #[derive(Debug, Clone)]
 pub(crate) struct Shared {
     pub(crate) config: Config,
-    pub(crate) codec: Codec,
+    pub(crate) backend: Backend,
+}
+
+/// Where sessions live.
+#[derive(Debug, Clone)]
+pub(crate) enum Backend {
+    /// In the cookie itself.
+    Cookie(Codec),
+    /// In a store; the cookie carries the id, signed with `keys`.
+    Store {
+        store: Arc<dyn SessionStore>,
+        keys: Keyring,
+    },
 }
 
 impl Shared {
@@ -59,10 +73,13 @@ impl Shared {
         if first.len() > MAX_COOKIE_LEN {
             return Err(DecodeError::TooLarge);
         }
+        let Backend::Cookie(codec) = &self.backend else {
+            return Err(DecodeError::Malformed);
+        };
         let joined = chunk::join(first, chunks, self.config.max_chunks)?;
         let value = std::str::from_utf8(&joined).map_err(|_| DecodeError::Encoding)?;
         let now = self.config.now();
-        self.codec.decode(
+        codec.decode(
             &self.config.name,
             value,
             now,
@@ -81,8 +98,12 @@ impl Shared {
         tags: Option<&Tags>,
     ) -> Result<Vec<String>, Error> {
         let config = &self.config;
-        let value = self.codec.encode(&config.name, data, permanent, now, tags);
-        let line = config.set_cookie(&config.name, &value, permanent, now);
+        let Backend::Cookie(codec) = &self.backend else {
+            unreachable!("only client-side sessions encode data into cookies")
+        };
+        let value = codec.encode(&config.name, data, permanent, now, tags);
+        let expires = config.cookie_expiry(permanent, now);
+        let line = config.set_cookie(&config.name, &value, expires, now);
         if line.len() <= MAX_COOKIE_LEN {
             return Ok(vec![line]);
         }
@@ -103,10 +124,10 @@ impl Shared {
             .enumerate()
             .map(|(index, value)| {
                 if index == 0 {
-                    config.set_cookie(&config.name, value, permanent, now)
+                    config.set_cookie(&config.name, value, expires, now)
                 } else {
                     let name = chunk::chunk_name(&config.name, index);
-                    config.set_cookie(&name, value, permanent, now)
+                    config.set_cookie(&name, value, expires, now)
                 }
             })
             .collect())
@@ -155,7 +176,7 @@ impl SessionLayer {
         Self {
             shared: Arc::new(Shared {
                 config: Config::default(),
-                codec,
+                backend: Backend::Cookie(codec),
             }),
             error_handler: DefaultErrorHandler,
         }
@@ -165,6 +186,52 @@ impl SessionLayer {
 impl<H> SessionLayer<H> {
     fn config(&mut self) -> &mut Config {
         &mut Arc::make_mut(&mut self.shared).config
+    }
+
+    /// Keeps sessions on the server, in `store`; the cookie then carries
+    /// only a random session id signed with the layer's key. Handlers do
+    /// not change: the same `Session` API works in both modes.
+    ///
+    /// ```
+    /// use session_layer::{Key, SessionLayer, store::MemoryStore};
+    /// let layer = SessionLayer::new(Key::generate()).with_store(MemoryStore::new());
+    /// ```
+    ///
+    /// # Panics
+    /// On a layer made with `SessionLayer::flask`: the flask codec has no
+    /// key of this crate's to sign ids with.
+    pub fn with_store(mut self, store: impl SessionStore) -> Self {
+        let shared = Arc::make_mut(&mut self.shared);
+        let keys = match &shared.backend {
+            Backend::Cookie(Codec::Signed(codec)) => codec.keys().clone(),
+            Backend::Cookie(Codec::Private(codec)) => codec.keys().clone(),
+            Backend::Store { keys, .. } => keys.clone(),
+            #[cfg(feature = "flask")]
+            Backend::Cookie(Codec::Flask(_)) => {
+                panic!("with_store needs a layer made with a Key, not SessionLayer::flask")
+            }
+        };
+        shared.backend = Backend::Store {
+            store: Arc::new(store),
+            keys,
+        };
+        self
+    }
+
+    /// Server-side sessions expire after this long without a request that
+    /// reads them (default: the lifetime). Checked by the server from the
+    /// record; the expiry moves forward on use, at most once per
+    /// [`refresh_interval`](Self::refresh_interval).
+    pub fn idle_timeout(mut self, timeout: Duration) -> Self {
+        self.config().idle_timeout = Some(timeout);
+        self
+    }
+
+    /// Server-side sessions end this long after they were created (or
+    /// their id last cycled), however active (default: none).
+    pub fn absolute_timeout(mut self, timeout: Duration) -> Self {
+        self.config().absolute_timeout = Some(timeout);
+        self
     }
 
     /// The cookie's name (default `session`).

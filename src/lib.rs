@@ -68,12 +68,14 @@ mod error;
 #[cfg(feature = "axum")]
 mod extract;
 mod future;
+mod id;
 mod key;
 mod layer;
 mod service;
 mod session;
 
 pub mod codec;
+pub mod store;
 
 pub use config::SameSite;
 pub use error::{DefaultErrorHandler, Error, ErrorHandler, ErrorKind};

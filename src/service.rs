@@ -34,10 +34,11 @@ impl<S, H, ReqBody, ResBody> Service<Request<ReqBody>> for SessionService<S, H>
 where
     S: Service<Request<ReqBody>, Response = Response<ResBody>>,
     H: ErrorHandler<ResBody>,
+    ResBody: Send + 'static,
 {
     type Response = Response<ResBody>;
     type Error = S::Error;
-    type Future = ResponseFuture<S::Future, H>;
+    type Future = ResponseFuture<S::Future, H, ResBody>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
         self.inner.poll_ready(cx)

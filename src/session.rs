@@ -1,6 +1,7 @@
 //! `Session`: the change-tracking map handlers read and write, and the
 //! per-request handle that loads it lazily.
 
+use std::collections::BTreeSet;
 use std::fmt;
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock, PoisonError};
 
@@ -10,9 +11,12 @@ use serde::de::DeserializeOwned;
 use serde_json::Value;
 
 use crate::codec::{Decoded, SessionData, Tags};
-use crate::cookies;
+use crate::cookies::{self, Family};
 use crate::error::{Error, ErrorKind};
-use crate::layer::Shared;
+use crate::id::{self, SessionId};
+use crate::key::Keyring;
+use crate::layer::{Backend, Shared};
+use crate::store::{Changes, SessionStore};
 
 /// The session of the current request.
 ///
@@ -42,9 +46,65 @@ pub(crate) struct State {
     pub(crate) modified: bool,
     /// What the codec remembers of the cookie (Python types, for Flask).
     pub(crate) tags: Option<Tags>,
+    /// Per-key changes, for stores (see `Changes`).
+    pub(crate) changed: BTreeSet<String>,
+    pub(crate) removed: BTreeSet<String>,
+    pub(crate) cleared: bool,
+    pub(crate) permanent_changed: bool,
+    /// `cycle_id` was called.
+    pub(crate) cycle: bool,
+    /// `flush` was called.
+    pub(crate) flushed: bool,
+    /// Whether per-key changes are kept (server-side sessions only).
+    pub(crate) track_changes: bool,
 }
 
 impl State {
+    fn set(&mut self, key: String, value: Value) -> Option<Value> {
+        self.modified = true;
+        if self.track_changes {
+            self.removed.remove(&key);
+            self.changed.insert(key.clone());
+        }
+        self.data.insert(key, value)
+    }
+
+    fn unset(&mut self, key: &str) -> Option<Value> {
+        let removed = self.data.remove(key)?;
+        self.modified = true;
+        if self.track_changes {
+            self.changed.remove(key);
+            self.removed.insert(key.to_owned());
+        }
+        Some(removed)
+    }
+
+    fn clear(&mut self) {
+        self.data.clear();
+        self.changed.clear();
+        self.removed.clear();
+        self.cleared = true;
+        if self.permanent {
+            self.permanent = false;
+            self.permanent_changed = true;
+        }
+        self.modified = true;
+    }
+
+    /// The request's changes, for [`SessionStore::apply`](crate::store::SessionStore::apply).
+    pub(crate) fn changes(&self, expires_at: u64) -> Changes {
+        let mut changes = Changes::expiry(expires_at);
+        changes.cleared = self.cleared;
+        changes.removed = self.removed.iter().cloned().collect();
+        changes.set = self
+            .changed
+            .iter()
+            .filter_map(|key| Some((key.clone(), self.data.get(key)?.clone())))
+            .collect();
+        changes.permanent = self.permanent_changed.then_some(self.permanent);
+        changes
+    }
+
     /// Nothing worth a cookie: no data and not permanent (a permanent flag
     /// alone is kept, as Flask keeps a session holding only `_permanent`).
     pub(crate) fn is_empty(&self) -> bool {
@@ -65,9 +125,10 @@ impl Session {
     ///
     /// # Errors
     /// [`ErrorKind::LayerMissing`] when no `SessionLayer` ran for this
-    /// request or its path is skipped.
+    /// request or its path is skipped; [`ErrorKind::Store`] when the
+    /// session store could not be read.
     pub async fn from_parts(parts: &http::request::Parts) -> Result<Self, Error> {
-        Self::load(&parts.headers, &parts.extensions)
+        Self::load(&parts.headers, &parts.extensions).await
     }
 
     /// Like [`from_parts`](Self::from_parts), from a whole request.
@@ -75,14 +136,17 @@ impl Session {
     /// # Errors
     /// As [`from_parts`](Self::from_parts).
     pub async fn from_request<B>(request: &http::Request<B>) -> Result<Self, Error> {
-        Self::load(request.headers(), request.extensions())
+        Self::load(request.headers(), request.extensions()).await
     }
 
-    pub(crate) fn load(headers: &HeaderMap, extensions: &http::Extensions) -> Result<Self, Error> {
+    pub(crate) async fn load(
+        headers: &HeaderMap,
+        extensions: &http::Extensions,
+    ) -> Result<Self, Error> {
         let handle = extensions
             .get::<SessionHandle>()
             .ok_or_else(|| Error::new(ErrorKind::LayerMissing))?;
-        Ok(handle.load(headers).session.clone())
+        Ok(handle.load(headers).await?.session.clone())
     }
 
     fn lock(&self) -> MutexGuard<'_, State> {
@@ -136,8 +200,7 @@ impl Session {
         if state.data.get(&key) == Some(&value) {
             return Some(value);
         }
-        state.modified = true;
-        state.data.insert(key, value)
+        state.set(key, value)
     }
 
     /// Reads the value under `key` as `T`, passes it to `f` and stores what
@@ -169,8 +232,7 @@ impl Session {
         let value =
             serde_json::to_value(&new).map_err(|e| Error::with_source(ErrorKind::Serialize, e))?;
         if state.data.get(key) != Some(&value) {
-            state.modified = true;
-            state.data.insert(key.to_owned(), value);
+            state.set(key.to_owned(), value);
         }
         Ok(new)
     }
@@ -189,11 +251,7 @@ impl Session {
     /// Removes the raw JSON value under `key` and returns it.
     pub fn remove_value(&self, key: &str) -> Option<Value> {
         let mut state = self.read();
-        let removed = state.data.remove(key);
-        if removed.is_some() {
-            state.modified = true;
-        }
-        removed
+        state.unset(key)
     }
 
     /// Whether a value is stored under `key`.
@@ -227,9 +285,7 @@ impl Session {
     pub fn clear(&self) {
         let mut state = self.read();
         if !state.is_empty() {
-            state.data.clear();
-            state.permanent = false;
-            state.modified = true;
+            state.clear();
         }
     }
 
@@ -238,8 +294,18 @@ impl Session {
     /// (a stale or refused cookie goes too).
     pub fn flush(&self) {
         let mut state = self.read();
-        state.data.clear();
-        state.permanent = false;
+        state.clear();
+        state.flushed = true;
+    }
+
+    /// Gives the session a new id, keeping its data, and removes the old
+    /// record: call it at login (and at any change of privilege) so that an
+    /// id an attacker planted before login is worthless after it
+    /// (session fixation). With client-side sessions there is no id; the
+    /// cookie is re-issued.
+    pub fn cycle_id(&self) {
+        let mut state = self.read();
+        state.cycle = true;
         state.modified = true;
     }
 
@@ -249,6 +315,7 @@ impl Session {
         let mut state = self.read();
         if state.permanent != permanent {
             state.permanent = permanent;
+            state.permanent_changed = true;
             state.modified = true;
         }
     }
@@ -298,8 +365,8 @@ impl fmt::Debug for Session {
 }
 
 /// What the layer puts in the request extensions: the way from the
-/// request to its session, decoded on first use so that routes which never
-/// touch the session never pay for it.
+/// request to its session, read on first use so that routes which never
+/// touch the session never pay for it (no decoding, no store round trip).
 #[derive(Clone)]
 pub(crate) struct SessionHandle {
     inner: Arc<HandleInner>,
@@ -321,12 +388,21 @@ pub(crate) struct Loaded {
     pub(crate) chunks: Vec<usize>,
     /// The verified cookie, if any.
     pub(crate) origin: Option<Origin>,
+    /// Server-side: the record the verified id named, if it exists.
+    pub(crate) record: Option<Stored>,
 }
 
 /// Facts about a verified cookie.
 pub(crate) struct Origin {
     pub(crate) issued_at: u64,
     pub(crate) by_fallback_key: bool,
+}
+
+/// Facts about a loaded server-side record.
+pub(crate) struct Stored {
+    pub(crate) id: SessionId,
+    pub(crate) created_at: u64,
+    pub(crate) expires_at: u64,
 }
 
 impl SessionHandle {
@@ -339,13 +415,24 @@ impl SessionHandle {
         }
     }
 
-    pub(crate) fn shared(&self) -> &Shared {
+    pub(crate) fn shared(&self) -> &Arc<Shared> {
         &self.inner.shared
     }
 
-    /// The session, decoding the request's cookie the first time.
-    pub(crate) fn load(&self, headers: &HeaderMap) -> &Loaded {
-        self.inner.loaded.get_or_init(|| self.decode(headers))
+    /// The session, reading the request's cookie (and the store) the first
+    /// time. A failed store read is not remembered: the next call retries.
+    pub(crate) async fn load(&self, headers: &HeaderMap) -> Result<&Loaded, Error> {
+        if let Some(loaded) = self.inner.loaded.get() {
+            return Ok(loaded);
+        }
+        let shared = self.shared();
+        let family = cookies::family(headers, &shared.config.name);
+        let loaded = match &shared.backend {
+            Backend::Cookie(_) => self.decode(&family),
+            Backend::Store { store, keys } => self.fetch(&family, &**store, keys).await?,
+        };
+        // Two extractions racing in one request both read; the first wins.
+        Ok(self.inner.loaded.get_or_init(|| loaded))
     }
 
     /// The session if a handler asked for it.
@@ -353,16 +440,24 @@ impl SessionHandle {
         self.inner.loaded.get()
     }
 
-    fn decode(&self, headers: &HeaderMap) -> Loaded {
-        let shared = self.shared();
-        let name = &*shared.config.name;
-        let family = cookies::family(headers, name);
-        let mut loaded = Loaded {
-            session: Session::from_state(State::default()),
+    fn empty(family: &Family<'_>, track_changes: bool) -> Loaded {
+        Loaded {
+            session: Session::from_state(State {
+                track_changes,
+                ..State::default()
+            }),
             had_cookie: !family.firsts.is_empty(),
             chunks: family.chunk_indices(),
             origin: None,
-        };
+            record: None,
+        }
+    }
+
+    /// Client-side: the session is the cookie.
+    fn decode(&self, family: &Family<'_>) -> Loaded {
+        let shared = self.shared();
+        let name = &*shared.config.name;
+        let mut loaded = Self::empty(family, false);
         if family.overflow {
             tracing::debug!(cookie = name, "too many session chunk cookies; refused");
             return loaded;
@@ -395,6 +490,50 @@ impl SessionHandle {
             }
         }
         loaded
+    }
+
+    /// Server-side: the cookie names a record. Only an id whose signature
+    /// verifies reaches the store; an id the store does not know (or whose
+    /// record expired) is never adopted: the session starts empty and gets
+    /// a fresh id when first written.
+    async fn fetch(
+        &self,
+        family: &Family<'_>,
+        store: &dyn SessionStore,
+        keys: &Keyring,
+    ) -> Result<Loaded, Error> {
+        let config = &self.shared().config;
+        let name = &*config.name;
+        let mut loaded = Self::empty(family, true);
+        for first in &family.firsts {
+            let Some((id, by_fallback_key)) = id::verify(keys, name, first) else {
+                tracing::debug!(cookie = name, "session id cookie refused");
+                continue;
+            };
+            let now = config.now();
+            match store.load(&id).await? {
+                Some(record) if !config.record_expired(&record, now) => {
+                    loaded.session = Session::from_state(State {
+                        data: record.data,
+                        permanent: record.permanent,
+                        track_changes: true,
+                        ..State::default()
+                    });
+                    loaded.origin = Some(Origin {
+                        issued_at: now,
+                        by_fallback_key,
+                    });
+                    loaded.record = Some(Stored {
+                        id,
+                        created_at: record.created_at,
+                        expires_at: record.expires_at,
+                    });
+                    break;
+                }
+                _ => tracing::debug!(cookie = name, "session id unknown or expired; not adopted"),
+            }
+        }
+        Ok(loaded)
     }
 }
 

@@ -47,6 +47,10 @@ impl PrivateCodec {
         Self { keys }
     }
 
+    pub(crate) fn keys(&self) -> &Keyring {
+        &self.keys
+    }
+
     /// Encrypts `data` as the value of the cookie `name`, issued at `now`.
     ///
     /// # Panics

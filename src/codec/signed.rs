@@ -43,6 +43,10 @@ impl SignedCodec {
         Self { keys }
     }
 
+    pub(crate) fn keys(&self) -> &Keyring {
+        &self.keys
+    }
+
     /// Encodes `data` as the value of the cookie `name`, issued at `now`
     /// (seconds since the Unix epoch).
     pub fn encode(&self, name: &str, data: &SessionData, permanent: bool, now: u64) -> String {

@@ -1,0 +1,209 @@
+//! Session ids: 256 random bits, and the signed cookie that carries one.
+
+use std::fmt;
+
+use base64::Engine;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use hmac::Mac;
+
+use crate::key::{HmacSha256, Keyring};
+
+/// Random bytes in an id.
+const ID_BYTES: usize = 32;
+/// Characters of its base64url form.
+const ID_LEN: usize = 43;
+/// Bytes of the MAC the cookie carries after the id: 128 bits, beyond
+/// any online guessing.
+const TAG_BYTES: usize = 16;
+
+/// A session id: 256 bits from the operating system's CSPRNG, written as
+/// 43 characters of unpadded base64url.
+///
+/// An id can only be made by [`generate`](Self::generate) or by
+/// [`parse`](Self::parse), which accepts exactly that shape, so a store
+/// never builds a key or a file name from unchecked input. `Debug` and
+/// `Display` print `SessionId(REDACTED)`: an id is a bearer secret.
+#[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct SessionId(Box<str>);
+
+impl SessionId {
+    /// A fresh random id.
+    ///
+    /// # Panics
+    /// When the operating system cannot provide random bytes.
+    pub fn generate() -> Self {
+        let mut bytes = [0u8; ID_BYTES];
+        getrandom::fill(&mut bytes).expect("the OS random number generator failed");
+        Self(URL_SAFE_NO_PAD.encode(bytes).into())
+    }
+
+    /// The id written as `text`, if it has exactly the shape of one: 43
+    /// characters of canonical unpadded base64url.
+    pub fn parse(text: &str) -> Option<Self> {
+        if text.len() != ID_LEN
+            || !text
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+        {
+            return None;
+        }
+        // Canonical: the two unused trailing bits are zero, so one id has
+        // exactly one spelling.
+        URL_SAFE_NO_PAD.decode(text).ok()?;
+        Some(Self(text.into()))
+    }
+
+    /// The id as text: safe as a key in any store and as a file name on a
+    /// case-sensitive file system.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+
+    /// The id's 32 bytes as 64 lowercase hex digits: safe as a file name
+    /// on any file system, case-insensitive ones included.
+    pub fn to_hex(&self) -> String {
+        let bytes = URL_SAFE_NO_PAD
+            .decode(&*self.0)
+            .expect("validated at construction");
+        bytes.iter().map(|b| format!("{b:02x}")).collect()
+    }
+}
+
+impl fmt::Debug for SessionId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("SessionId(REDACTED)")
+    }
+}
+
+/// The cookie value carrying `id`: `id "." base64url(tag)`, the tag being
+/// HMAC-SHA256 under the keyring's id key over the cookie name and the id,
+/// cut to 128 bits.
+pub(crate) fn sign(keys: &Keyring, name: &str, id: &SessionId) -> String {
+    let tag = tag(keys.current().id_signing(), name, id);
+    let mut value = String::with_capacity(ID_LEN + 1 + 22);
+    value.push_str(id.as_str());
+    value.push('.');
+    URL_SAFE_NO_PAD.encode_string(&tag[..TAG_BYTES], &mut value);
+    value
+}
+
+/// The id in a cookie value if its shape and tag are right (any key of
+/// the keyring), checked in constant time; `Some((id, by_fallback_key))`.
+pub(crate) fn verify(keys: &Keyring, name: &str, value: &[u8]) -> Option<(SessionId, bool)> {
+    let value = std::str::from_utf8(value).ok()?;
+    let (id, tag) = value.split_once('.')?;
+    let id = SessionId::parse(id)?;
+    let tag = URL_SAFE_NO_PAD.decode(tag).ok()?;
+    if tag.len() != TAG_BYTES {
+        return None;
+    }
+    let index = keys.keys().iter().position(|key| {
+        mac(key.id_signing(), name, &id)
+            .verify_truncated_left(&tag)
+            .is_ok()
+    })?;
+    Some((id, index > 0))
+}
+
+fn tag(key: &HmacSha256, name: &str, id: &SessionId) -> [u8; 32] {
+    mac(key, name, id).finalize().into_bytes().into()
+}
+
+/// The MAC over the length-prefixed cookie name and the id.
+fn mac(key: &HmacSha256, name: &str, id: &SessionId) -> HmacSha256 {
+    let mut mac = key.clone();
+    mac.update(&u32::try_from(name.len()).unwrap_or(u32::MAX).to_be_bytes());
+    mac.update(name.as_bytes());
+    mac.update(id.as_str().as_bytes());
+    mac
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::Key;
+
+    fn keys(n: u8) -> Keyring {
+        Key::from_bytes(&[n; 32]).unwrap().into()
+    }
+
+    #[test]
+    fn ids_are_random_and_well_formed() {
+        let a = SessionId::generate();
+        let b = SessionId::generate();
+        assert_ne!(a, b);
+        assert_eq!(a.as_str().len(), 43);
+        assert_eq!(SessionId::parse(a.as_str()), Some(a.clone()));
+        assert_eq!(a.to_hex().len(), 64);
+        assert_eq!(format!("{a:?}"), "SessionId(REDACTED)");
+    }
+
+    #[test]
+    fn hostile_ids_are_refused() {
+        let good = SessionId::generate();
+        let mut non_canonical = good.as_str().to_owned();
+        non_canonical.pop();
+        non_canonical.push('B'); // sets a trailing bit
+        for bad in [
+            "",
+            "../../../../etc/passwd",
+            "..%2F..%2F",
+            &"a".repeat(42),
+            &"a".repeat(44),
+            &format!("{}/", &good.as_str()[..42]),
+            &format!("{}\0", &good.as_str()[..42]),
+            &format!("{}=", &good.as_str()[..42]),
+            &format!("{}é", &good.as_str()[..41]),
+            &non_canonical,
+        ] {
+            assert!(SessionId::parse(bad).is_none(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn signed_ids_verify_only_with_the_key_and_name() {
+        let id = SessionId::generate();
+        let value = sign(&keys(1), "session", &id);
+        assert_eq!(
+            verify(&keys(1), "session", value.as_bytes()),
+            Some((id.clone(), false))
+        );
+        assert!(verify(&keys(2), "session", value.as_bytes()).is_none());
+        assert!(verify(&keys(1), "other", value.as_bytes()).is_none());
+        let rotated = Keyring::new(Key::from_bytes(&[2; 32]).unwrap())
+            .fallback(Key::from_bytes(&[1; 32]).unwrap());
+        assert_eq!(
+            verify(&rotated, "session", value.as_bytes()),
+            Some((id, true))
+        );
+    }
+
+    #[test]
+    fn any_change_to_the_cookie_is_refused() {
+        let id = SessionId::generate();
+        let value = sign(&keys(1), "session", &id);
+        for i in 0..value.len() {
+            let mut bytes = value.clone().into_bytes();
+            bytes[i] = if bytes[i] == b'A' { b'B' } else { b'A' };
+            if bytes == value.as_bytes() {
+                continue;
+            }
+            assert!(
+                verify(&keys(1), "session", &bytes).is_none(),
+                "position {i}"
+            );
+        }
+        for bad in [
+            "",
+            ".",
+            "x.y",
+            &value[..value.len() - 1],
+            &format!("{value}A"),
+        ] {
+            assert!(
+                verify(&keys(1), "session", bad.as_bytes()).is_none(),
+                "{bad}"
+            );
+        }
+    }
+}

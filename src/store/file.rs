@@ -1,0 +1,208 @@
+//! `FileStore`: one JSON file per session under a directory.
+
+use std::fs::{self, File};
+use std::io::{self, Write};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use async_trait::async_trait;
+
+use super::{Changes, Record, SessionId, SessionStore, now};
+use crate::error::Error;
+
+/// Sessions as files: `ROOT/ab/ab12…ef.json`, named by the id's 64 hex
+/// digits and spread over 256 sub-directories by their first two, so a
+/// million sessions put about 4,000 files in each directory.
+///
+/// - Writes are atomic: a temporary file in the same directory, `fsync`,
+///   `rename` over the old file, `fsync` of the directory. A crash or a
+///   full disk leaves the previous record intact, never a torn one.
+/// - `create`, `apply` and `delete` hold an exclusive `flock` on the
+///   sub-directory's `.lock` file for their read-modify-write, so `apply`
+///   is atomic per key across threads and processes sharing the directory
+///   (on one machine; not over NFS).
+/// - File names come only from validated ids (hex of 32 bytes): a hostile
+///   cookie can never name a path.
+/// - Expired files are ignored when read and removed by
+///   [`delete_expired`](SessionStore::delete_expired); run it with
+///   [`spawn_cleanup`](super::spawn_cleanup).
+///
+/// Every call runs on Tokio's blocking thread pool.
+#[derive(Debug, Clone)]
+pub struct FileStore {
+    root: Arc<Path>,
+}
+
+impl FileStore {
+    /// A store under `root`, created if missing.
+    ///
+    /// # Errors
+    /// [`ErrorKind::Store`](crate::ErrorKind::Store) when the directory
+    /// cannot be created.
+    pub fn new(root: impl Into<PathBuf>) -> Result<Self, Error> {
+        let root: PathBuf = root.into();
+        fs::create_dir_all(&root).map_err(Error::store)?;
+        Ok(Self { root: root.into() })
+    }
+
+    /// The directory the store writes under.
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    async fn blocking<R: Send + 'static>(
+        &self,
+        work: impl FnOnce(&Path) -> io::Result<R> + Send + 'static,
+    ) -> Result<R, Error> {
+        let root = self.root.clone();
+        tokio::task::spawn_blocking(move || work(&root))
+            .await
+            .map_err(Error::store)?
+            .map_err(Error::store)
+    }
+}
+
+/// Where the record of `id` lives: (sub-directory, file).
+fn paths(root: &Path, id: &SessionId) -> (PathBuf, PathBuf) {
+    let hex = id.to_hex();
+    let dir = root.join(&hex[..2]);
+    let file = dir.join(format!("{hex}.json"));
+    (dir, file)
+}
+
+/// Runs `work` holding the exclusive lock of the sub-directory `dir`.
+fn locked<R>(dir: &Path, work: impl FnOnce() -> io::Result<R>) -> io::Result<R> {
+    fs::create_dir_all(dir)?;
+    let lock = File::options()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(dir.join(".lock"))?;
+    lock.lock()?;
+    // The lock is released when `lock` is closed, on every path out.
+    work()
+}
+
+fn read(file: &Path) -> io::Result<Option<Record>> {
+    match fs::read(file) {
+        Ok(bytes) => serde_json::from_slice(&bytes)
+            .map(Some)
+            .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e)),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(e),
+    }
+}
+
+fn read_live(file: &Path) -> io::Result<Option<Record>> {
+    Ok(read(file)?.filter(|record| !record.is_expired(now())))
+}
+
+/// Replaces `file` with `record` atomically.
+fn write(dir: &Path, file: &Path, record: &Record) -> io::Result<()> {
+    let mut suffix = [0u8; 8];
+    getrandom::fill(&mut suffix).map_err(io::Error::other)?;
+    let name = suffix
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect::<String>();
+    let temp = dir.join(format!(".tmp-{name}"));
+    let result = (|| {
+        let mut out = File::create(&temp)?;
+        serde_json::to_writer(&mut out, record).map_err(io::Error::other)?;
+        out.flush()?;
+        out.sync_all()?;
+        fs::rename(&temp, file)?;
+        File::open(dir)?.sync_all()
+    })();
+    if result.is_err() {
+        let _ = fs::remove_file(&temp);
+    }
+    result
+}
+
+#[async_trait]
+impl SessionStore for FileStore {
+    async fn load(&self, id: &SessionId) -> Result<Option<Record>, Error> {
+        let id = id.clone();
+        // No lock: rename makes every read see a whole record.
+        self.blocking(move |root| read_live(&paths(root, &id).1))
+            .await
+    }
+
+    async fn create(&self, id: &SessionId, record: &Record) -> Result<bool, Error> {
+        let (id, record) = (id.clone(), record.clone());
+        self.blocking(move |root| {
+            let (dir, file) = paths(root, &id);
+            locked(&dir, || {
+                if read_live(&file)?.is_some() {
+                    return Ok(false);
+                }
+                write(&dir, &file, &record)?;
+                Ok(true)
+            })
+        })
+        .await
+    }
+
+    async fn apply(&self, id: &SessionId, changes: &Changes) -> Result<bool, Error> {
+        let (id, changes) = (id.clone(), changes.clone());
+        self.blocking(move |root| {
+            let (dir, file) = paths(root, &id);
+            locked(&dir, || {
+                let Some(mut record) = read_live(&file)? else {
+                    return Ok(false);
+                };
+                changes.apply_to(&mut record);
+                write(&dir, &file, &record)?;
+                Ok(true)
+            })
+        })
+        .await
+    }
+
+    async fn delete(&self, id: &SessionId) -> Result<(), Error> {
+        let id = id.clone();
+        self.blocking(move |root| {
+            let (dir, file) = paths(root, &id);
+            locked(&dir, || match fs::remove_file(&file) {
+                Err(e) if e.kind() != io::ErrorKind::NotFound => Err(e),
+                _ => Ok(()),
+            })
+        })
+        .await
+    }
+
+    async fn delete_expired(&self) -> Result<u64, Error> {
+        self.blocking(|root| {
+            let now = now();
+            let mut removed = 0;
+            for shard in fs::read_dir(root)? {
+                let dir = shard?.path();
+                if !dir.is_dir() {
+                    continue;
+                }
+                removed += locked(&dir, || {
+                    let mut removed = 0;
+                    for entry in fs::read_dir(&dir)? {
+                        let path = entry?.path();
+                        let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("");
+                        // Under the lock no write is under way: a temporary
+                        // file is what a crash left behind.
+                        let stale = name.starts_with(".tmp-")
+                            || (name.ends_with(".json")
+                                && read(&path)
+                                    .ok()
+                                    .flatten()
+                                    .is_some_and(|r| r.is_expired(now)));
+                        if stale && fs::remove_file(&path).is_ok() && name.ends_with(".json") {
+                            removed += 1;
+                        }
+                    }
+                    Ok(removed)
+                })?;
+            }
+            Ok(removed)
+        })
+        .await
+    }
+}

@@ -1,0 +1,249 @@
+//! Server-side sessions: the [`SessionStore`] trait and the stores that
+//! come with the crate. Stores know nothing of HTTP or cookies; the layer
+//! hands them validated ids, whole records and per-request changes.
+//!
+//! Writing a store means implementing five methods; the conformance suite
+//! (`session_layer::testing`, feature `testing`) checks one against
+//! everything the layer relies on. `docs/stores.md` walks through it.
+
+#[cfg(feature = "caching-store")]
+mod caching;
+#[cfg(feature = "file-store")]
+mod file;
+#[cfg(feature = "memory-store")]
+mod memory;
+
+use std::fmt::Debug;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use async_trait::async_trait;
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+#[cfg(feature = "caching-store")]
+pub use caching::CachingStore;
+#[cfg(feature = "file-store")]
+pub use file::FileStore;
+#[cfg(feature = "memory-store")]
+pub use memory::MemoryStore;
+
+use crate::codec::SessionData;
+use crate::error::Error;
+pub use crate::id::SessionId;
+
+/// A stored session.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[non_exhaustive]
+pub struct Record {
+    /// The session's values.
+    pub data: SessionData,
+    /// Whether the session is permanent (its cookie outlives the browser).
+    #[serde(default)]
+    pub permanent: bool,
+    /// When the session was created, in seconds since the Unix epoch: the
+    /// start of its absolute timeout.
+    pub created_at: u64,
+    /// When the record expires, in seconds since the Unix epoch. Stores
+    /// with native expiry (Redis, Memcached) use it as the TTL; the others
+    /// treat an expired record as absent and remove it in
+    /// [`SessionStore::delete_expired`].
+    pub expires_at: u64,
+}
+
+impl Record {
+    /// A record holding `data`, created at `created_at`, expiring at
+    /// `expires_at`.
+    pub fn new(data: SessionData, permanent: bool, created_at: u64, expires_at: u64) -> Self {
+        Self {
+            data,
+            permanent,
+            created_at,
+            expires_at,
+        }
+    }
+
+    /// Whether the record has expired at `now`.
+    pub fn is_expired(&self, now: u64) -> bool {
+        self.expires_at <= now
+    }
+}
+
+/// What one request did to a session, for [`SessionStore::apply`]: applied
+/// in the order cleared, removed, set, so that two requests of one user that
+/// change different keys at the same time both survive.
+#[derive(Debug, Clone, Default, PartialEq)]
+#[non_exhaustive]
+pub struct Changes {
+    /// Every value was removed before `removed` and `set` apply.
+    pub cleared: bool,
+    /// Keys removed.
+    pub removed: Vec<String>,
+    /// Keys set, with their new values.
+    pub set: Vec<(String, Value)>,
+    /// The new permanent flag, if the request changed it.
+    pub permanent: Option<bool>,
+    /// The record's new expiry, in seconds since the Unix epoch.
+    pub expires_at: u64,
+}
+
+impl Changes {
+    /// Changes that only move the expiry (a refresh).
+    pub fn expiry(expires_at: u64) -> Self {
+        Self {
+            expires_at,
+            ..Self::default()
+        }
+    }
+
+    /// Applies the changes to `record`: the read-modify-write step of
+    /// stores that keep a record as one blob.
+    pub fn apply_to(&self, record: &mut Record) {
+        if self.cleared {
+            record.data.clear();
+        }
+        for key in &self.removed {
+            record.data.remove(key);
+        }
+        for (key, value) in &self.set {
+            record.data.insert(key.clone(), value.clone());
+        }
+        if let Some(permanent) = self.permanent {
+            record.permanent = permanent;
+        }
+        record.expires_at = self.expires_at;
+    }
+
+    /// Whether the changes touch no value (only expiry or the flag).
+    pub fn is_expiry_only(&self) -> bool {
+        !self.cleared && self.removed.is_empty() && self.set.is_empty()
+    }
+}
+
+/// Where server-side sessions live.
+///
+/// Implementations must be safe to call concurrently for the same id:
+/// [`apply`](Self::apply) is atomic per key, so that two requests of one
+/// user that write different keys both survive. Every method gets an id
+/// that is already validated ([`SessionId`] can hold nothing else).
+///
+/// Errors keep their cause: build them with [`Error::store`].
+#[async_trait]
+pub trait SessionStore: Debug + Send + Sync + 'static {
+    /// The record under `id`, or `None` when there is none or it has
+    /// expired.
+    async fn load(&self, id: &SessionId) -> Result<Option<Record>, Error>;
+
+    /// Stores `record` under `id` if no record has that id; returns false,
+    /// changing nothing, if one does (the layer then draws another id).
+    async fn create(&self, id: &SessionId, record: &Record) -> Result<bool, Error>;
+
+    /// Applies `changes` to the record under `id`, atomically per key.
+    /// Returns false, changing nothing, when there is no such record (it
+    /// expired or was deleted meanwhile).
+    async fn apply(&self, id: &SessionId, changes: &Changes) -> Result<bool, Error>;
+
+    /// Removes the record under `id`; removing a missing record is not an
+    /// error.
+    async fn delete(&self, id: &SessionId) -> Result<(), Error>;
+
+    /// Removes expired records, returning how many; stores whose backend
+    /// expires records itself need not override it.
+    async fn delete_expired(&self) -> Result<u64, Error> {
+        Ok(0)
+    }
+}
+
+#[async_trait]
+impl<S: SessionStore + ?Sized> SessionStore for Arc<S> {
+    async fn load(&self, id: &SessionId) -> Result<Option<Record>, Error> {
+        (**self).load(id).await
+    }
+
+    async fn create(&self, id: &SessionId, record: &Record) -> Result<bool, Error> {
+        (**self).create(id, record).await
+    }
+
+    async fn apply(&self, id: &SessionId, changes: &Changes) -> Result<bool, Error> {
+        (**self).apply(id, changes).await
+    }
+
+    async fn delete(&self, id: &SessionId) -> Result<(), Error> {
+        (**self).delete(id).await
+    }
+
+    async fn delete_expired(&self) -> Result<u64, Error> {
+        (**self).delete_expired().await
+    }
+}
+
+/// Seconds since the Unix epoch by the system clock.
+pub(crate) fn now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+/// Runs [`SessionStore::delete_expired`] every `period` in a Tokio task,
+/// for stores without native expiry (memory, file, SQL). Failures are
+/// logged and retried at the next tick. Abort the returned handle to stop.
+///
+/// # Panics
+/// When called outside a Tokio runtime.
+#[cfg(feature = "tokio")]
+pub fn spawn_cleanup<S: SessionStore + ?Sized>(
+    store: Arc<S>,
+    period: Duration,
+) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        let mut ticks = tokio::time::interval(period);
+        ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            ticks.tick().await;
+            match store.delete_expired().await {
+                Ok(0) => {}
+                Ok(removed) => tracing::debug!(removed, "expired sessions removed"),
+                Err(error) => tracing::warn!(%error, "removing expired sessions failed"),
+            }
+        }
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn changes_apply_in_order_cleared_removed_set() {
+        let mut record = Record::new(
+            json!({"a": 1, "b": 2}).as_object().unwrap().clone(),
+            false,
+            10,
+            20,
+        );
+        let changes = Changes {
+            removed: vec!["a".into()],
+            set: vec![("c".into(), json!(3)), ("a".into(), json!(4))],
+            permanent: Some(true),
+            expires_at: 30,
+            ..Changes::default()
+        };
+        changes.apply_to(&mut record);
+        assert_eq!(
+            Value::Object(record.data.clone()),
+            json!({"a": 4, "b": 2, "c": 3})
+        );
+        assert!(record.permanent);
+        assert_eq!(record.expires_at, 30);
+        let cleared = Changes {
+            cleared: true,
+            set: vec![("z".into(), json!(0))],
+            expires_at: 40,
+            ..Changes::default()
+        };
+        cleared.apply_to(&mut record);
+        assert_eq!(Value::Object(record.data), json!({"z": 0}));
+        assert!(Changes::expiry(5).is_expiry_only());
+    }
+}
