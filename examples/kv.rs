@@ -15,12 +15,14 @@
 //! - `SESSION_CODEC`: `signed` (the default), `private` (encrypted) or
 //!   `flask` (Flask's own cookies, `SESSION_SECRET` being the Flask app's
 //!   `SECRET_KEY`; needs `--features flask`);
-//! - `SESSION_STORE`: `cookie` (the default and, for now, the only one).
+//! - `SESSION_STORE`: `cookie` (the default: the session is in the cookie),
+//!   `memory` or `file:PATH` (server-side; the cookie holds a signed id).
 //!
 //! Routes: `GET /session`, `PUT /session/{key}` (JSON body),
 //! `DELETE /session/{key}`, `POST /session/clear`,
-//! `POST /session/permanent` (body `true` or `false`); each answers with
-//! the whole session as a JSON object.
+//! `POST /session/permanent` (body `true` or `false`),
+//! `POST /session/cycle` (a new id, same data); each answers with the whole
+//! session as a JSON object.
 
 use std::process::ExitCode;
 
@@ -28,6 +30,7 @@ use axum::extract::Path;
 use axum::routing::{get, post, put};
 use axum::{Json, Router};
 use serde_json::{Map, Value};
+use session_layer::store::MemoryStore;
 use session_layer::{Key, Session, SessionLayer};
 
 type Reply = Result<Json<Map<String, Value>>, session_layer::Error>;
@@ -51,6 +54,11 @@ async fn clear(session: Session) -> Reply {
     Ok(Json(session.to_map()))
 }
 
+async fn cycle(session: Session) -> Reply {
+    session.cycle_id();
+    Ok(Json(session.to_map()))
+}
+
 async fn permanent(session: Session, Json(permanent): Json<bool>) -> Reply {
     session.set_permanent(permanent);
     Ok(Json(session.to_map()))
@@ -68,20 +76,40 @@ fn layer() -> Result<SessionLayer, String> {
             ));
         }
     };
-    match std::env::var("SESSION_STORE").as_deref() {
-        Err(_) | Ok("cookie") => {}
+    let layer = match std::env::var("SESSION_STORE").as_deref() {
+        Err(_) | Ok("cookie") => layer,
+        Ok(_) if codec == "flask" => {
+            return Err(
+                "SESSION_CODEC=flask keeps sessions in Flask's cookie; unset SESSION_STORE".into(),
+            );
+        }
+        Ok("memory") => layer.with_store(MemoryStore::new()),
+        Ok(spec) if spec.starts_with("file:") => {
+            layer.with_store(file_store(&spec["file:".len()..])?)
+        }
         Ok(other) => {
             return Err(format!(
-                "SESSION_STORE={other:?} is not supported; use cookie"
+                "SESSION_STORE={other:?} is not supported; use cookie, memory or file:PATH"
             ));
         }
-    }
+    };
     let secure = match std::env::var("SESSION_SECURE").as_deref() {
         Err(_) | Ok("true") => true,
         Ok("false") => false,
         Ok(other) => return Err(format!("SESSION_SECURE={other:?}: use true or false")),
     };
     Ok(layer.secure(secure))
+}
+
+#[cfg(feature = "file-store")]
+fn file_store(path: &str) -> Result<session_layer::store::FileStore, String> {
+    session_layer::store::FileStore::new(path)
+        .map_err(|e| format!("SESSION_STORE=file:{path}: {e}"))
+}
+
+#[cfg(not(feature = "file-store"))]
+fn file_store(_: &str) -> Result<MemoryStore, String> {
+    Err("SESSION_STORE=file:PATH needs the file-store feature: cargo run --features file-store --example kv".into())
 }
 
 /// The key from `SESSION_SECRET`, or a random one with a warning.
@@ -120,6 +148,7 @@ fn app(layer: SessionLayer) -> Router {
         .route("/session/{key}", put(set).delete(remove))
         .route("/session/clear", post(clear))
         .route("/session/permanent", post(permanent))
+        .route("/session/cycle", post(cycle))
         .layer(layer)
 }
 

@@ -248,7 +248,7 @@ fn plan_store(shared: &Shared, loaded: &Loaded, state: &State) -> Option<StorePl
     let now = config.now();
     let record = loaded.record.as_ref();
     let by_fallback = loaded.origin.as_ref().is_some_and(|o| o.by_fallback_key);
-    if state.flushed || (state.modified && state.is_empty()) {
+    if state.modified && state.is_empty() {
         return Some(StorePlan {
             op: record.map_or(StoreOp::None, |r| StoreOp::Delete(r.id.clone())),
             cookie: if loaded.had_cookie {
@@ -278,7 +278,9 @@ fn plan_store(shared: &Shared, loaded: &Loaded, state: &State) -> Option<StorePl
                     cookie,
                 }
             }
-            Some(r) if state.cycle => {
+            // A flushed session written again (a flash message after
+            // logout) starts over under a new id.
+            Some(r) if state.cycle || state.flushed => {
                 let (new, cookie) = fresh();
                 StorePlan {
                     op: StoreOp::Cycle(new, r.id.clone()),

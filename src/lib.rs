@@ -76,6 +76,8 @@ mod session;
 
 pub mod codec;
 pub mod store;
+#[cfg(feature = "testing")]
+pub mod testing;
 
 pub use config::SameSite;
 pub use error::{DefaultErrorHandler, Error, ErrorHandler, ErrorKind};

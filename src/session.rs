@@ -309,6 +309,33 @@ impl Session {
         state.modified = true;
     }
 
+    /// Queues a message for the next page the user sees, as Flask's
+    /// `flash(message, category)`: stored under `_flashes` as
+    /// `[category, message]` pairs, the format Flask reads, so a message
+    /// flashed here is shown by a Flask app sharing the session and the
+    /// other way round.
+    ///
+    /// # Errors
+    /// [`ErrorKind::Deserialize`] when `_flashes` holds something else.
+    pub fn flash(&self, category: &str, message: &str) -> Result<(), Error> {
+        self.update(FLASHES, |flashes: Option<Vec<(String, String)>>| {
+            let mut flashes = flashes.unwrap_or_default();
+            flashes.push((category.to_owned(), message.to_owned()));
+            flashes
+        })
+        .map(drop)
+    }
+
+    /// Takes every queued message as `(category, message)`, oldest first,
+    /// removing them, as Flask's `get_flashed_messages(with_categories=True)`.
+    ///
+    /// # Errors
+    /// [`ErrorKind::Deserialize`] when `_flashes` holds something else; it
+    /// is removed all the same.
+    pub fn take_flashes(&self) -> Result<Vec<(String, String)>, Error> {
+        Ok(self.remove(FLASHES)?.unwrap_or_default())
+    }
+
     /// Makes the session permanent (the cookie outlives the browser session
     /// and expires after the layer's lifetime) or a browser-session one.
     pub fn set_permanent(&self, permanent: bool) {
@@ -345,6 +372,9 @@ impl Session {
         self.lock()
     }
 }
+
+/// Where flashed messages live: Flask's key.
+const FLASHES: &str = "_flashes";
 
 fn deserialize_error(e: serde_json::Error) -> Error {
     Error::with_source(ErrorKind::Deserialize, e)
@@ -636,6 +666,26 @@ mod tests {
         let s = session();
         s.clear();
         assert!(!s.is_modified(), "clearing nothing changes nothing");
+    }
+
+    #[test]
+    fn flashes_queue_and_drain_in_flask_format() {
+        let s = session();
+        assert!(s.take_flashes().unwrap().is_empty());
+        s.flash("message", "hello").unwrap();
+        s.flash("error", "oops").unwrap();
+        assert_eq!(
+            s.get_value("_flashes"),
+            Some(json!([["message", "hello"], ["error", "oops"]]))
+        );
+        assert_eq!(
+            s.take_flashes().unwrap(),
+            [
+                ("message".to_owned(), "hello".to_owned()),
+                ("error".to_owned(), "oops".to_owned())
+            ]
+        );
+        assert!(!s.contains_key("_flashes"));
     }
 
     #[test]

@@ -38,13 +38,46 @@ impl Client<'_> {
 
 #[test]
 fn the_kv_api_works_over_http() {
-    for codec in ["signed", "private"] {
-        kv_api_works_with(codec);
+    let dir = tempfile::tempdir().unwrap();
+    let file = format!("file:{}", dir.path().display());
+    for env in [
+        [("SESSION_CODEC", "signed"), ("SESSION_STORE", "cookie")],
+        [("SESSION_CODEC", "private"), ("SESSION_STORE", "cookie")],
+        [("SESSION_CODEC", "signed"), ("SESSION_STORE", "memory")],
+        [("SESSION_CODEC", "signed"), ("SESSION_STORE", &file)],
+    ] {
+        kv_api_works_with(&env);
     }
 }
 
-fn kv_api_works_with(codec: &str) {
-    let server = start(&[("SESSION_CODEC", codec)]);
+#[test]
+fn cycle_gives_a_new_id_and_keeps_the_data() {
+    for store in ["memory", "cookie"] {
+        let server = start(&[("SESSION_STORE", store)]);
+        let mut client = Client {
+            server: &server,
+            cookie: String::new(),
+        };
+        client.send("PUT", "/session/user", "\"ann\"");
+        let before = client.cookie.clone();
+        let reply = client.send("POST", "/session/cycle", "");
+        assert_eq!(
+            (reply.status, reply.body.as_str()),
+            (200, r#"{"user":"ann"}"#)
+        );
+        // Client-side sessions have no id: the cookie is simply re-issued.
+        assert_eq!(reply.set_cookies.len(), 1, "{store}");
+        assert_eq!(client.send("GET", "/session", "").body, r#"{"user":"ann"}"#);
+        if store == "memory" {
+            assert_ne!(client.cookie, before, "a new id");
+            let replay = request(&server, "GET", "/session", "", &before);
+            assert_eq!(replay.body, "{}", "the old id is dead");
+        }
+    }
+}
+
+fn kv_api_works_with(env: &[(&str, &str)]) {
+    let server = start(env);
     let mut client = Client {
         server: &server,
         cookie: String::new(),
@@ -108,6 +141,10 @@ fn fails_to_start(env: &[(&str, &str)]) -> String {
 fn bad_settings_stop_it_with_a_clear_error() {
     assert!(fails_to_start(&[("SESSION_CODEC", "rot13")]).contains("SESSION_CODEC=\"rot13\""));
     assert!(fails_to_start(&[("SESSION_STORE", "floppy:")]).contains("SESSION_STORE=\"floppy:\""));
+    assert!(
+        fails_to_start(&[("SESSION_STORE", "file:/proc/forbidden")])
+            .contains("SESSION_STORE=file:/proc/forbidden")
+    );
     let short = fails_to_start(&[("SESSION_SECRET", "short")]);
     assert!(
         short.contains("SESSION_SECRET") && short.contains("at least 32"),

@@ -94,3 +94,57 @@ impl<S: SessionStore> SessionStore for CachingStore<S> {
         self.inner.delete_expired().await
     }
 }
+
+#[cfg(all(test, feature = "memory-store"))]
+mod tests {
+    use std::sync::Arc;
+
+    use super::*;
+    use crate::store::MemoryStore;
+    use serde_json::json;
+
+    /// Two processes sharing one backend, each with its own cache.
+    #[tokio::test]
+    async fn another_instance_sees_a_change_within_the_ttl() {
+        let backend = Arc::new(MemoryStore::new());
+        let ttl = Duration::from_millis(300);
+        let a = CachingStore::with_cache(backend.clone(), 100, ttl);
+        let b = CachingStore::with_cache(backend.clone(), 100, ttl);
+        let id = SessionId::generate();
+        let record = Record::new(
+            json!({"v": 1}).as_object().unwrap().clone(),
+            false,
+            now(),
+            now() + 60,
+        );
+        assert!(a.create(&id, &record).await.unwrap());
+        assert_eq!(b.load(&id).await.unwrap().unwrap().data["v"], 1);
+
+        let change = Changes {
+            set: vec![("v".into(), json!(2))],
+            expires_at: now() + 60,
+            ..Changes::default()
+        };
+        assert!(a.apply(&id, &change).await.unwrap());
+        assert_eq!(
+            a.load(&id).await.unwrap().unwrap().data["v"],
+            2,
+            "own writes are never stale"
+        );
+        assert_eq!(
+            b.load(&id).await.unwrap().unwrap().data["v"],
+            1,
+            "b may be stale..."
+        );
+        tokio::time::sleep(ttl + Duration::from_millis(100)).await;
+        assert_eq!(
+            b.load(&id).await.unwrap().unwrap().data["v"],
+            2,
+            "...but not past the TTL"
+        );
+
+        a.delete(&id).await.unwrap();
+        assert_eq!(a.load(&id).await.unwrap(), None);
+        assert_eq!(a.ttl(), Some(ttl));
+    }
+}

@@ -206,3 +206,96 @@ impl SessionStore for FileStore {
         .await
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn record(expires_at: u64) -> Record {
+        Record::new(
+            json!({"a": 1}).as_object().unwrap().clone(),
+            false,
+            now(),
+            expires_at,
+        )
+    }
+
+    #[tokio::test]
+    async fn files_are_named_by_hex_and_sharded() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = FileStore::new(dir.path()).unwrap();
+        let id = SessionId::parse(&format!("{}A", "_".repeat(42))).unwrap();
+        assert!(store.create(&id, &record(now() + 60)).await.unwrap());
+        let hex = id.to_hex();
+        assert!(
+            hex.bytes()
+                .all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase())
+        );
+        let file = dir.path().join(&hex[..2]).join(format!("{hex}.json"));
+        assert!(file.is_file(), "{}", file.display());
+        // Nothing but the shard directory (and its lock) was created.
+        let shards: Vec<_> = fs::read_dir(dir.path()).unwrap().collect();
+        assert_eq!(shards.len(), 1);
+    }
+
+    #[tokio::test]
+    async fn delete_expired_removes_dead_files_and_crash_leftovers() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = FileStore::new(dir.path()).unwrap();
+        let live = SessionId::generate();
+        let dead = SessionId::generate();
+        store.create(&live, &record(now() + 60)).await.unwrap();
+        store.create(&dead, &record(now() + 60)).await.unwrap();
+        // Age the second one on disk, as time would.
+        let (shard, file) = paths(dir.path(), &dead);
+        write(&shard, &file, &record(now() - 1)).unwrap();
+        fs::write(shard.join(".tmp-deadbeef"), b"{half a rec").unwrap();
+        assert_eq!(store.delete_expired().await.unwrap(), 1);
+        assert!(!file.exists());
+        assert!(!shard.join(".tmp-deadbeef").exists());
+        assert!(store.load(&live).await.unwrap().is_some());
+    }
+
+    #[tokio::test]
+    async fn io_failures_are_errors_and_leave_the_record_intact() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = FileStore::new(dir.path()).unwrap();
+        let id = SessionId::generate();
+        store.create(&id, &record(now() + 60)).await.unwrap();
+        let (shard, file) = paths(dir.path(), &id);
+        // Make the lock file impossible to open: a directory in its place.
+        fs::create_dir(shard.join(".lock.blocked")).unwrap();
+        fs::rename(shard.join(".lock"), shard.join(".lock.moved")).unwrap();
+        fs::rename(shard.join(".lock.blocked"), shard.join(".lock")).unwrap();
+        let error = store
+            .apply(&id, &Changes::expiry(now() + 120))
+            .await
+            .unwrap_err();
+        assert_eq!(error.kind(), crate::ErrorKind::Store);
+        assert!(
+            std::error::Error::source(&error).is_some(),
+            "the io error is kept"
+        );
+        assert_eq!(
+            store.load(&id).await.unwrap().unwrap().expires_at,
+            record(now() + 60).expires_at
+        );
+        assert!(file.exists());
+        // A root that is a file is refused at construction.
+        let not_a_dir = dir.path().join("file");
+        fs::write(&not_a_dir, b"x").unwrap();
+        assert!(FileStore::new(not_a_dir.join("sub")).is_err());
+    }
+
+    #[tokio::test]
+    async fn a_corrupt_file_is_an_error_not_an_empty_session() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = FileStore::new(dir.path()).unwrap();
+        let id = SessionId::generate();
+        let (shard, file) = paths(dir.path(), &id);
+        fs::create_dir_all(&shard).unwrap();
+        fs::write(&file, b"not json").unwrap();
+        assert!(store.load(&id).await.is_err());
+    }
+}

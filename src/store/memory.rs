@@ -147,3 +147,82 @@ impl SessionStore for MemoryStore {
         Ok(self.purge_expired())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn record(expires_at: u64) -> Record {
+        Record::new(
+            json!({"a": 1}).as_object().unwrap().clone(),
+            false,
+            now(),
+            expires_at,
+        )
+    }
+
+    #[tokio::test]
+    async fn max_sessions_bounds_memory() {
+        let store = MemoryStore::new().max_sessions(3);
+        for _ in 0..2 {
+            assert!(
+                store
+                    .create(&SessionId::generate(), &record(now() + 60))
+                    .await
+                    .unwrap()
+            );
+        }
+        // An expired record is purged to make room.
+        assert!(
+            store
+                .create(&SessionId::generate(), &record(now() - 1))
+                .await
+                .unwrap()
+        );
+        assert!(
+            store
+                .create(&SessionId::generate(), &record(now() + 60))
+                .await
+                .unwrap()
+        );
+        assert_eq!(store.len(), 3);
+        let error = store
+            .create(&SessionId::generate(), &record(now() + 60))
+            .await
+            .unwrap_err();
+        assert_eq!(error.kind(), crate::ErrorKind::Store);
+        assert_eq!(store.len(), 3);
+    }
+
+    #[tokio::test]
+    async fn expired_records_are_evicted_on_access_and_by_the_sweep() {
+        let store = MemoryStore::new();
+        let (a, b) = (SessionId::generate(), SessionId::generate());
+        store.create(&a, &record(now() - 1)).await.unwrap();
+        store.create(&b, &record(now() - 1)).await.unwrap();
+        assert_eq!(store.len(), 2);
+        assert_eq!(store.load(&a).await.unwrap(), None);
+        assert_eq!(store.len(), 1, "evicted on access");
+        assert_eq!(store.delete_expired().await.unwrap(), 1);
+        assert!(store.is_empty());
+    }
+
+    #[tokio::test]
+    async fn spawn_cleanup_sweeps_on_its_interval() {
+        let store = std::sync::Arc::new(MemoryStore::new());
+        store
+            .create(&SessionId::generate(), &record(now() - 1))
+            .await
+            .unwrap();
+        let task = super::super::spawn_cleanup(store.clone(), std::time::Duration::from_millis(20));
+        for _ in 0..100 {
+            if store.is_empty() {
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+        assert!(store.is_empty(), "the sweep removed the expired record");
+        task.abort();
+    }
+}

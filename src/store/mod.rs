@@ -15,7 +15,7 @@ mod memory;
 
 use std::fmt::Debug;
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{SystemTime, UNIX_EPOCH};
 
 use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
@@ -178,6 +178,15 @@ impl<S: SessionStore + ?Sized> SessionStore for Arc<S> {
 }
 
 /// Seconds since the Unix epoch by the system clock.
+#[cfg_attr(
+    not(any(
+        feature = "memory-store",
+        feature = "file-store",
+        feature = "caching-store",
+        feature = "testing"
+    )),
+    allow(dead_code)
+)]
 pub(crate) fn now() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -193,7 +202,7 @@ pub(crate) fn now() -> u64 {
 #[cfg(feature = "tokio")]
 pub fn spawn_cleanup<S: SessionStore + ?Sized>(
     store: Arc<S>,
-    period: Duration,
+    period: std::time::Duration,
 ) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
         let mut ticks = tokio::time::interval(period);

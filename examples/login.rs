@@ -1,0 +1,158 @@
+//! A login page on server-side sessions, the embedded default (the
+//! in-memory store: no external service).
+//!
+//! ```sh
+//! SESSION_SECURE=false cargo run --example login
+//! # open http://127.0.0.1:3000/ and sign in as anyone with the password "letmein"
+//! ```
+//!
+//! Shows what a login needs from a session layer: `cycle_id()` at login,
+//! so an id planted before login is worthless after it (session fixation);
+//! `flush()` at logout, removing the record and the cookie; flash messages
+//! for the next page.
+//!
+//! Environment: `PORT` (default 3000, 0 picks one), `SESSION_SECRET` (at
+//! least 32 bytes; random when unset), `SESSION_SECURE=false` for plain
+//! http, `SESSION_STORE=memory` (default) or `file:PATH` (with
+//! `--features file-store`).
+
+use std::process::ExitCode;
+use std::time::Duration;
+
+use axum::Router;
+use axum::extract::Form;
+use axum::response::{Html, Redirect};
+use axum::routing::{get, post};
+use serde::Deserialize;
+use session_layer::store::MemoryStore;
+use session_layer::{Key, Session, SessionLayer};
+
+/// The demo's only password. A real app checks a password hash.
+const PASSWORD: &str = "letmein";
+
+#[derive(Deserialize)]
+struct Credentials {
+    user: String,
+    password: String,
+}
+
+fn escape(text: &str) -> String {
+    text.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
+        .replace('"', "&quot;")
+}
+
+async fn home(session: Session) -> Result<Html<String>, session_layer::Error> {
+    let flashes: String = session
+        .take_flashes()?
+        .into_iter()
+        .map(|(category, message)| {
+            format!(
+                "<p class=\"flash {}\">{}</p>\n",
+                escape(&category),
+                escape(&message)
+            )
+        })
+        .collect();
+    let body = match session.get::<String>("user")? {
+        Some(user) => {
+            let visits = session.update("visits", |n: Option<u64>| n.unwrap_or(0) + 1)?;
+            format!(
+                "<p id=\"who\">Signed in as {}</p>\n<p id=\"visits\">{visits} visits this session</p>\n\
+                 <form method=\"post\" action=\"/logout\"><button id=\"logout\">Sign out</button></form>\n",
+                escape(&user)
+            )
+        }
+        None => format!(
+            "<p id=\"who\">Not signed in</p>\n<form method=\"post\" action=\"/login\">\n\
+             <input id=\"user\" name=\"user\" placeholder=\"name\">\n\
+             <input id=\"password\" name=\"password\" type=\"password\" placeholder=\"password ({PASSWORD})\">\n\
+             <button id=\"login\">Sign in</button>\n</form>\n"
+        ),
+    };
+    Ok(Html(format!(
+        "<!doctype html>\n<meta charset=\"utf-8\">\n<title>Login</title>\n<h1>Login demo</h1>\n{flashes}{body}"
+    )))
+}
+
+async fn login(
+    session: Session,
+    Form(form): Form<Credentials>,
+) -> Result<Redirect, session_layer::Error> {
+    if form.password != PASSWORD || form.user.trim().is_empty() {
+        session.flash("error", "Wrong name or password.")?;
+        return Ok(Redirect::to("/"));
+    }
+    // A new id at the change of privilege: whatever id the browser had
+    // (perhaps one an attacker planted) no longer names this session.
+    session.cycle_id();
+    session.insert("user", form.user.trim())?;
+    session.flash("message", &format!("Welcome, {}!", form.user.trim()))?;
+    Ok(Redirect::to("/"))
+}
+
+async fn logout(session: Session) -> Result<Redirect, session_layer::Error> {
+    // The record and its id are gone; the flash starts a fresh session.
+    session.flush();
+    session.flash("message", "Signed out.")?;
+    Ok(Redirect::to("/"))
+}
+
+fn layer() -> Result<SessionLayer, String> {
+    let key = match std::env::var_os("SESSION_SECRET") {
+        Some(_) => Key::from_env("SESSION_SECRET").map_err(|e| e.to_string())?,
+        None => {
+            eprintln!("warning: SESSION_SECRET is unset; using a random key");
+            Key::generate()
+        }
+    };
+    let secure = std::env::var("SESSION_SECURE").as_deref() != Ok("false");
+    let layer = SessionLayer::new(key)
+        .secure(secure)
+        .idle_timeout(Duration::from_secs(30 * 60))
+        .absolute_timeout(Duration::from_secs(12 * 60 * 60));
+    Ok(match std::env::var("SESSION_STORE").as_deref() {
+        Err(_) | Ok("memory") => layer.with_store(MemoryStore::new()),
+        #[cfg(feature = "file-store")]
+        Ok(spec) if spec.starts_with("file:") => {
+            let store =
+                session_layer::store::FileStore::new(&spec[5..]).map_err(|e| e.to_string())?;
+            layer.with_store(store)
+        }
+        Ok(other) => return Err(format!("SESSION_STORE={other:?}: use memory or file:PATH")),
+    })
+}
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let layer = match layer() {
+        Ok(layer) => layer,
+        Err(message) => {
+            eprintln!("error: {message}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let app = Router::new()
+        .route("/", get(home))
+        .route("/login", post(login))
+        .route("/logout", post(logout))
+        .layer(layer);
+    let port = std::env::var("PORT").unwrap_or_else(|_| "3000".into());
+    let listener = match tokio::net::TcpListener::bind(format!("127.0.0.1:{port}")).await {
+        Ok(listener) => listener,
+        Err(e) => {
+            eprintln!("error: cannot listen on 127.0.0.1:{port}: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match listener.local_addr() {
+        Ok(addr) => println!("listening on http://{addr}"),
+        Err(e) => eprintln!("warning: cannot read the bound address: {e}"),
+    }
+    if let Err(e) = axum::serve(listener, app).await {
+        eprintln!("error: {e}");
+        return ExitCode::FAILURE;
+    }
+    ExitCode::SUCCESS
+}

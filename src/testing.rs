@@ -1,0 +1,330 @@
+//! The store conformance suite: every behaviour the layer relies on from a
+//! [`SessionStore`], checked against a real instance. Run it on your own
+//! store (feature `testing`):
+//!
+//! ```no_run
+//! # async fn demo() {
+//! use std::sync::Arc;
+//! use session_layer::store::MemoryStore;
+//! session_layer::testing::check_store(Arc::new(MemoryStore::new())).await;
+//! # }
+//! ```
+//!
+//! Every check uses fresh random ids, so a store that already holds data
+//! (a shared Redis, a database) can be checked in place. A check that fails
+//! panics with what it expected.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde_json::{Value, json};
+
+use crate::codec::SessionData;
+use crate::store::{Changes, Record, SessionId, SessionStore};
+
+/// Runs every check against `store`. Takes a few seconds: one check waits
+/// for a record to expire, so stores with native TTLs are checked too.
+///
+/// # Panics
+/// On the first check the store fails.
+pub async fn check_store<S: SessionStore + ?Sized>(store: Arc<S>) {
+    round_trip(&*store).await;
+    missing_records(&*store).await;
+    create_never_overwrites(&*store).await;
+    apply_is_per_key(&*store).await;
+    delete_removes(&*store).await;
+    expired_records_are_absent(&*store).await;
+    cycle_moves_the_data(&*store).await;
+    unusual_but_valid_ids(&*store).await;
+    large_and_unicode_values(&*store).await;
+    concurrent_writes_to_distinct_keys_all_survive(store.clone()).await;
+    writes_racing_a_delete_never_resurrect(store.clone()).await;
+    records_expire_in_time(&*store).await;
+}
+
+fn now() -> u64 {
+    crate::store::now()
+}
+
+fn data(value: Value) -> SessionData {
+    value.as_object().expect("an object").clone()
+}
+
+fn record(value: Value) -> Record {
+    Record::new(data(value), false, now(), now() + 3600)
+}
+
+async fn created<S: SessionStore + ?Sized>(store: &S, record: &Record) -> SessionId {
+    let id = SessionId::generate();
+    assert!(
+        store.create(&id, record).await.expect("create"),
+        "create of a fresh id must succeed"
+    );
+    id
+}
+
+async fn load<S: SessionStore + ?Sized>(store: &S, id: &SessionId) -> Option<Record> {
+    store.load(id).await.expect("load")
+}
+
+/// A created record loads back whole.
+pub async fn round_trip<S: SessionStore + ?Sized>(store: &S) {
+    let mut original = record(json!({"user": 42, "roles": ["a", "b"], "nested": {"x": null}}));
+    original.permanent = true;
+    let id = created(store, &original).await;
+    assert_eq!(load(store, &id).await, Some(original), "round trip");
+}
+
+/// Unknown ids: nothing to load, nothing to apply to, deleting is fine.
+pub async fn missing_records<S: SessionStore + ?Sized>(store: &S) {
+    let id = SessionId::generate();
+    assert_eq!(load(store, &id).await, None, "unknown id loads nothing");
+    let applied = store
+        .apply(&id, &Changes::expiry(now() + 60))
+        .await
+        .expect("apply");
+    assert!(!applied, "apply to an unknown id must report false");
+    assert_eq!(
+        load(store, &id).await,
+        None,
+        "apply must not create a record"
+    );
+    store
+        .delete(&id)
+        .await
+        .expect("deleting an unknown id is not an error");
+}
+
+/// `create` on a taken id changes nothing and reports false.
+pub async fn create_never_overwrites<S: SessionStore + ?Sized>(store: &S) {
+    let first = record(json!({"owner": "first"}));
+    let id = created(store, &first).await;
+    let taken = store
+        .create(&id, &record(json!({"owner": "second"})))
+        .await
+        .expect("create");
+    assert!(!taken, "create on a taken id must report false");
+    assert_eq!(
+        load(store, &id).await,
+        Some(first),
+        "create must not overwrite"
+    );
+}
+
+/// `apply` sets, removes, clears and moves the flag and expiry.
+pub async fn apply_is_per_key<S: SessionStore + ?Sized>(store: &S) {
+    let id = created(store, &record(json!({"a": 1, "b": 2, "c": 3}))).await;
+    let expires = now() + 7200;
+    let changes = Changes {
+        removed: vec!["b".into()],
+        set: vec![("c".into(), json!(30)), ("d".into(), json!([4]))],
+        permanent: Some(true),
+        expires_at: expires,
+        ..Changes::default()
+    };
+    assert!(store.apply(&id, &changes).await.expect("apply"));
+    let loaded = load(store, &id).await.expect("record");
+    assert_eq!(
+        Value::Object(loaded.data),
+        json!({"a": 1, "c": 30, "d": [4]})
+    );
+    assert!(loaded.permanent, "permanent flag applied");
+    assert_eq!(loaded.expires_at, expires, "expiry applied");
+
+    let clear = Changes {
+        cleared: true,
+        set: vec![("fresh".into(), json!(true))],
+        expires_at: expires,
+        ..Changes::default()
+    };
+    assert!(store.apply(&id, &clear).await.expect("apply"));
+    let loaded = load(store, &id).await.expect("record");
+    assert_eq!(
+        Value::Object(loaded.data),
+        json!({"fresh": true}),
+        "cleared, then set"
+    );
+    assert!(loaded.permanent, "a change without a flag keeps it");
+}
+
+/// `delete` removes the record for good.
+pub async fn delete_removes<S: SessionStore + ?Sized>(store: &S) {
+    let id = created(store, &record(json!({"x": 1}))).await;
+    store.delete(&id).await.expect("delete");
+    assert_eq!(load(store, &id).await, None, "deleted record must not load");
+    let applied = store
+        .apply(&id, &Changes::expiry(now() + 60))
+        .await
+        .expect("apply");
+    assert!(!applied, "apply after delete must report false");
+    assert_eq!(
+        load(store, &id).await,
+        None,
+        "a flushed id is not brought back"
+    );
+}
+
+/// A record past its expiry is absent, and can be created anew.
+pub async fn expired_records_are_absent<S: SessionStore + ?Sized>(store: &S) {
+    let live = created(store, &record(json!({"live": true}))).await;
+    let id = SessionId::generate();
+    let expired = Record::new(data(json!({"old": true})), false, now() - 100, now() - 1);
+    // A store with native TTLs may refuse to keep it at all; either way
+    // it must not load.
+    let _ = store.create(&id, &expired).await.expect("create");
+    assert_eq!(load(store, &id).await, None, "expired record must not load");
+    let applied = store
+        .apply(&id, &Changes::expiry(now() + 60))
+        .await
+        .expect("apply");
+    assert!(!applied, "apply must not revive an expired record");
+    store.delete_expired().await.expect("delete_expired");
+    assert!(
+        load(store, &live).await.is_some(),
+        "delete_expired keeps live records"
+    );
+    assert_eq!(load(store, &id).await, None);
+    let again = record(json!({"new": true}));
+    assert!(
+        store.create(&id, &again).await.expect("create"),
+        "an expired id is free again"
+    );
+    assert_eq!(load(store, &id).await, Some(again));
+}
+
+/// What the layer does for `cycle_id`: create under a new id, delete the old.
+pub async fn cycle_moves_the_data<S: SessionStore + ?Sized>(store: &S) {
+    let original = record(json!({"user": "ann"}));
+    let old = created(store, &original).await;
+    let new = created(store, &original).await;
+    store.delete(&old).await.expect("delete");
+    assert_eq!(load(store, &old).await, None, "old id gone after a cycle");
+    assert_eq!(
+        load(store, &new).await,
+        Some(original),
+        "data under the new id"
+    );
+}
+
+/// Ids made only of `-` and `_` (valid, if unlikely) are stored like any.
+pub async fn unusual_but_valid_ids<S: SessionStore + ?Sized>(store: &S) {
+    for text in [
+        format!("{}A", "-".repeat(42)),
+        format!("{}A", "_".repeat(42)),
+    ] {
+        let id = SessionId::parse(&text).expect("a valid id");
+        store.delete(&id).await.expect("delete");
+        let value = record(json!({"id": text}));
+        assert!(store.create(&id, &value).await.expect("create"));
+        assert_eq!(load(store, &id).await, Some(value));
+        store.delete(&id).await.expect("delete");
+    }
+    for hostile in ["../../etc/passwd", "a/b", "", "*", "session:*", "{tag}"] {
+        assert!(
+            SessionId::parse(hostile).is_none(),
+            "{hostile:?} must never become an id"
+        );
+    }
+}
+
+/// 100 KB of data and non-ASCII keys and values survive.
+pub async fn large_and_unicode_values<S: SessionStore + ?Sized>(store: &S) {
+    let big = "x".repeat(100_000);
+    let value = record(json!({"big": big, "zoë 日本": "😀 \u{0} \"quoted\" \\", "n": 1.5}));
+    let id = created(store, &value).await;
+    assert_eq!(
+        load(store, &id).await,
+        Some(value),
+        "large and unicode values"
+    );
+}
+
+/// 100 concurrent applies to one record, each setting its own key: none is
+/// lost (per-key atomicity).
+pub async fn concurrent_writes_to_distinct_keys_all_survive<S: SessionStore + ?Sized>(
+    store: Arc<S>,
+) {
+    let id = created(&*store, &record(json!({}))).await;
+    let expires = now() + 3600;
+    let writes = (0..100).map(|i| {
+        let (store, id) = (store.clone(), id.clone());
+        async move {
+            let changes = Changes {
+                set: vec![(format!("key{i}"), json!(i))],
+                expires_at: expires,
+                ..Changes::default()
+            };
+            store.apply(&id, &changes).await.expect("apply")
+        }
+    });
+    let results = join_all(writes).await;
+    assert!(
+        results.iter().all(|&applied| applied),
+        "every apply found the record"
+    );
+    let loaded = load(&*store, &id).await.expect("record");
+    let missing: Vec<_> = (0..100)
+        .filter(|i| !loaded.data.contains_key(&format!("key{i}")))
+        .collect();
+    assert!(
+        missing.is_empty(),
+        "writes lost under concurrency: keys {missing:?}"
+    );
+}
+
+/// Writes racing a delete (a logout in another tab) never bring the record
+/// back; neither do writes racing a cycle.
+pub async fn writes_racing_a_delete_never_resurrect<S: SessionStore + ?Sized>(store: Arc<S>) {
+    for _ in 0..5 {
+        let id = created(&*store, &record(json!({"user": "ann"}))).await;
+        let expires = now() + 3600;
+        let writes = (0..20).map(|i| {
+            let (store, id) = (store.clone(), id.clone());
+            async move {
+                if i == 10 {
+                    store.delete(&id).await.expect("delete");
+                } else {
+                    let changes = Changes {
+                        set: vec![(format!("k{i}"), json!(i))],
+                        expires_at: expires,
+                        ..Changes::default()
+                    };
+                    store.apply(&id, &changes).await.expect("apply");
+                }
+            }
+        });
+        join_all(writes).await;
+        assert_eq!(
+            load(&*store, &id).await,
+            None,
+            "a deleted session came back"
+        );
+    }
+}
+
+/// A record expires when its time comes (native TTLs included).
+pub async fn records_expire_in_time<S: SessionStore + ?Sized>(store: &S) {
+    let value = Record::new(data(json!({"short": true})), false, now(), now() + 2);
+    let id = created(store, &value).await;
+    assert!(load(store, &id).await.is_some(), "live before its expiry");
+    tokio::time::sleep(Duration::from_millis(3100)).await;
+    assert_eq!(load(store, &id).await, None, "gone after its expiry");
+}
+
+/// Runs the futures as concurrent Tokio tasks (in parallel on a
+/// multi-threaded runtime) and waits for all of them.
+async fn join_all<F>(futures: impl IntoIterator<Item = F>) -> Vec<F::Output>
+where
+    F: std::future::Future + Send + 'static,
+    F::Output: Send + 'static,
+{
+    let mut tasks = tokio::task::JoinSet::new();
+    for future in futures {
+        tasks.spawn(future);
+    }
+    let mut outputs = Vec::new();
+    while let Some(output) = tasks.join_next().await {
+        outputs.push(output.expect("a store task panicked"));
+    }
+    outputs
+}

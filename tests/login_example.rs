@@ -1,0 +1,79 @@
+//! Black-box test of `examples/login.rs` over HTTP: fixation defence at
+//! login, flash messages, logout.
+
+mod common;
+
+use common::{http_request, start_example};
+
+/// A browser's cookie for the session, updated from each reply.
+fn update(cookie: &mut String, reply: &common::Reply) {
+    for line in &reply.set_cookies {
+        let pair = line.split(';').next().unwrap();
+        *cookie = if line.contains("Max-Age=0") {
+            String::new()
+        } else {
+            pair.to_owned()
+        };
+    }
+}
+
+#[test]
+fn login_cycles_the_id_flashes_and_logout_ends_the_session() {
+    let server = start_example("login", &[]);
+    let addr = &server.addr;
+    let mut cookie = String::new();
+
+    let page = http_request(addr, "GET", "/", "", &cookie);
+    assert!(page.body.contains("Not signed in"));
+    assert!(page.set_cookies.is_empty(), "a visit alone stores nothing");
+
+    // A wrong password: a flash, which creates a (pre-login) session.
+    let reply = http_request(addr, "POST", "/login", "user=ann&password=nope", &cookie);
+    assert_eq!(reply.status, 303);
+    update(&mut cookie, &reply);
+    let before_login = cookie.clone();
+    assert!(!before_login.is_empty());
+    let page = http_request(addr, "GET", "/", "", &cookie);
+    assert!(
+        page.body.contains("Wrong name or password."),
+        "{}",
+        page.body
+    );
+    let page = http_request(addr, "GET", "/", "", &cookie);
+    assert!(!page.body.contains("Wrong name"), "a flash shows once");
+
+    // The right password: a new id, the old one is dead.
+    let reply = http_request(addr, "POST", "/login", "user=ann&password=letmein", &cookie);
+    update(&mut cookie, &reply);
+    assert_ne!(cookie, before_login, "the id changed at login");
+    let page = http_request(addr, "GET", "/", "", &cookie);
+    assert!(
+        page.body.contains("Welcome, ann!") && page.body.contains("Signed in as ann"),
+        "{}",
+        page.body
+    );
+    let planted = http_request(addr, "GET", "/", "", &before_login);
+    assert!(
+        planted.body.contains("Not signed in"),
+        "the pre-login id does not log in"
+    );
+    let page = http_request(addr, "GET", "/", "", &cookie);
+    assert!(page.body.contains("2 visits"), "{}", page.body);
+
+    // Logout: the record is gone; the flash lives in a fresh session.
+    let logged_in = cookie.clone();
+    let reply = http_request(addr, "POST", "/logout", "", &cookie);
+    update(&mut cookie, &reply);
+    assert_ne!(cookie, logged_in);
+    let page = http_request(addr, "GET", "/", "", &cookie);
+    assert!(
+        page.body.contains("Signed out.") && page.body.contains("Not signed in"),
+        "{}",
+        page.body
+    );
+    let replay = http_request(addr, "GET", "/", "", &logged_in);
+    assert!(
+        replay.body.contains("Not signed in"),
+        "a logged-out id cannot be replayed"
+    );
+}

@@ -1,0 +1,496 @@
+//! Server-side sessions end to end: the layer with a store behind it.
+#![cfg(feature = "memory-store")]
+
+mod common;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use axum::Router;
+use axum::extract::Path;
+use axum::routing::{get, post, put};
+use common::{Jar, TestClock, body_text, get as get_req, set_cookies, with_cookie};
+use http::StatusCode;
+use session_layer::store::{Changes, MemoryStore, Record, SessionId, SessionStore};
+use session_layer::{Error, ErrorKind, Key, Session, SessionLayer};
+use tower::ServiceExt;
+
+/// Far enough ahead of the system clock that the store's own expiry checks
+/// (system time) never interfere with the layer's (test clock).
+const T0: u64 = 4_000_000_000;
+
+/// A store that counts calls and fails on demand, around a MemoryStore.
+#[derive(Debug, Default)]
+struct Probe {
+    inner: MemoryStore,
+    loads: AtomicUsize,
+    creates: AtomicUsize,
+    applies: AtomicUsize,
+    deletes: AtomicUsize,
+    fail_loads: AtomicBool,
+    fail_saves: AtomicBool,
+    lose_records: AtomicBool,
+}
+
+impl Probe {
+    fn counts(&self) -> [usize; 4] {
+        [&self.loads, &self.creates, &self.applies, &self.deletes].map(|c| c.load(Ordering::SeqCst))
+    }
+
+    fn down(&self) -> Error {
+        Error::store(std::io::Error::new(
+            std::io::ErrorKind::ConnectionRefused,
+            "store is down",
+        ))
+    }
+}
+
+#[async_trait]
+impl SessionStore for Probe {
+    async fn load(&self, id: &SessionId) -> Result<Option<Record>, Error> {
+        self.loads.fetch_add(1, Ordering::SeqCst);
+        if self.fail_loads.load(Ordering::SeqCst) {
+            return Err(self.down());
+        }
+        self.inner.load(id).await
+    }
+    async fn create(&self, id: &SessionId, record: &Record) -> Result<bool, Error> {
+        self.creates.fetch_add(1, Ordering::SeqCst);
+        if self.fail_saves.load(Ordering::SeqCst) {
+            return Err(self.down());
+        }
+        self.inner.create(id, record).await
+    }
+    async fn apply(&self, id: &SessionId, changes: &Changes) -> Result<bool, Error> {
+        self.applies.fetch_add(1, Ordering::SeqCst);
+        if self.fail_saves.load(Ordering::SeqCst) {
+            return Err(self.down());
+        }
+        if self.lose_records.load(Ordering::SeqCst) {
+            self.inner.delete(id).await?;
+        }
+        self.inner.apply(id, changes).await
+    }
+    async fn delete(&self, id: &SessionId) -> Result<(), Error> {
+        self.deletes.fetch_add(1, Ordering::SeqCst);
+        self.inner.delete(id).await
+    }
+}
+
+async fn read(session: Session) -> Result<String, Error> {
+    Ok(serde_json::to_string(&session.to_map()).unwrap())
+}
+
+async fn set(
+    session: Session,
+    Path((key, value)): Path<(String, String)>,
+) -> Result<String, Error> {
+    session.insert(key, value)?;
+    Ok("set".into())
+}
+
+async fn cycle(session: Session) -> &'static str {
+    session.cycle_id();
+    "cycled"
+}
+
+async fn flush(session: Session) -> &'static str {
+    session.flush();
+    "flushed"
+}
+
+async fn permanent(session: Session) -> &'static str {
+    session.set_permanent(true);
+    "permanent"
+}
+
+async fn twice(a: Session, b: Session) -> Result<String, Error> {
+    a.insert("via", "a")?;
+    Ok(b.get::<String>("via")?.unwrap_or_default())
+}
+
+fn app(
+    store: Arc<Probe>,
+    clock: &TestClock,
+    configure: impl FnOnce(SessionLayer) -> SessionLayer,
+) -> Router {
+    let layer =
+        configure(SessionLayer::new(Key::from_bytes(&[5; 32]).unwrap()).clock(clock.source()));
+    Router::new()
+        .route("/", get(read))
+        .route("/untouched", get(|| async { "hi" }))
+        .route("/set/{key}/{value}", put(set).get(set))
+        .route("/cycle", post(cycle))
+        .route("/flush", post(flush))
+        .route("/permanent", post(permanent))
+        .route("/twice", get(twice))
+        .layer(layer.with_store(store))
+}
+
+fn setup() -> (Arc<Probe>, TestClock, Router) {
+    let store = Arc::new(Probe::default());
+    let clock = TestClock::at(T0);
+    let router = app(store.clone(), &clock, |l| l);
+    (store, clock, router)
+}
+
+async fn show(jar: &mut Jar, app: &Router) -> String {
+    jar.get_text(app, "/").await.1
+}
+
+#[tokio::test]
+async fn the_cookie_holds_only_a_signed_id_and_the_data_lives_in_the_store() {
+    let (store, _, app) = setup();
+    let mut jar = Jar::new();
+    jar.send(&app, get_req("/set/secret/hunter2")).await;
+    let cookie = jar.get("session").unwrap().to_owned();
+    assert!(!cookie.contains("hunter2"));
+    let (id, tag) = cookie.split_once('.').unwrap();
+    assert_eq!((id.len(), tag.len()), (43, 22));
+    assert_eq!(store.inner.len(), 1);
+    assert_eq!(show(&mut jar, &app).await, r#"{"secret":"hunter2"}"#);
+}
+
+#[tokio::test]
+async fn the_store_is_read_only_by_routes_that_take_the_session_and_only_once() {
+    let (store, _, app) = setup();
+    let mut jar = Jar::new();
+    jar.send(&app, get_req("/set/a/1")).await;
+    let before = store.counts();
+    jar.send(&app, get_req("/untouched")).await;
+    assert_eq!(
+        store.counts(),
+        before,
+        "an untouched route costs no store call"
+    );
+    let response = jar.send(&app, get_req("/twice")).await;
+    assert_eq!(
+        body_text(response).await,
+        "a",
+        "two extractors share one session"
+    );
+    assert_eq!(
+        store.counts()[0],
+        before[0] + 1,
+        "one load for two extractors"
+    );
+}
+
+#[tokio::test]
+async fn anonymous_traffic_writes_nothing() {
+    let (store, _, app) = setup();
+    for _ in 0..10 {
+        let response = app.clone().oneshot(get_req("/")).await.unwrap();
+        assert!(set_cookies(&response).is_empty());
+    }
+    assert_eq!(store.counts(), [0, 0, 0, 0], "no cookie: no load, no write");
+    assert!(store.inner.is_empty());
+}
+
+#[tokio::test]
+async fn forged_and_malformed_ids_never_reach_the_store() {
+    let (store, _, app) = setup();
+    let mut jar = Jar::new();
+    jar.send(&app, get_req("/set/a/1")).await;
+    let good = jar.get("session").unwrap().to_owned();
+    let (id, tag) = good.split_once('.').unwrap();
+    let other_key =
+        SessionLayer::new(Key::from_bytes(&[6; 32]).unwrap()).with_store(MemoryStore::new());
+    let foreign = Router::new()
+        .route("/set/{k}/{v}", get(set))
+        .layer(other_key);
+    let foreign_cookie = Jar::new().send(&foreign, get_req("/set/a/1")).await;
+    let foreign_cookie = set_cookies(&foreign_cookie)[0]
+        .split(';')
+        .next()
+        .unwrap()
+        .to_owned();
+    let before = store.counts()[0];
+    for bad in [
+        format!("session={id}"),
+        format!("session={id}.AAAAAAAAAAAAAAAAAAAAAA"),
+        format!("session=../../etc/passwd.{tag}"),
+        format!("session={}.{tag}", "A".repeat(43)),
+        foreign_cookie,
+        "session=".into(),
+        format!("session={}", "x".repeat(5000)),
+    ] {
+        let response = app.clone().oneshot(with_cookie("/", &bad)).await.unwrap();
+        assert_eq!(response.status(), StatusCode::OK, "{bad:.50}");
+        assert_eq!(body_text(response).await, "{}", "{bad:.50}");
+    }
+    assert_eq!(store.counts()[0], before, "no forged id was looked up");
+}
+
+#[tokio::test]
+async fn an_unknown_id_is_never_adopted() {
+    let (store, _, app) = setup();
+    let mut jar = Jar::new();
+    jar.send(&app, get_req("/set/a/1")).await;
+    let planted = jar.get("session").unwrap().to_owned();
+    // The record disappears (expired, or an attacker's id from another
+    // deployment with the same key): the id must not be reused.
+    let id = SessionId::parse(planted.split_once('.').unwrap().0).unwrap();
+    store.inner.delete(&id).await.unwrap();
+    assert_eq!(show(&mut jar, &app).await, "{}");
+    jar.send(&app, get_req("/set/b/2")).await;
+    let issued = jar.get("session").unwrap();
+    assert_ne!(issued, planted, "a fresh id is issued");
+    assert!(
+        store.inner.load(&id).await.unwrap().is_none(),
+        "the planted id stays unknown"
+    );
+}
+
+#[tokio::test]
+async fn cycle_id_moves_the_data_to_a_new_id_and_kills_the_old() {
+    let (store, _, app) = setup();
+    let mut jar = Jar::new();
+    jar.send(&app, get_req("/set/user/ann")).await;
+    let before = jar.get("session").unwrap().to_owned();
+    jar.send(
+        &app,
+        http::Request::post("/cycle")
+            .body(axum::body::Body::empty())
+            .unwrap(),
+    )
+    .await;
+    let after = jar.get("session").unwrap().to_owned();
+    assert_ne!(before, after);
+    assert_eq!(show(&mut jar, &app).await, r#"{"user":"ann"}"#);
+    assert_eq!(store.inner.len(), 1, "the old record is gone");
+    let response = app
+        .clone()
+        .oneshot(with_cookie("/", &format!("session={before}")))
+        .await
+        .unwrap();
+    assert_eq!(body_text(response).await, "{}", "the old id is worthless");
+}
+
+#[tokio::test]
+async fn flush_deletes_the_record_and_the_cookie_and_the_id_cannot_come_back() {
+    let (store, _, app) = setup();
+    let mut jar = Jar::new();
+    jar.send(&app, get_req("/set/user/ann")).await;
+    let old = jar.get("session").unwrap().to_owned();
+    let response = jar
+        .send(
+            &app,
+            http::Request::post("/flush")
+                .body(axum::body::Body::empty())
+                .unwrap(),
+        )
+        .await;
+    assert!(set_cookies(&response)[0].contains("Max-Age=0"));
+    assert!(jar.get("session").is_none());
+    assert!(store.inner.is_empty());
+    // Replaying the old cookie and writing gets a new id, not the old one.
+    let mut replay = Jar::new();
+    replay.cookies.insert("session".into(), old.clone());
+    assert_eq!(show(&mut replay, &app).await, "{}");
+    replay.send(&app, get_req("/set/x/1")).await;
+    assert_ne!(replay.get("session").unwrap(), old);
+}
+
+#[tokio::test]
+async fn a_store_that_cannot_load_answers_503_through_the_hook_not_an_empty_session() {
+    let (store, _, app) = setup();
+    let mut jar = Jar::new();
+    jar.send(&app, get_req("/set/user/ann")).await;
+    store.fail_loads.store(true, Ordering::SeqCst);
+    let response = jar.send(&app, get_req("/set/other/1")).await;
+    assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
+    let error = response
+        .extensions()
+        .get::<Error>()
+        .expect("error in extensions");
+    assert_eq!(error.kind(), ErrorKind::Store);
+    assert!(body_text(response).await.is_empty(), "nothing leaks");
+    assert_eq!(
+        store.counts()[2],
+        0,
+        "nothing was written over the user's data"
+    );
+
+    store.fail_loads.store(false, Ordering::SeqCst);
+    assert_eq!(
+        show(&mut jar, &app).await,
+        r#"{"user":"ann"}"#,
+        "recovers by itself"
+    );
+
+    // A custom hook answers load failures too.
+    store.fail_loads.store(true, Ordering::SeqCst);
+    let custom = Router::new().route("/", get(read)).layer(
+        SessionLayer::new(Key::from_bytes(&[5; 32]).unwrap())
+            .with_store(store.clone())
+            .with_error_handler(|e: &Error| {
+                http::Response::builder()
+                    .status(StatusCode::BAD_GATEWAY)
+                    .body(axum::body::Body::from(format!("{:?}", e.kind())))
+                    .unwrap()
+            }),
+    );
+    let response = jar.send(&custom, get_req("/")).await;
+    assert_eq!(response.status(), StatusCode::BAD_GATEWAY);
+    assert_eq!(body_text(response).await, "Store");
+}
+
+#[tokio::test]
+async fn a_store_that_cannot_save_is_an_error_response() {
+    let (store, _, app) = setup();
+    let mut jar = Jar::new();
+    store.fail_saves.store(true, Ordering::SeqCst);
+    let response = jar.send(&app, get_req("/set/user/ann")).await;
+    assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
+    assert!(set_cookies(&response).is_empty());
+    store.fail_saves.store(false, Ordering::SeqCst);
+    jar.send(&app, get_req("/set/user/ann")).await;
+    store.fail_saves.store(true, Ordering::SeqCst);
+    let response = jar.send(&app, get_req("/set/user/bob")).await;
+    assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
+    store.fail_saves.store(false, Ordering::SeqCst);
+    assert_eq!(show(&mut jar, &app).await, r#"{"user":"ann"}"#);
+}
+
+#[tokio::test]
+async fn a_session_that_ends_during_the_request_is_not_brought_back() {
+    let (store, _, app) = setup();
+    let mut jar = Jar::new();
+    jar.send(&app, get_req("/set/user/ann")).await;
+    store.lose_records.store(true, Ordering::SeqCst);
+    let response = jar.send(&app, get_req("/set/user/mallory")).await;
+    assert_eq!(response.status(), StatusCode::CONFLICT);
+    assert_eq!(
+        response.extensions().get::<Error>().unwrap().kind(),
+        ErrorKind::SessionEnded
+    );
+    assert!(store.inner.is_empty());
+}
+
+#[tokio::test]
+async fn concurrent_requests_of_one_user_writing_different_keys_all_survive() {
+    let (_, _, app) = setup();
+    let mut jar = Jar::new();
+    jar.send(&app, get_req("/set/start/0")).await;
+    let cookie = jar.header().unwrap();
+    let mut tasks = tokio::task::JoinSet::new();
+    for i in 0..50 {
+        let (app, cookie) = (app.clone(), cookie.clone());
+        tasks.spawn(async move {
+            let response = app
+                .oneshot(with_cookie(&format!("/set/k{i}/{i}"), &cookie))
+                .await
+                .unwrap();
+            assert_eq!(response.status(), StatusCode::OK);
+        });
+    }
+    while let Some(done) = tasks.join_next().await {
+        done.unwrap();
+    }
+    let all: serde_json::Map<String, serde_json::Value> =
+        serde_json::from_str(&show(&mut jar, &app).await).unwrap();
+    assert_eq!(all.len(), 51, "every concurrent write survived: {all:?}");
+}
+
+#[tokio::test]
+async fn idle_and_absolute_timeouts_are_enforced_from_the_record() {
+    let store = Arc::new(Probe::default());
+    let clock = TestClock::at(T0);
+    let app = app(store.clone(), &clock, |l| {
+        l.idle_timeout(Duration::from_secs(600))
+            .absolute_timeout(Duration::from_secs(3600))
+            .refresh_interval(Duration::from_secs(60))
+    });
+    let mut jar = Jar::new();
+    jar.send(&app, get_req("/set/user/ann")).await;
+    // Active every 5 minutes: the idle timeout keeps moving...
+    for _ in 0..6 {
+        clock.advance(300);
+        assert_eq!(show(&mut jar, &app).await, r#"{"user":"ann"}"#);
+    }
+    // ...until the absolute timeout, 60 minutes after creation.
+    clock.advance(1800);
+    assert_eq!(show(&mut jar, &app).await, "{}", "absolute timeout");
+
+    let mut idle = Jar::new();
+    idle.send(&app, get_req("/set/user/bob")).await;
+    clock.advance(599);
+    assert_eq!(show(&mut idle, &app).await, r#"{"user":"bob"}"#);
+    clock.advance(600);
+    assert_eq!(show(&mut idle, &app).await, "{}", "idle timeout");
+}
+
+#[tokio::test]
+async fn refreshing_the_expiry_is_throttled() {
+    let store = Arc::new(Probe::default());
+    let clock = TestClock::at(T0);
+    let app = app(store.clone(), &clock, |l| {
+        l.refresh_interval(Duration::from_secs(60))
+    });
+    let mut jar = Jar::new();
+    jar.send(&app, get_req("/set/user/ann")).await;
+    let applies = || store.counts()[2];
+    for _ in 0..5 {
+        clock.advance(10);
+        show(&mut jar, &app).await;
+    }
+    assert_eq!(applies(), 0, "reads within the interval write nothing");
+    clock.advance(20);
+    show(&mut jar, &app).await;
+    assert_eq!(applies(), 1, "one refresh once the interval passed");
+    show(&mut jar, &app).await;
+    assert_eq!(applies(), 1);
+}
+
+#[tokio::test]
+async fn permanent_sessions_get_a_cookie_expiring_with_the_record() {
+    let store = Arc::new(Probe::default());
+    let clock = TestClock::at(T0);
+    let app = app(store.clone(), &clock, |l| {
+        l.lifetime(Duration::from_secs(7200))
+    });
+    let mut jar = Jar::new();
+    jar.send(&app, get_req("/set/user/ann")).await;
+    let response = jar
+        .send(
+            &app,
+            http::Request::post("/permanent")
+                .body(axum::body::Body::empty())
+                .unwrap(),
+        )
+        .await;
+    let line = &set_cookies(&response)[0];
+    assert!(line.contains("Max-Age=7200"), "{line}");
+    let id = SessionId::parse(jar.get("session").unwrap().split_once('.').unwrap().0).unwrap();
+    let record = store.inner.load(&id).await.unwrap().unwrap();
+    assert!(record.permanent);
+    assert_eq!(record.expires_at, T0 + 7200);
+}
+
+#[tokio::test]
+async fn ids_signed_with_a_fallback_key_still_work_and_are_re_signed() {
+    let store = Arc::new(MemoryStore::new());
+    let old = Key::from_bytes(&[1; 32]).unwrap();
+    let new = Key::from_bytes(&[2; 32]).unwrap();
+    let before = Router::new()
+        .route("/set/{k}/{v}", get(set))
+        .route("/", get(read))
+        .layer(SessionLayer::new(old.clone()).with_store(store.clone()));
+    let after = Router::new().route("/", get(read)).layer(
+        SessionLayer::new(session_layer::Keyring::new(new).fallback(old)).with_store(store.clone()),
+    );
+    let mut jar = Jar::new();
+    jar.send(&before, get_req("/set/user/ann")).await;
+    let old_cookie = jar.get("session").unwrap().to_owned();
+    assert_eq!(show(&mut jar, &after).await, r#"{"user":"ann"}"#);
+    let new_cookie = jar.get("session").unwrap();
+    assert_ne!(new_cookie, old_cookie, "re-signed with the current key");
+    assert_eq!(
+        new_cookie.split_once('.').unwrap().0,
+        old_cookie.split_once('.').unwrap().0,
+        "same id"
+    );
+}
