@@ -12,6 +12,14 @@ mod caching;
 mod file;
 #[cfg(feature = "memory-store")]
 mod memory;
+#[cfg(feature = "redis-store")]
+mod redis_store;
+#[cfg(any(
+    feature = "postgres-store",
+    feature = "mysql-store",
+    feature = "sqlite-store"
+))]
+mod sql;
 
 use std::fmt::Debug;
 use std::sync::Arc;
@@ -27,6 +35,14 @@ pub use caching::CachingStore;
 pub use file::FileStore;
 #[cfg(feature = "memory-store")]
 pub use memory::MemoryStore;
+#[cfg(feature = "redis-store")]
+pub use redis_store::RedisStore;
+#[cfg(any(
+    feature = "postgres-store",
+    feature = "mysql-store",
+    feature = "sqlite-store"
+))]
+pub use sql::SqlStore;
 
 use crate::codec::SessionData;
 use crate::error::Error;

@@ -1,0 +1,460 @@
+//! `SqlStore`: sessions in PostgreSQL, MySQL/MariaDB or SQLite, via sqlx.
+
+use std::fmt;
+use std::future::Future;
+use std::time::Duration;
+
+use async_trait::async_trait;
+
+use super::{Changes, Record, SessionId, SessionStore, now};
+use crate::codec::SessionData;
+use crate::error::Error;
+
+/// The default bound on every database call.
+const DEFAULT_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Sessions in a SQL table, one row per session: `id`, `data` (the JSON
+/// object), `permanent`, `created_at`, `expires_at` (seconds since the
+/// epoch, indexed for [`delete_expired`](SessionStore::delete_expired)).
+///
+/// The table is created by [`migrate`](Self::migrate), which you call,
+/// never behind your back. How `apply` stays atomic per key:
+///
+/// | database | `apply` | round trips per save |
+/// | --- | --- | --- |
+/// | PostgreSQL, MySQL / MariaDB | transaction: `SELECT ... FOR UPDATE` (a row lock), `UPDATE` | 4 (`BEGIN`, `SELECT`, `UPDATE`, `COMMIT`) |
+/// | SQLite | `BEGIN IMMEDIATE` transaction (the database's write lock), `SELECT`, `UPDATE` | in-process |
+///
+/// `data` is stored as text, not PostgreSQL's `JSONB`: JSONB refuses
+/// strings holding U+0000, which a session may legitimately hold, and a
+/// store must never fail on valid data.
+///
+/// A load is one `SELECT` by primary key. Expired rows are never returned;
+/// run [`spawn_cleanup`](super::spawn_cleanup) to delete them.
+///
+/// Connections come from the sqlx pool you pass (size it for your
+/// concurrency), or one [`connect`](Self::connect) builds with sqlx's
+/// defaults (10 connections, 30 s to acquire one). Every call is bounded by
+/// [`timeout`](Self::timeout) (5 s by default).
+#[derive(Clone)]
+pub struct SqlStore {
+    pool: Pool,
+    sql: Sql,
+    timeout: Duration,
+}
+
+#[derive(Clone)]
+enum Pool {
+    #[cfg(feature = "postgres-store")]
+    Postgres(sqlx::PgPool),
+    #[cfg(feature = "mysql-store")]
+    MySql(sqlx::MySqlPool),
+    #[cfg(feature = "sqlite-store")]
+    Sqlite(sqlx::SqlitePool),
+}
+
+/// The statements for one table, built once.
+#[derive(Clone)]
+struct Sql {
+    table: String,
+    load: String,
+    clear_expired_id: String,
+    insert: String,
+    lock: String,
+    update: String,
+    delete: String,
+    delete_expired: String,
+}
+
+/// Which SQL dialect.
+#[derive(Clone, Copy, PartialEq)]
+enum Dialect {
+    Postgres,
+    MySql,
+    Sqlite,
+}
+
+impl Sql {
+    fn new(table: &str, dialect: Dialect) -> Self {
+        let p = |n: usize| {
+            if dialect == Dialect::Postgres {
+                format!("${n}")
+            } else {
+                "?".to_owned()
+            }
+        };
+        let for_update = if dialect == Dialect::Sqlite {
+            ""
+        } else {
+            " FOR UPDATE"
+        };
+        Self {
+            table: table.to_owned(),
+            load: format!(
+                "SELECT data, permanent, created_at, expires_at FROM {table} WHERE id = {} AND expires_at > {}",
+                p(1),
+                p(2)
+            ),
+            clear_expired_id: format!(
+                "DELETE FROM {table} WHERE id = {} AND expires_at <= {}",
+                p(1),
+                p(2)
+            ),
+            insert: format!(
+                "INSERT INTO {table} (id, data, permanent, created_at, expires_at) VALUES ({}, {}, {}, {}, {})",
+                p(1),
+                p(2),
+                p(3),
+                p(4),
+                p(5)
+            ),
+            lock: format!(
+                "SELECT data, permanent FROM {table} WHERE id = {} AND expires_at > {}{for_update}",
+                p(1),
+                p(2)
+            ),
+            update: format!(
+                "UPDATE {table} SET data = {}, permanent = {}, expires_at = {} WHERE id = {}",
+                p(1),
+                p(2),
+                p(3),
+                p(4)
+            ),
+            delete: format!("DELETE FROM {table} WHERE id = {}", p(1)),
+            delete_expired: format!("DELETE FROM {table} WHERE expires_at <= {}", p(1)),
+        }
+    }
+}
+
+impl fmt::Debug for SqlStore {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let backend = match &self.pool {
+            #[cfg(feature = "postgres-store")]
+            Pool::Postgres(_) => "postgres",
+            #[cfg(feature = "mysql-store")]
+            Pool::MySql(_) => "mysql",
+            #[cfg(feature = "sqlite-store")]
+            Pool::Sqlite(_) => "sqlite",
+        };
+        f.debug_struct("SqlStore")
+            .field("backend", &backend)
+            .field("table", &self.sql.table)
+            .field("timeout", &self.timeout)
+            .finish_non_exhaustive()
+    }
+}
+
+fn to_i64(n: u64) -> i64 {
+    i64::try_from(n).unwrap_or(i64::MAX)
+}
+
+fn to_u64(n: i64) -> u64 {
+    u64::try_from(n).unwrap_or(0)
+}
+
+fn json(data: &SessionData) -> String {
+    serde_json::to_string(data).expect("a JSON map always serializes")
+}
+
+/// A row's data; a corrupt row is a store error, not an empty session.
+fn parse_data(text: &str) -> Result<SessionData, Error> {
+    serde_json::from_str(text).map_err(Error::store)
+}
+
+async fn bounded<T>(
+    timeout: Duration,
+    call: impl Future<Output = Result<T, sqlx::Error>>,
+) -> Result<T, Error> {
+    match tokio::time::timeout(timeout, call).await {
+        Ok(result) => result.map_err(Error::store),
+        Err(elapsed) => Err(Error::store(elapsed)),
+    }
+}
+
+fn is_unique_violation(error: &sqlx::Error) -> bool {
+    error
+        .as_database_error()
+        .is_some_and(|e| e.is_unique_violation())
+}
+
+/// The same body for every backend, on its own pool type.
+macro_rules! by_backend {
+    ($self:ident, $pool:ident => $body:expr) => {
+        match &$self.pool {
+            #[cfg(feature = "postgres-store")]
+            Pool::Postgres($pool) => $body,
+            #[cfg(feature = "mysql-store")]
+            Pool::MySql($pool) => $body,
+            #[cfg(feature = "sqlite-store")]
+            Pool::Sqlite($pool) => $body,
+        }
+    };
+}
+
+impl SqlStore {
+    /// Connects by URL: `postgres://…`, `mysql://…` (MariaDB too) or
+    /// `sqlite:PATH` (the file is created if missing), each when its
+    /// feature is on. Call [`migrate`](Self::migrate) before first use.
+    ///
+    /// # Errors
+    /// [`ErrorKind::Store`](crate::ErrorKind::Store) when the URL names no
+    /// enabled backend or the database cannot be reached.
+    pub async fn connect(url: &str) -> Result<Self, Error> {
+        #[cfg(feature = "postgres-store")]
+        if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+            let pool = bounded(DEFAULT_TIMEOUT, sqlx::PgPool::connect(url)).await?;
+            return Ok(Self::postgres(pool));
+        }
+        #[cfg(feature = "mysql-store")]
+        if url.starts_with("mysql://") || url.starts_with("mariadb://") {
+            let url = url.replacen("mariadb://", "mysql://", 1);
+            let pool = bounded(DEFAULT_TIMEOUT, sqlx::MySqlPool::connect(&url)).await?;
+            return Ok(Self::mysql(pool));
+        }
+        #[cfg(feature = "sqlite-store")]
+        if url.starts_with("sqlite:") {
+            use std::str::FromStr;
+            let options = sqlx::sqlite::SqliteConnectOptions::from_str(url)
+                .map_err(Error::store)?
+                .create_if_missing(true)
+                .journal_mode(sqlx::sqlite::SqliteJournalMode::Wal)
+                .busy_timeout(DEFAULT_TIMEOUT);
+            let pool = bounded(DEFAULT_TIMEOUT, sqlx::SqlitePool::connect_with(options)).await?;
+            return Ok(Self::sqlite(pool));
+        }
+        Err(Error::store(format!(
+            "no enabled SQL store for this URL scheme: {}",
+            url.split(':').next().unwrap_or("")
+        )))
+    }
+
+    /// A store on a PostgreSQL pool.
+    #[cfg(feature = "postgres-store")]
+    pub fn postgres(pool: sqlx::PgPool) -> Self {
+        Self::with_pool(Pool::Postgres(pool))
+    }
+
+    /// A store on a MySQL or MariaDB pool.
+    #[cfg(feature = "mysql-store")]
+    pub fn mysql(pool: sqlx::MySqlPool) -> Self {
+        Self::with_pool(Pool::MySql(pool))
+    }
+
+    /// A store on a SQLite pool: the embedded persistent option.
+    #[cfg(feature = "sqlite-store")]
+    pub fn sqlite(pool: sqlx::SqlitePool) -> Self {
+        Self::with_pool(Pool::Sqlite(pool))
+    }
+
+    fn with_pool(pool: Pool) -> Self {
+        Self {
+            sql: Sql::new("sessions", dialect(&pool)),
+            pool,
+            timeout: DEFAULT_TIMEOUT,
+        }
+    }
+
+    /// The table's name (default `sessions`).
+    ///
+    /// # Panics
+    /// When `table` is not a plain SQL identifier (letters, digits and `_`,
+    /// not starting with a digit, at most 63 characters): it is written
+    /// into the statements, so nothing else is accepted.
+    #[must_use]
+    pub fn table(mut self, table: &str) -> Self {
+        let valid = !table.is_empty()
+            && table.len() <= 63
+            && !table.as_bytes()[0].is_ascii_digit()
+            && table
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'_');
+        assert!(valid, "{table:?} is not a plain SQL identifier");
+        self.sql = Sql::new(table, dialect(&self.pool));
+        self
+    }
+
+    /// The longest a database call may take before it fails (default 5 s).
+    #[must_use]
+    pub fn timeout(mut self, timeout: Duration) -> Self {
+        self.timeout = timeout;
+        self
+    }
+
+    /// Creates the table and its expiry index if they do not exist. Call
+    /// it once at start-up (or run the same statements in your own
+    /// migrations: `migration_sql` returns them).
+    ///
+    /// # Errors
+    /// [`ErrorKind::Store`](crate::ErrorKind::Store) when the statements fail.
+    pub async fn migrate(&self) -> Result<(), Error> {
+        for statement in self.migration_sql() {
+            by_backend!(self, pool => {
+                bounded(self.timeout, sqlx::query(&statement).execute(pool)).await?;
+            });
+        }
+        Ok(())
+    }
+
+    /// The statements [`migrate`](Self::migrate) runs, for your own
+    /// migration tool.
+    pub fn migration_sql(&self) -> Vec<String> {
+        let t = &self.sql.table;
+        match &self.pool {
+            #[cfg(feature = "postgres-store")]
+            Pool::Postgres(_) => vec![
+                format!(
+                    "CREATE TABLE IF NOT EXISTS {t} (id VARCHAR(43) COLLATE \"C\" PRIMARY KEY, data TEXT NOT NULL, \
+                     permanent BOOLEAN NOT NULL, created_at BIGINT NOT NULL, expires_at BIGINT NOT NULL)"
+                ),
+                format!("CREATE INDEX IF NOT EXISTS {t}_expires_at ON {t} (expires_at)"),
+            ],
+            // ascii_bin: ids are case-sensitive; the default collation is not.
+            #[cfg(feature = "mysql-store")]
+            Pool::MySql(_) => vec![format!(
+                "CREATE TABLE IF NOT EXISTS {t} (id VARCHAR(43) CHARACTER SET ascii COLLATE ascii_bin PRIMARY KEY, \
+                 data LONGTEXT NOT NULL, permanent BOOLEAN NOT NULL, created_at BIGINT NOT NULL, \
+                 expires_at BIGINT NOT NULL, INDEX {t}_expires_at (expires_at))"
+            )],
+            #[cfg(feature = "sqlite-store")]
+            Pool::Sqlite(_) => vec![
+                format!(
+                    "CREATE TABLE IF NOT EXISTS {t} (id TEXT PRIMARY KEY, data TEXT NOT NULL, \
+                     permanent INTEGER NOT NULL, created_at INTEGER NOT NULL, expires_at INTEGER NOT NULL)"
+                ),
+                format!("CREATE INDEX IF NOT EXISTS {t}_expires_at ON {t} (expires_at)"),
+            ],
+        }
+    }
+}
+
+fn dialect(pool: &Pool) -> Dialect {
+    match pool {
+        #[cfg(feature = "postgres-store")]
+        Pool::Postgres(_) => Dialect::Postgres,
+        #[cfg(feature = "mysql-store")]
+        Pool::MySql(_) => Dialect::MySql,
+        #[cfg(feature = "sqlite-store")]
+        Pool::Sqlite(_) => Dialect::Sqlite,
+    }
+}
+
+#[async_trait]
+impl SessionStore for SqlStore {
+    async fn load(&self, id: &SessionId) -> Result<Option<Record>, Error> {
+        let row: Option<(String, bool, i64, i64)> = by_backend!(self, pool => {
+            let query = sqlx::query_as(&self.sql.load).bind(id.as_str()).bind(to_i64(now()));
+            bounded(self.timeout, query.fetch_optional(pool)).await?
+        });
+        row.map(|(data, permanent, created_at, expires_at)| {
+            Ok(Record::new(
+                parse_data(&data)?,
+                permanent,
+                to_u64(created_at),
+                to_u64(expires_at),
+            ))
+        })
+        .transpose()
+    }
+
+    async fn create(&self, id: &SessionId, record: &Record) -> Result<bool, Error> {
+        let data = json(&record.data);
+        let inserted = by_backend!(self, pool => {
+            // An expired row with this id no longer counts as taken.
+            let clear = sqlx::query(&self.sql.clear_expired_id).bind(id.as_str()).bind(to_i64(now()));
+            bounded(self.timeout, clear.execute(pool)).await?;
+            let insert = sqlx::query(&self.sql.insert)
+                .bind(id.as_str())
+                .bind(&data)
+                .bind(record.permanent)
+                .bind(to_i64(record.created_at))
+                .bind(to_i64(record.expires_at));
+            match tokio::time::timeout(self.timeout, insert.execute(pool)).await {
+                Ok(Ok(_)) => true,
+                Ok(Err(e)) if is_unique_violation(&e) => false,
+                Ok(Err(e)) => return Err(Error::store(e)),
+                Err(elapsed) => return Err(Error::store(elapsed)),
+            }
+        });
+        Ok(inserted)
+    }
+
+    async fn apply(&self, id: &SessionId, changes: &Changes) -> Result<bool, Error> {
+        match &self.pool {
+            #[cfg(feature = "postgres-store")]
+            Pool::Postgres(pool) => {
+                bounded(self.timeout, async {
+                    let mut tx = pool.begin().await?;
+                    let applied = read_modify_write!(tx, self.sql, id, changes);
+                    tx.commit().await?;
+                    Ok(applied)
+                })
+                .await
+            }
+            #[cfg(feature = "mysql-store")]
+            Pool::MySql(pool) => {
+                bounded(self.timeout, async {
+                    let mut tx = pool.begin().await?;
+                    let applied = read_modify_write!(tx, self.sql, id, changes);
+                    tx.commit().await?;
+                    Ok(applied)
+                })
+                .await
+            }
+            #[cfg(feature = "sqlite-store")]
+            Pool::Sqlite(pool) => {
+                bounded(self.timeout, async {
+                    let mut tx = pool.begin_with("BEGIN IMMEDIATE").await?;
+                    let applied = read_modify_write!(tx, self.sql, id, changes);
+                    tx.commit().await?;
+                    Ok(applied)
+                })
+                .await
+            }
+        }
+    }
+
+    async fn delete(&self, id: &SessionId) -> Result<(), Error> {
+        by_backend!(self, pool => {
+            bounded(self.timeout, sqlx::query(&self.sql.delete).bind(id.as_str()).execute(pool)).await?;
+        });
+        Ok(())
+    }
+
+    async fn delete_expired(&self) -> Result<u64, Error> {
+        let done = by_backend!(self, pool => {
+            let query = sqlx::query(&self.sql.delete_expired).bind(to_i64(now()));
+            bounded(self.timeout, query.execute(pool)).await?.rows_affected()
+        });
+        Ok(done)
+    }
+}
+
+/// Inside a transaction that holds the row (`SELECT ... FOR UPDATE`) or the
+/// database (SQLite's `BEGIN IMMEDIATE`): read, apply, write.
+macro_rules! read_modify_write {
+    ($tx:ident, $sql:expr, $id:expr, $changes:expr) => {{
+        let row: Option<(String, bool)> = sqlx::query_as(&$sql.lock)
+            .bind($id.as_str())
+            .bind(to_i64(now()))
+            .fetch_optional(&mut *$tx)
+            .await?;
+        match row {
+            None => false,
+            Some((data, permanent)) => {
+                let data =
+                    serde_json::from_str(&data).map_err(|e| sqlx::Error::Decode(Box::new(e)))?;
+                let mut record = Record::new(data, permanent, 0, 0);
+                $changes.apply_to(&mut record);
+                sqlx::query(&$sql.update)
+                    .bind(json(&record.data))
+                    .bind(record.permanent)
+                    .bind(to_i64(record.expires_at))
+                    .bind($id.as_str())
+                    .execute(&mut *$tx)
+                    .await?;
+                true
+            }
+        }
+    }};
+}
+use read_modify_write;

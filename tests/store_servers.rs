@@ -1,0 +1,156 @@
+//! The conformance suite against real servers: Redis, Redis Cluster,
+//! PostgreSQL, MariaDB/MySQL, SQLite and Memcached. scripts/test.sh starts
+//! (or installs) each server; with CI=true a server that cannot be reached
+//! fails its test instead of skipping it.
+
+mod common;
+
+use std::sync::Arc;
+
+use common::missing;
+
+/// An address from the environment, or the local default.
+fn env_or(name: &str, default: &str) -> String {
+    std::env::var(name).unwrap_or_else(|_| default.to_owned())
+}
+
+#[cfg(feature = "redis-store")]
+mod redis {
+    use super::*;
+    use session_layer::store::RedisStore;
+
+    pub(super) async fn store() -> Option<RedisStore> {
+        let url = env_or("REDIS_URL", "redis://127.0.0.1:6379");
+        match RedisStore::connect(&url).await {
+            Ok(store) => Some(store.prefix(format!("test-session:{}:", std::process::id()))),
+            Err(e) => {
+                missing(&format!("Redis at {url} is unreachable ({e})"));
+                None
+            }
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn redis_store_conforms() {
+        if let Some(store) = store().await {
+            session_layer::testing::check_store(Arc::new(store)).await;
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn redis_cluster_store_conforms() {
+        let nodes = env_or(
+            "REDIS_CLUSTER_NODES",
+            "redis://127.0.0.1:7001,redis://127.0.0.1:7002,redis://127.0.0.1:7003",
+        );
+        let nodes: Vec<&str> = nodes.split(',').collect();
+        match RedisStore::cluster(&nodes).await {
+            Ok(store) => session_layer::testing::check_store(Arc::new(store)).await,
+            Err(e) => {
+                missing(&format!(
+                    "a Redis Cluster at {nodes:?} is unreachable ({e})"
+                ));
+            }
+        }
+    }
+}
+
+#[cfg(any(
+    feature = "postgres-store",
+    feature = "mysql-store",
+    feature = "sqlite-store"
+))]
+mod sql {
+    use super::*;
+    use session_layer::store::SqlStore;
+
+    /// A table of this run's own, migrated; dropped by the caller.
+    async fn store(url: &str, what: &str) -> Option<SqlStore> {
+        match SqlStore::connect(url).await {
+            Ok(store) => {
+                let store = store.table(&format!("sessions_test_{}", std::process::id()));
+                store.migrate().await.expect("migrate");
+                store.migrate().await.expect("migrate is idempotent");
+                Some(store)
+            }
+            Err(e) => {
+                missing(&format!("{what} at {url} is unreachable ({e})"));
+                None
+            }
+        }
+    }
+
+    async fn conforms(url: &str, what: &str) {
+        if let Some(store) = store(url, what).await {
+            session_layer::testing::check_store(Arc::new(store.clone())).await;
+            let swept = session_layer::store::SessionStore::delete_expired(&store).await;
+            assert!(swept.is_ok(), "{swept:?}");
+            drop_table(url).await;
+        }
+    }
+
+    /// Leaves the test database as it was.
+    async fn drop_table(url: &str) {
+        let statement = format!("DROP TABLE sessions_test_{}", std::process::id());
+        #[cfg(feature = "postgres-store")]
+        if url.starts_with("postgres") {
+            let pool = sqlx::PgPool::connect(url).await.unwrap();
+            sqlx::query(&statement).execute(&pool).await.unwrap();
+        }
+        #[cfg(feature = "mysql-store")]
+        if url.starts_with("mysql") {
+            let pool = sqlx::MySqlPool::connect(url).await.unwrap();
+            sqlx::query(&statement).execute(&pool).await.unwrap();
+        }
+        let _ = (url, statement);
+    }
+
+    #[cfg(feature = "postgres-store")]
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn postgres_store_conforms() {
+        conforms(
+            &env_or("POSTGRES_URL", "postgres://postgres@127.0.0.1:5432/test"),
+            "PostgreSQL",
+        )
+        .await;
+    }
+
+    #[cfg(feature = "mysql-store")]
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn mysql_store_conforms() {
+        conforms(
+            &env_or("MYSQL_URL", "mysql://root@127.0.0.1:3306/test"),
+            "MariaDB/MySQL",
+        )
+        .await;
+    }
+
+    #[cfg(feature = "sqlite-store")]
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn sqlite_store_conforms() {
+        let dir = tempfile::tempdir().unwrap();
+        let url = format!("sqlite:{}", dir.path().join("sessions.db").display());
+        conforms(&url, "SQLite").await;
+    }
+
+    #[cfg(feature = "sqlite-store")]
+    #[tokio::test]
+    async fn table_names_are_checked_and_migration_is_explicit() {
+        let dir = tempfile::tempdir().unwrap();
+        let url = format!("sqlite:{}", dir.path().join("s.db").display());
+        let store = SqlStore::connect(&url).await.unwrap();
+        // Nothing was created behind our back: using it before migrate fails.
+        let id = session_layer::store::SessionId::generate();
+        assert!(
+            session_layer::store::SessionStore::load(&store, &id)
+                .await
+                .is_err()
+        );
+        for bad in ["", "1abc", "a-b", "a;drop table x", "a b"] {
+            let store = store.clone();
+            let attempt = std::panic::AssertUnwindSafe(move || store.table(bad));
+            assert!(std::panic::catch_unwind(attempt).is_err(), "{bad:?}");
+        }
+        assert!(store.migration_sql()[0].starts_with("CREATE TABLE IF NOT EXISTS sessions "));
+    }
+}
