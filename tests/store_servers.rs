@@ -154,3 +154,23 @@ mod sql {
         assert!(store.migration_sql()[0].starts_with("CREATE TABLE IF NOT EXISTS sessions "));
     }
 }
+
+#[cfg(feature = "memcached-store")]
+mod memcached {
+    use super::*;
+    use session_layer::store::MemcachedStore;
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn memcached_store_conforms() {
+        let url = env_or("MEMCACHED_URL", "memcache://127.0.0.1:11211");
+        match MemcachedStore::connect(&url).await {
+            Ok(store) => {
+                let store = store.prefix(format!("test-session:{}:", std::process::id()));
+                session_layer::testing::check_store(Arc::new(store)).await;
+            }
+            Err(e) => {
+                missing(&format!("Memcached at {url} is unreachable ({e})"));
+            }
+        }
+    }
+}

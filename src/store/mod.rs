@@ -10,6 +10,8 @@
 mod caching;
 #[cfg(feature = "file-store")]
 mod file;
+#[cfg(feature = "memcached-store")]
+mod memcached;
 #[cfg(feature = "memory-store")]
 mod memory;
 #[cfg(feature = "redis-store")]
@@ -33,6 +35,8 @@ use serde_json::Value;
 pub use caching::CachingStore;
 #[cfg(feature = "file-store")]
 pub use file::FileStore;
+#[cfg(feature = "memcached-store")]
+pub use memcached::MemcachedStore;
 #[cfg(feature = "memory-store")]
 pub use memory::MemoryStore;
 #[cfg(feature = "redis-store")]
