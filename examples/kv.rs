@@ -16,7 +16,10 @@
 //!   `flask` (Flask's own cookies, `SESSION_SECRET` being the Flask app's
 //!   `SECRET_KEY`; needs `--features flask`);
 //! - `SESSION_STORE`: `cookie` (the default: the session is in the cookie),
-//!   `memory` or `file:PATH` (server-side; the cookie holds a signed id).
+//!   or server-side (the cookie holds a signed id): `memory`, `file:PATH`,
+//!   `redis://..`, `postgres://..`, `mysql://..`, `sqlite:PATH`,
+//!   `memcache://..` (each with its store feature; `--all-features` has
+//!   them all).
 //!
 //! Routes: `GET /session`, `PUT /session/{key}` (JSON body),
 //! `DELETE /session/{key}`, `POST /session/clear`,
@@ -64,7 +67,7 @@ async fn permanent(session: Session, Json(permanent): Json<bool>) -> Reply {
     Ok(Json(session.to_map()))
 }
 
-fn layer() -> Result<SessionLayer, String> {
+async fn layer() -> Result<SessionLayer, String> {
     let codec = std::env::var("SESSION_CODEC").unwrap_or_else(|_| "signed".into());
     let layer = match codec.as_str() {
         "signed" => SessionLayer::signed(key()?),
@@ -87,11 +90,7 @@ fn layer() -> Result<SessionLayer, String> {
         Ok(spec) if spec.starts_with("file:") => {
             layer.with_store(file_store(&spec["file:".len()..])?)
         }
-        Ok(other) => {
-            return Err(format!(
-                "SESSION_STORE={other:?} is not supported; use cookie, memory or file:PATH"
-            ));
-        }
+        Ok(spec) => network_store(layer, spec).await?,
     };
     let secure = match std::env::var("SESSION_SECURE").as_deref() {
         Err(_) | Ok("true") => true,
@@ -99,6 +98,71 @@ fn layer() -> Result<SessionLayer, String> {
         Ok(other) => return Err(format!("SESSION_SECURE={other:?}: use true or false")),
     };
     Ok(layer.secure(secure))
+}
+
+/// A store on a server, by URL; each kind needs its cargo feature.
+async fn network_store(layer: SessionLayer, spec: &str) -> Result<SessionLayer, String> {
+    let scheme = spec.split(':').next().unwrap_or("");
+    let failed = |e: session_layer::Error| {
+        format!(
+            "SESSION_STORE={spec}: {e} ({:?})",
+            std::error::Error::source(&e)
+        )
+    };
+    match scheme {
+        #[cfg(feature = "redis-store")]
+        "redis" | "rediss" => {
+            let store = session_layer::store::RedisStore::connect(spec)
+                .await
+                .map_err(failed)?;
+            Ok(layer.with_store(store))
+        }
+        #[cfg(any(
+            feature = "postgres-store",
+            feature = "mysql-store",
+            feature = "sqlite-store"
+        ))]
+        "postgres" | "postgresql" | "mysql" | "mariadb" | "sqlite" => {
+            let store = session_layer::store::SqlStore::connect(spec)
+                .await
+                .map_err(failed)?;
+            // The example creates its table; a real app runs this in its
+            // own migrations.
+            store.migrate().await.map_err(failed)?;
+            Ok(layer.with_store(store))
+        }
+        #[cfg(feature = "memcached-store")]
+        "memcache" | "memcached" => {
+            let store = session_layer::store::MemcachedStore::connect(spec)
+                .await
+                .map_err(failed)?;
+            Ok(layer.with_store(store))
+        }
+        _ => {
+            drop((layer, failed));
+            let known = [
+                "redis",
+                "rediss",
+                "postgres",
+                "postgresql",
+                "mysql",
+                "mariadb",
+                "sqlite",
+                "memcache",
+                "memcached",
+            ];
+            Err(if known.contains(&scheme) {
+                format!(
+                    "SESSION_STORE={spec} needs its store feature (redis-store, postgres-store, mysql-store, sqlite-store, memcached-store)"
+                )
+            } else {
+                format!(
+                    "SESSION_STORE={spec:?} is not supported; use cookie, memory, file:PATH, redis://.., \
+                     postgres://.., mysql://.., sqlite:PATH or memcache://.."
+                )
+            })
+        }
+    }
 }
 
 #[cfg(feature = "file-store")]
@@ -157,7 +221,7 @@ async fn main() -> ExitCode {
     tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
         .init();
-    let layer = match layer() {
+    let layer = match layer().await {
         Ok(layer) => layer,
         Err(message) => {
             eprintln!("error: {message}");

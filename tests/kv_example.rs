@@ -155,3 +155,40 @@ fn bad_settings_stop_it_with_a_clear_error() {
         "the secret itself is not printed: {short}"
     );
 }
+
+/// Whether the server behind `url` accepts TCP connections.
+fn reachable(url: &str) -> bool {
+    let rest = url.split_once("://").map_or(url, |(_, rest)| rest);
+    let host = rest.rsplit_once('@').map_or(rest, |(_, host)| host);
+    let host = host.split('/').next().unwrap_or(host);
+    std::net::TcpStream::connect(host).is_ok()
+}
+
+#[test]
+fn the_kv_api_works_on_every_server_store() {
+    let mut urls = Vec::new();
+    if cfg!(feature = "redis-store") {
+        urls.push(std::env::var("REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".into()));
+    }
+    if cfg!(feature = "postgres-store") {
+        urls.push(std::env::var("POSTGRES_URL").unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".into()));
+    }
+    if cfg!(feature = "mysql-store") {
+        urls.push(std::env::var("MYSQL_URL").unwrap_or_else(|_| "mysql://root@127.0.0.1:3306/test".into()));
+    }
+    if cfg!(feature = "memcached-store") {
+        urls.push(std::env::var("MEMCACHED_URL").unwrap_or_else(|_| "memcache://127.0.0.1:11211".into()));
+    }
+    let dir = tempfile::tempdir().unwrap();
+    for url in urls {
+        if !reachable(&url) {
+            common::missing(&format!("{url} is unreachable"));
+            continue;
+        }
+        kv_api_works_with(&[("SESSION_STORE", &url)]);
+    }
+    if cfg!(feature = "sqlite-store") {
+        let url = format!("sqlite:{}", dir.path().join("kv.db").display());
+        kv_api_works_with(&[("SESSION_STORE", &url)]);
+    }
+}
