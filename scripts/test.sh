@@ -3,11 +3,12 @@
 # need, then formatting, lints, docs and every test. CI runs exactly this
 # (through .ci/run) with CI=true.
 #
-# What the suite needs beyond the Rust toolchain is installed here if
-# missing, so that a fresh machine passes: a Python venv with the pinned
-# Flask for the interop tests, and Debian's Chromium and Node.js with
-# playwright-core for the browser test. Each later need (database servers)
-# adds its preparation here.
+# What the suite needs beyond the Rust toolchain is started, or installed
+# with apt-get, here, so that a fresh machine passes: Redis (and a local
+# three-node Redis Cluster), PostgreSQL, MariaDB and Memcached for the store
+# tests; a Python venv with the pinned Flask for the interop tests; Debian's
+# Chromium and Node.js with playwright-core for the browser test. With
+# CI=true a test whose service is still missing fails rather than skips.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export PATH="$HOME/.cargo/bin:$PATH"
@@ -28,6 +29,82 @@ apt_install() {
     fi
     DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "$@" >/dev/null
 }
+
+# Whether something listens on 127.0.0.1:$1.
+port_open() { timeout 2 bash -c "exec 3<>/dev/tcp/127.0.0.1/$1" 2>/dev/null; }
+
+# Waits up to 30 s for port $1, then complains.
+wait_port() {
+    for _ in $(seq 1 150); do port_open "$1" && return 0; sleep 0.2; done
+    echo "nothing listens on 127.0.0.1:$1" >&2
+    return 1
+}
+
+step "prepare: Redis on 6379"
+if ! port_open 6379; then
+    command -v redis-server >/dev/null || apt_install redis-server
+    mkdir -p /var/lib/redis /var/log/redis
+    redis-server --daemonize yes --bind 127.0.0.1 -::1 --port 6379 --save "" --appendonly no \
+        --dir /var/lib/redis --logfile /var/log/redis/ci.log
+    wait_port 6379
+fi
+
+step "prepare: a three-node Redis Cluster on 7001-7003"
+cluster_ok() { redis-cli -p 7001 cluster info 2>/dev/null | grep -q 'cluster_state:ok'; }
+if ! cluster_ok; then
+    for port in 7001 7002 7003; do
+        redis-cli -p "$port" shutdown nosave >/dev/null 2>&1 || true
+    done
+    sleep 0.5
+    for port in 7001 7002 7003; do
+        dir="${TMPDIR:-/tmp}/session-layer-redis-cluster/$port"
+        rm -rf "$dir" && mkdir -p "$dir"
+        redis-server --daemonize yes --bind 127.0.0.1 --port "$port" --cluster-enabled yes \
+            --cluster-config-file "$dir/nodes.conf" --dir "$dir" --save "" --appendonly no \
+            --logfile "$dir/redis.log"
+        wait_port "$port"
+    done
+    redis-cli --cluster create 127.0.0.1:7001 127.0.0.1:7002 127.0.0.1:7003 \
+        --cluster-replicas 0 --cluster-yes >/dev/null
+    for _ in $(seq 1 100); do cluster_ok && break; sleep 0.2; done
+    cluster_ok || { echo "the Redis Cluster did not become ready" >&2; exit 1; }
+fi
+
+step "prepare: PostgreSQL on 5432 (database test, trust auth)"
+if ! port_open 5432; then
+    if ! ls /etc/postgresql/*/main >/dev/null 2>&1; then
+        apt_install postgresql
+        hba=$(ls /etc/postgresql/*/main/pg_hba.conf | head -n 1)
+        sed -i '1i host all all 127.0.0.1/32 trust\nhost all all ::1/128 trust' "$hba"
+    fi
+    pg_ctlcluster --skip-systemctl-redirect "$(ls /etc/postgresql | head -n 1)" main start
+    wait_port 5432
+fi
+if ! psql -h 127.0.0.1 -U postgres -lqt 2>/dev/null | cut -d'|' -f1 | grep -qw test; then
+    psql -h 127.0.0.1 -U postgres -c 'CREATE DATABASE test' >/dev/null \
+        || su postgres -c "psql -c 'CREATE DATABASE test'" >/dev/null
+fi
+
+step "prepare: MariaDB on 3306 (database test, root without password)"
+if ! port_open 3306; then
+    command -v mariadbd >/dev/null || apt_install mariadb-server
+    mkdir -p /run/mysqld && chown mysql:mysql /run/mysqld 2>/dev/null || true
+    start-stop-daemon --start --oknodo --background --exec /usr/sbin/mariadbd
+    wait_port 3306
+fi
+if ! mariadb -h 127.0.0.1 -u root -e 'SELECT 1' >/dev/null 2>&1; then
+    # A fresh install lets root in only through the socket: open TCP too.
+    mariadb -u root -e "ALTER USER 'root'@'localhost' IDENTIFIED VIA mysql_native_password USING PASSWORD(''); \
+        CREATE USER IF NOT EXISTS 'root'@'127.0.0.1'; GRANT ALL ON *.* TO 'root'@'127.0.0.1'; FLUSH PRIVILEGES;"
+fi
+mariadb -h 127.0.0.1 -u root -e 'CREATE DATABASE IF NOT EXISTS test'
+
+step "prepare: Memcached on 11211"
+if ! port_open 11211; then
+    command -v memcached >/dev/null || apt_install memcached
+    memcached -d -u "$(id -un)" -l 127.0.0.1 -p 11211 -m 64
+    wait_port 11211
+fi
 
 step "prepare: Python venv with the pinned Flask for the interop tests"
 if ! .venv/bin/python -c 'import flask' 2>/dev/null \

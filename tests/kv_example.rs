@@ -171,13 +171,21 @@ fn the_kv_api_works_on_every_server_store() {
         urls.push(std::env::var("REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".into()));
     }
     if cfg!(feature = "postgres-store") {
-        urls.push(std::env::var("POSTGRES_URL").unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".into()));
+        urls.push(
+            std::env::var("POSTGRES_URL")
+                .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".into()),
+        );
     }
     if cfg!(feature = "mysql-store") {
-        urls.push(std::env::var("MYSQL_URL").unwrap_or_else(|_| "mysql://root@127.0.0.1:3306/test".into()));
+        urls.push(
+            std::env::var("MYSQL_URL")
+                .unwrap_or_else(|_| "mysql://root@127.0.0.1:3306/test".into()),
+        );
     }
     if cfg!(feature = "memcached-store") {
-        urls.push(std::env::var("MEMCACHED_URL").unwrap_or_else(|_| "memcache://127.0.0.1:11211".into()));
+        urls.push(
+            std::env::var("MEMCACHED_URL").unwrap_or_else(|_| "memcache://127.0.0.1:11211".into()),
+        );
     }
     let dir = tempfile::tempdir().unwrap();
     for url in urls {
