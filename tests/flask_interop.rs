@@ -424,39 +424,37 @@ impl Drop for PythonApp {
     }
 }
 
-/// Starts `examples/flask_shared/app.py` on a free port and waits until it
-/// accepts connections.
+/// Starts `examples/flask_shared/app.py` on a port it picks itself and
+/// returns once it listens.
 fn start_flask_app(secret: &str) -> Option<(PythonApp, String)> {
+    use std::io::BufRead;
     let python = concat!(env!("CARGO_MANIFEST_DIR"), "/.venv/bin/python");
     if !std::path::Path::new(python).exists() {
         missing("the Flask venv (.venv) is not set up");
         return None;
     }
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let child = Command::new(python)
+    let mut child = Command::new(python)
         .arg(concat!(
             env!("CARGO_MANIFEST_DIR"),
             "/examples/flask_shared/app.py"
         ))
-        .env("PORT", port.to_string())
+        .env("PORT", "0")
         .env("SESSION_SECRET", secret)
-        .stdout(Stdio::null())
+        .stdout(Stdio::piped())
         .stderr(Stdio::null())
         .spawn()
         .unwrap();
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
     let app = PythonApp(child);
-    let addr = format!("127.0.0.1:{port}");
-    for _ in 0..200 {
-        if std::net::TcpStream::connect(&addr).is_ok() {
-            return Some((app, addr));
-        }
-        std::thread::sleep(std::time::Duration::from_millis(50));
-    }
-    panic!("the Flask app did not start on {addr}");
+    let addr = line
+        .trim()
+        .strip_prefix("listening on http://")
+        .unwrap_or_else(|| panic!("the Flask app said {line:?}"))
+        .to_owned();
+    Some((app, addr))
 }
 
 /// A browser's cookie for one host: both apps share it, as on one domain.

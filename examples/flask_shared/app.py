@@ -42,6 +42,9 @@ def logout():
 
 
 if __name__ == "__main__":
-    port = int(os.environ.get("PORT", "5000"))
-    print(f"listening on http://127.0.0.1:{port}", flush=True)
-    app.run(host="127.0.0.1", port=port)
+    from werkzeug.serving import make_server
+
+    # PORT=0 picks a free port; the first line says which.
+    server = make_server("127.0.0.1", int(os.environ.get("PORT", "5000")), app)
+    print(f"listening on http://127.0.0.1:{server.server_port}", flush=True)
+    server.serve_forever()
