@@ -143,5 +143,10 @@ cargo test --no-default-features --lib --quiet
 step "docs build without warnings"
 RUSTDOCFLAGS="-D warnings" cargo doc --no-deps --all-features --quiet
 
+# 30 s per target in CI, as the fuzzing issue asks; less on a laptop.
+if [ "${CI:-}" = "true" ]; then fuzz_seconds="${FUZZ_SECONDS:-30}"; else fuzz_seconds="${FUZZ_SECONDS:-10}"; fi
+step "fuzz: every target in fuzz/ for $fuzz_seconds s"
+scripts/fuzz.sh "$fuzz_seconds"
+
 step "tests (unit, Router-level, examples over HTTP, doc tests)"
 cargo test --all-features

@@ -75,6 +75,9 @@ mod service;
 mod session;
 
 pub mod codec;
+#[cfg(fuzzing)]
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod store;
 #[cfg(feature = "testing")]
 pub mod testing;

@@ -1,0 +1,28 @@
+//! Entry points for the cargo-fuzz targets in `fuzz/`: the internal
+//! decoders that see attacker bytes. Compiled only under `cfg(fuzzing)`,
+//! never part of the public API.
+
+use http::{HeaderMap, HeaderValue, header::COOKIE};
+
+use crate::codec::chunk;
+use crate::key::Keyring;
+
+/// Splits `header` as the layer splits a request's `Cookie` header and
+/// returns the session family it found.
+pub fn cookie_family(header: &[u8]) -> Option<(usize, Vec<usize>, bool)> {
+    let value = HeaderValue::from_bytes(header).ok()?;
+    let mut headers = HeaderMap::new();
+    headers.append(COOKIE, value);
+    let family = crate::cookies::family(&headers, "session");
+    Some((family.firsts.len(), family.chunk_indices(), family.overflow))
+}
+
+/// Joins a first cookie and chunk cookies as the layer does.
+pub fn chunk_join(first: &[u8], chunks: &[(usize, &[u8])], max_chunks: usize) -> Option<Vec<u8>> {
+    chunk::join(first, chunks, max_chunks).ok().map(|joined| joined.into_owned())
+}
+
+/// Verifies a server-side session cookie value.
+pub fn verify_id(keys: &Keyring, value: &[u8]) -> bool {
+    crate::id::verify(keys, "session", value).is_some()
+}
