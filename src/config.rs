@@ -9,6 +9,7 @@ use cookie::Cookie;
 use cookie::time::OffsetDateTime;
 use http::HeaderValue;
 
+use crate::codec::SessionData;
 use crate::store::Record;
 
 /// Flask's `PERMANENT_SESSION_LIFETIME` default.
@@ -36,6 +37,10 @@ pub enum SameSite {
 /// The clock the layer reads the time from, as seconds since the Unix epoch.
 pub(crate) type Clock = Arc<dyn Fn() -> SystemTime + Send + Sync>;
 
+/// The revocation hook: the earliest acceptable issue time for a session
+/// holding this data.
+pub(crate) type NotBefore = Arc<dyn Fn(&SessionData) -> Option<SystemTime> + Send + Sync>;
+
 /// Cookie attributes and session lifetime policy.
 #[derive(Clone)]
 pub(crate) struct Config {
@@ -54,6 +59,7 @@ pub(crate) struct Config {
     pub(crate) max_chunks: usize,
     pub(crate) idle_timeout: Option<Duration>,
     pub(crate) absolute_timeout: Option<Duration>,
+    pub(crate) not_before: Option<NotBefore>,
     pub(crate) clock: Clock,
 }
 
@@ -75,6 +81,7 @@ impl Default for Config {
             max_chunks: DEFAULT_MAX_CHUNKS,
             idle_timeout: None,
             absolute_timeout: None,
+            not_before: None,
             clock: Arc::new(SystemTime::now),
         }
     }
@@ -98,6 +105,7 @@ impl fmt::Debug for Config {
             .field("max_chunks", &self.max_chunks)
             .field("idle_timeout", &self.idle_timeout)
             .field("absolute_timeout", &self.absolute_timeout)
+            .field("not_before", &self.not_before.is_some())
             .finish_non_exhaustive()
     }
 }
@@ -157,6 +165,17 @@ impl Config {
             expires = expires.min(created_at.saturating_add(absolute.as_secs()));
         }
         expires
+    }
+
+    /// Whether a session holding `data`, issued (client-side) or created
+    /// (server-side) at `issued_at`, was revoked by the `not_before` hook.
+    pub(crate) fn revoked(&self, data: &SessionData, issued_at: u64) -> bool {
+        self.not_before.as_ref().is_some_and(|hook| {
+            hook(data).is_some_and(|at| {
+                let at = at.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
+                issued_at < at
+            })
+        })
     }
 
     /// Whether a stored record is dead at `now`, by its own expiry or by

@@ -378,6 +378,38 @@ impl<H> SessionLayer<H> {
         self
     }
 
+    /// Revocation for sessions a server cannot delete: `hook` gets a
+    /// session's data and returns the earliest time a session holding it
+    /// may have been issued (client-side: the signed issue time, renewed on
+    /// each write) or created (server-side). Older sessions are refused
+    /// like expired ones.
+    ///
+    /// A signed or private cookie stays valid until it expires, so a stolen
+    /// copy cannot otherwise be revoked. Keep a per-user "logged out
+    /// everywhere at" time and return it for the session's user; or return
+    /// one global time to void every session issued before it (a breach, a
+    /// leaked key you cannot rotate yet).
+    ///
+    /// ```
+    /// use std::time::{Duration, SystemTime};
+    /// use session_layer::{Key, SessionLayer};
+    /// let logged_out_everywhere = SystemTime::UNIX_EPOCH + Duration::from_secs(1_800_000_000);
+    /// let layer = SessionLayer::new(Key::generate()).not_before(move |data| {
+    ///     // Look the user up; here one user was logged out everywhere.
+    ///     (data.get("user") == Some(&"ann".into())).then_some(logged_out_everywhere)
+    /// });
+    /// ```
+    ///
+    /// The hook runs on every request that reads a session; keep it to a
+    /// lookup in memory.
+    pub fn not_before(
+        mut self,
+        hook: impl Fn(&SessionData) -> Option<SystemTime> + Send + Sync + 'static,
+    ) -> Self {
+        self.config().not_before = Some(Arc::new(hook));
+        self
+    }
+
     /// The clock the layer reads the time from (default the system clock),
     /// for tests that need to move time.
     pub fn clock(mut self, clock: impl Fn() -> SystemTime + Send + Sync + 'static) -> Self {

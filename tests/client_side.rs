@@ -521,3 +521,38 @@ impl OneshotReq for Router {
         tower::ServiceExt::oneshot(self, request).await.unwrap()
     }
 }
+
+#[tokio::test]
+async fn not_before_revokes_copies_of_client_side_cookies() {
+    use std::sync::{Arc, Mutex};
+    let clock = TestClock::at(T0);
+    // Per-user "logged out everywhere at" times, as an app would keep them.
+    let revoked: Arc<Mutex<std::collections::HashMap<u64, u64>>> = Arc::default();
+    let hook = {
+        let revoked = revoked.clone();
+        move |data: &serde_json::Map<String, serde_json::Value>| {
+            let user = data.get("count")?.as_u64()?;
+            let at = *revoked.lock().unwrap().get(&user)?;
+            Some(std::time::UNIX_EPOCH + Duration::from_secs(at))
+        }
+    };
+    let app = app_with(layer(&clock).not_before(hook));
+    let mut jar = Jar::new();
+    jar.send(&app, get_req("/count")).await;
+    let stolen = jar.get("session").unwrap().to_owned();
+    assert_eq!(read_with(&app, &format!("session={stolen}")).await, "1");
+
+    // The user (count = 1 here) logs out everywhere at T0 + 10.
+    clock.advance(10);
+    revoked.lock().unwrap().insert(1, T0 + 10);
+    assert_eq!(read_with(&app, &format!("session={stolen}")).await, "0", "the stolen copy is void");
+
+    // A session issued after that time works; other users are untouched.
+    let mut fresh = Jar::new();
+    fresh.send(&app, get_req("/count")).await;
+    assert_eq!(fresh.get_text(&app, "/read").await.1, "1");
+    let mut other = Jar::new();
+    other.send(&app, get_req("/count")).await;
+    other.send(&app, get_req("/count")).await;
+    assert_eq!(other.get_text(&app, "/read").await.1, "2");
+}
