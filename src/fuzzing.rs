@@ -19,7 +19,9 @@ pub fn cookie_family(header: &[u8]) -> Option<(usize, Vec<usize>, bool)> {
 
 /// Joins a first cookie and chunk cookies as the layer does.
 pub fn chunk_join(first: &[u8], chunks: &[(usize, &[u8])], max_chunks: usize) -> Option<Vec<u8>> {
-    chunk::join(first, chunks, max_chunks).ok().map(|joined| joined.into_owned())
+    chunk::join(first, chunks, max_chunks)
+        .ok()
+        .map(|joined| joined.into_owned())
 }
 
 /// Verifies a server-side session cookie value.

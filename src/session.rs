@@ -494,8 +494,13 @@ impl SessionHandle {
         }
         for first in &family.firsts {
             match shared.decode_cookie(first, &family.chunks) {
-                Ok(Decoded { data, issued_at, .. }) if shared.config.revoked(&data, issued_at) => {
-                    tracing::debug!(cookie = name, "session cookie revoked by the not_before hook");
+                Ok(Decoded {
+                    data, issued_at, ..
+                }) if shared.config.revoked(&data, issued_at) => {
+                    tracing::debug!(
+                        cookie = name,
+                        "session cookie revoked by the not_before hook"
+                    );
                 }
                 Ok(Decoded {
                     data,
@@ -546,7 +551,10 @@ impl SessionHandle {
             let now = config.now();
             match store.load(&id).await? {
                 Some(record) if config.revoked(&record.data, record.created_at) => {
-                    tracing::debug!(cookie = name, "session revoked by the not_before hook; not adopted");
+                    tracing::debug!(
+                        cookie = name,
+                        "session revoked by the not_before hook; not adopted"
+                    );
                 }
                 Some(record) if !config.record_expired(&record, now) => {
                     loaded.session = Session::from_state(State {

@@ -545,7 +545,11 @@ async fn not_before_revokes_copies_of_client_side_cookies() {
     // The user (count = 1 here) logs out everywhere at T0 + 10.
     clock.advance(10);
     revoked.lock().unwrap().insert(1, T0 + 10);
-    assert_eq!(read_with(&app, &format!("session={stolen}")).await, "0", "the stolen copy is void");
+    assert_eq!(
+        read_with(&app, &format!("session={stolen}")).await,
+        "0",
+        "the stolen copy is void"
+    );
 
     // A session issued after that time works; other users are untouched.
     let mut fresh = Jar::new();

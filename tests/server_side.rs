@@ -500,11 +500,17 @@ async fn not_before_revokes_stored_sessions_created_earlier() {
     let store = Arc::new(Probe::default());
     let clock = TestClock::at(T0);
     let cutoff = std::time::UNIX_EPOCH + Duration::from_secs(T0 + 5);
-    let app = app(store.clone(), &clock, move |l| l.not_before(move |_| Some(cutoff)));
+    let app = app(store.clone(), &clock, move |l| {
+        l.not_before(move |_| Some(cutoff))
+    });
     let mut old = Jar::new();
     old.send(&app, get_req("/set/user/ann")).await;
     clock.advance(10);
-    assert_eq!(show(&mut old, &app).await, "{}", "created before the cutoff");
+    assert_eq!(
+        show(&mut old, &app).await,
+        "{}",
+        "created before the cutoff"
+    );
     let mut new = Jar::new();
     new.send(&app, get_req("/set/user/bob")).await;
     assert_eq!(show(&mut new, &app).await, r#"{"user":"bob"}"#);

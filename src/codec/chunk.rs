@@ -239,6 +239,35 @@ mod tests {
         }
     }
 
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig { cases: 256, ..Default::default() })]
+
+        /// split then join is the identity at every size up to the budget,
+        /// for any overhead, whatever order the chunks arrive in.
+        #[test]
+        fn split_join_identity(
+            len in 0usize..40_000,
+            overhead in 20usize..400,
+            max in 1usize..=MAX_CHUNKS,
+            seed in proptest::prelude::any::<u64>(),
+        ) {
+            let value: String = (0..len).map(|i| char::from(b'!' + ((i as u64 ^ seed) % 90) as u8)).collect();
+            match split(&value, overhead, 4096, max) {
+                None => proptest::prop_assert!(len + overhead > 4096, "a value that fits one cookie was refused"),
+                Some(parts) => {
+                    proptest::prop_assert!(parts.len() <= max);
+                    for (i, part) in parts.iter().enumerate() {
+                        let suffix = if i == 0 { 0 } else { 1 + decimal_len(i) };
+                        proptest::prop_assert!(overhead + suffix + part.len() <= 4096);
+                    }
+                    let (first, mut chunks) = pairs(&parts);
+                    chunks.reverse();
+                    proptest::prop_assert_eq!(join_owned(&first, &chunks, max).unwrap(), value.as_bytes());
+                }
+            }
+        }
+    }
+
     #[test]
     fn chunk_names_are_canonical() {
         assert_eq!(chunk_index(b"session.1", "session"), Some(1));

@@ -311,6 +311,42 @@ mod tests {
         );
     }
 
+    fn json_value() -> impl proptest::strategy::Strategy<Value = Value> {
+        use proptest::prelude::*;
+        let leaf = prop_oneof![
+            Just(Value::Null),
+            any::<bool>().prop_map(Value::Bool),
+            any::<i64>().prop_map(Value::from),
+            any::<f64>()
+                .prop_filter("finite", |f| f.is_finite())
+                .prop_map(Value::from),
+            "\\PC{0,12}".prop_map(Value::String),
+        ];
+        leaf.prop_recursive(3, 24, 5, |inner| {
+            prop_oneof![
+                proptest::collection::vec(inner.clone(), 0..5).prop_map(Value::Array),
+                proptest::collection::btree_map("( t| b| u| d| m| di|\\PC{0,6})", inner, 0..4)
+                    .prop_map(|m| Value::Object(m.into_iter().collect())),
+            ]
+        })
+    }
+
+    proptest::proptest! {
+        /// Any JSON session, tag look-alike keys included, comes back as
+        /// it went in, compressed or not.
+        #[test]
+        fn encode_then_decode_is_identity(
+            map in proptest::collection::btree_map("\\PC{1,8}", json_value(), 0..6),
+            permanent in proptest::prelude::any::<bool>(),
+        ) {
+            let data: SessionData = map.into_iter().filter(|(k, _)| k != PERMANENT_KEY).collect();
+            let cookie = codec().encode(&data, permanent, NOW);
+            let decoded = codec().decode(&cookie, NOW, 60).unwrap();
+            proptest::prop_assert_eq!(decoded.data, data);
+            proptest::prop_assert_eq!(decoded.permanent, permanent);
+        }
+    }
+
     #[test]
     fn empty_secrets_are_refused_and_debug_redacts() {
         assert_eq!(
