@@ -182,3 +182,139 @@ async fn a_stalled_redis_times_out_quickly() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
+
+/// A TCP proxy in front of a server that the test can cut: while down,
+/// open connections are severed and new ones are refused at once, which
+/// is what a client sees when the server stops.
+struct Proxy {
+    addr: std::net::SocketAddr,
+    up: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    links: std::sync::Arc<std::sync::Mutex<Vec<tokio::task::JoinHandle<()>>>>,
+    accept: tokio::task::JoinHandle<()>,
+}
+
+impl Proxy {
+    async fn start(upstream: std::net::SocketAddr) -> Self {
+        use std::sync::atomic::Ordering;
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let up = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true));
+        let links: std::sync::Arc<std::sync::Mutex<Vec<tokio::task::JoinHandle<()>>>> = Default::default();
+        let accept = {
+            let (up, links) = (up.clone(), links.clone());
+            tokio::spawn(async move {
+                loop {
+                    let Ok((mut inbound, _)) = listener.accept().await else { return };
+                    if !up.load(Ordering::SeqCst) {
+                        drop(inbound);
+                        continue;
+                    }
+                    let link = tokio::spawn(async move {
+                        if let Ok(mut outbound) = tokio::net::TcpStream::connect(upstream).await {
+                            let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
+                        }
+                    });
+                    links.lock().unwrap().push(link);
+                }
+            })
+        };
+        Self { addr, up, links, accept }
+    }
+
+    fn down(&self) {
+        self.up.store(false, std::sync::atomic::Ordering::SeqCst);
+        for link in self.links.lock().unwrap().drain(..) {
+            link.abort();
+        }
+    }
+
+    fn up(&self) {
+        self.up.store(true, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
+impl Drop for Proxy {
+    fn drop(&mut self) {
+        self.accept.abort();
+        self.down();
+    }
+}
+
+#[cfg(feature = "postgres-store")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_flapping() {
+    use session_layer::store::SqlStore;
+    let upstream: std::net::SocketAddr = "127.0.0.1:5432".parse().unwrap();
+    if tokio::net::TcpStream::connect(upstream).await.is_err() {
+        missing("PostgreSQL on 127.0.0.1:5432 is unreachable");
+        return;
+    }
+    let proxy = Proxy::start(upstream).await;
+    let url = format!("postgres://postgres@{}/test", proxy.addr);
+    let pool = sqlx::postgres::PgPoolOptions::new()
+        .max_connections(4)
+        .acquire_timeout(Duration::from_millis(800))
+        .connect(&url)
+        .await
+        .unwrap();
+    let table = format!("sessions_faults_{}", std::process::id());
+    let store = SqlStore::postgres(pool.clone()).table(&table).timeout(Duration::from_secs(1));
+    store.migrate().await.unwrap();
+    let app = Router::new()
+        .route("/", get(count))
+        .layer(SessionLayer::new(Key::from_bytes(&[8; 32]).unwrap()).with_store(store));
+    let mut jar = Jar::new();
+    assert_eq!(jar.get_text(&app, "/").await, (StatusCode::OK, "1".into()));
+
+    for round in 0..3 {
+        proxy.down();
+        let response = jar.send(&app, get_req("/")).await;
+        assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE, "round {round}: load while down");
+        let response = Jar::new().send(&app, get_req("/")).await;
+        assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE, "round {round}: save while down");
+        proxy.up();
+        let deadline = Instant::now() + Duration::from_secs(15);
+        loop {
+            let (status, body) = jar.get_text(&app, "/").await;
+            if status == StatusCode::OK {
+                // PostgreSQL kept the data: the count goes on.
+                assert_eq!(body, (round + 2).to_string(), "round {round}");
+                break;
+            }
+            assert!(Instant::now() < deadline, "round {round}: no recovery ({status})");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+    sqlx::query(&format!("DROP TABLE {table}")).execute(&pool).await.unwrap();
+}
+
+/// A file store whose directory turns read-only (`chattr +i`, which binds
+/// root too): saves answer 503, the previous record stays intact, and the
+/// store works again once the directory is writable.
+#[cfg(feature = "file-store")]
+#[tokio::test]
+async fn a_read_only_file_store_directory() {
+    use session_layer::store::FileStore;
+    let dir = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
+    let store = FileStore::new(dir.path()).unwrap();
+    let app = Router::new()
+        .route("/", get(count))
+        .layer(SessionLayer::new(Key::from_bytes(&[8; 32]).unwrap()).with_store(store));
+    let mut jar = Jar::new();
+    assert_eq!(jar.get_text(&app, "/").await, (StatusCode::OK, "1".into()));
+    let shard = std::fs::read_dir(dir.path()).unwrap().next().unwrap().unwrap().path();
+    let chattr = |flag: &str| {
+        Command::new("chattr").arg(flag).arg(&shard).status().is_ok_and(|s| s.success())
+    };
+    if !chattr("+i") {
+        eprintln!("NOT RUN: chattr +i is not supported here (needs root on ext4/xfs/btrfs)");
+        return;
+    }
+    let response = jar.send(&app, get_req("/")).await;
+    let status = response.status();
+    assert!(chattr("-i"), "restoring the directory");
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(response.extensions().get::<Error>().unwrap().kind(), ErrorKind::Store);
+    // The record from before is intact and the store works again.
+    assert_eq!(jar.get_text(&app, "/").await, (StatusCode::OK, "2".into()));
+}
