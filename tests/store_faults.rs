@@ -199,26 +199,35 @@ impl Proxy {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let up = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true));
-        let links: std::sync::Arc<std::sync::Mutex<Vec<tokio::task::JoinHandle<()>>>> = Default::default();
+        let links: std::sync::Arc<std::sync::Mutex<Vec<tokio::task::JoinHandle<()>>>> =
+            Default::default();
         let accept = {
             let (up, links) = (up.clone(), links.clone());
             tokio::spawn(async move {
                 loop {
-                    let Ok((mut inbound, _)) = listener.accept().await else { return };
+                    let Ok((mut inbound, _)) = listener.accept().await else {
+                        return;
+                    };
                     if !up.load(Ordering::SeqCst) {
                         drop(inbound);
                         continue;
                     }
                     let link = tokio::spawn(async move {
                         if let Ok(mut outbound) = tokio::net::TcpStream::connect(upstream).await {
-                            let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
+                            let _ =
+                                tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
                         }
                     });
                     links.lock().unwrap().push(link);
                 }
             })
         };
-        Self { addr, up, links, accept }
+        Self {
+            addr,
+            up,
+            links,
+            accept,
+        }
     }
 
     fn down(&self) {
@@ -258,7 +267,9 @@ async fn postgres_flapping() {
         .await
         .unwrap();
     let table = format!("sessions_faults_{}", std::process::id());
-    let store = SqlStore::postgres(pool.clone()).table(&table).timeout(Duration::from_secs(1));
+    let store = SqlStore::postgres(pool.clone())
+        .table(&table)
+        .timeout(Duration::from_secs(1));
     store.migrate().await.unwrap();
     let app = Router::new()
         .route("/", get(count))
@@ -269,9 +280,17 @@ async fn postgres_flapping() {
     for round in 0..3 {
         proxy.down();
         let response = jar.send(&app, get_req("/")).await;
-        assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE, "round {round}: load while down");
+        assert_eq!(
+            response.status(),
+            StatusCode::SERVICE_UNAVAILABLE,
+            "round {round}: load while down"
+        );
         let response = Jar::new().send(&app, get_req("/")).await;
-        assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE, "round {round}: save while down");
+        assert_eq!(
+            response.status(),
+            StatusCode::SERVICE_UNAVAILABLE,
+            "round {round}: save while down"
+        );
         proxy.up();
         let deadline = Instant::now() + Duration::from_secs(15);
         loop {
@@ -281,11 +300,17 @@ async fn postgres_flapping() {
                 assert_eq!(body, (round + 2).to_string(), "round {round}");
                 break;
             }
-            assert!(Instant::now() < deadline, "round {round}: no recovery ({status})");
+            assert!(
+                Instant::now() < deadline,
+                "round {round}: no recovery ({status})"
+            );
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
     }
-    sqlx::query(&format!("DROP TABLE {table}")).execute(&pool).await.unwrap();
+    sqlx::query(&format!("DROP TABLE {table}"))
+        .execute(&pool)
+        .await
+        .unwrap();
 }
 
 /// A file store whose directory turns read-only (`chattr +i`, which binds
@@ -302,9 +327,18 @@ async fn a_read_only_file_store_directory() {
         .layer(SessionLayer::new(Key::from_bytes(&[8; 32]).unwrap()).with_store(store));
     let mut jar = Jar::new();
     assert_eq!(jar.get_text(&app, "/").await, (StatusCode::OK, "1".into()));
-    let shard = std::fs::read_dir(dir.path()).unwrap().next().unwrap().unwrap().path();
+    let shard = std::fs::read_dir(dir.path())
+        .unwrap()
+        .next()
+        .unwrap()
+        .unwrap()
+        .path();
     let chattr = |flag: &str| {
-        Command::new("chattr").arg(flag).arg(&shard).status().is_ok_and(|s| s.success())
+        Command::new("chattr")
+            .arg(flag)
+            .arg(&shard)
+            .status()
+            .is_ok_and(|s| s.success())
     };
     if !chattr("+i") {
         eprintln!("NOT RUN: chattr +i is not supported here (needs root on ext4/xfs/btrfs)");
@@ -314,7 +348,10 @@ async fn a_read_only_file_store_directory() {
     let status = response.status();
     assert!(chattr("-i"), "restoring the directory");
     assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
-    assert_eq!(response.extensions().get::<Error>().unwrap().kind(), ErrorKind::Store);
+    assert_eq!(
+        response.extensions().get::<Error>().unwrap().kind(),
+        ErrorKind::Store
+    );
     // The record from before is intact and the store works again.
     assert_eq!(jar.get_text(&app, "/").await, (StatusCode::OK, "2".into()));
 }
