@@ -13,6 +13,7 @@
 use std::borrow::Cow;
 
 use super::DecodeError;
+use crate::cookies::MAX_COOKIE_LEN;
 
 /// The most chunks a layer may be configured to write.
 pub const MAX_CHUNKS: usize = 64;
@@ -49,8 +50,8 @@ fn parse_count(digits: &[u8]) -> Option<usize> {
 ///
 /// # Errors
 /// [`DecodeError::BadChunks`] when the first cookie announces a count out
-/// of range, a chunk it announces is missing or sent twice, or a chunk
-/// beyond the count is present.
+/// of range, a chunk it announces is missing, sent twice or longer than a
+/// cookie can be, or a chunk beyond the count is present.
 pub(crate) fn join<'a>(
     first: &'a [u8],
     chunks: &[(usize, &[u8])],
@@ -73,7 +74,9 @@ pub(crate) fn join<'a>(
     for index in 1..count {
         let mut found = chunks.iter().filter(|&&(i, _)| i == index);
         match (found.next(), found.next()) {
-            (Some((_, value)), None) => joined.extend_from_slice(value),
+            (Some((_, value)), None) if value.len() <= MAX_COOKIE_LEN => {
+                joined.extend_from_slice(value)
+            }
             _ => return Err(DecodeError::BadChunks),
         }
     }
