@@ -116,6 +116,26 @@ fn axum_extra_router() -> Router {
         .with_state(state)
 }
 
+/// The floor of any layer that writes a cookie: bare Axum answering the
+/// read-modify-write route with a fixed 120-byte Set-Cookie, so the
+/// harness's own cookie bookkeeping shows.
+fn bare_with_cookie() -> Router {
+    let line = format!(
+        "session={}; HttpOnly; SameSite=Lax; Path=/",
+        "x".repeat(120)
+    );
+    Router::new()
+        .route(
+            "/rmw",
+            get(move || {
+                let line = line.clone();
+                async move { ([(http::header::SET_COOKIE, line)], "1") }
+            }),
+        )
+        .route("/read", get(|| async { "0" }))
+        .route("/untouched", get(untouched))
+}
+
 fn bare() -> Router {
     Router::new()
         .route("/rmw", get(|| async { "1" }))
@@ -130,6 +150,16 @@ pub async fn all(include_remote: bool) -> Vec<Config> {
         Config {
             name: "bare axum",
             router: bare(),
+        },
+        Config {
+            name: "control: bare axum + fixed Set-Cookie",
+            router: bare_with_cookie(),
+        },
+        Config {
+            name: "control: bare axum + a no-op layer",
+            router: bare().layer(tower::util::MapRequestLayer::new(
+                |request: http::Request<axum::body::Body>| request,
+            )),
         },
         Config {
             name: "session-layer signed",

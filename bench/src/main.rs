@@ -87,6 +87,25 @@ fn main() {
                 }
             }
         }
+        "profile" => {
+            // One configuration and route in a loop, for valgrind/perf:
+            // profile CONFIG-INDEX PATH COUNT
+            let index: usize = args[1].parse().unwrap();
+            let path = args[2].clone();
+            let count: usize = args[3].parse().unwrap();
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            runtime.block_on(async {
+                let configs = configs::all(false).await;
+                let mut user = inprocess::User::new();
+                user.request(&configs[index].router, "/rmw").await;
+                for _ in 0..count {
+                    user.request(&configs[index].router, &path).await;
+                }
+            });
+        }
         "scale-one" => {
             let which = args[1].clone();
             let sessions: usize = args[2].parse().unwrap();
@@ -114,8 +133,12 @@ fn print_inprocess(results: &[inprocess::Added], rounds: usize) {
     );
     println!("| configuration | read-modify-write | read-only | untouched route |");
     println!("| --- | ---: | ---: | ---: |");
-    let mut names: Vec<&str> = results.iter().map(|r| r.config).collect();
-    names.dedup();
+    let mut names: Vec<&str> = Vec::new();
+    for r in results {
+        if !names.contains(&r.config) {
+            names.push(r.config);
+        }
+    }
     for name in names {
         let cell = |workload: &str| {
             let r = results

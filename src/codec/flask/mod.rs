@@ -6,15 +6,15 @@
 mod json;
 mod tag;
 
-use std::io::{Read, Write};
+use std::cell::RefCell;
+use std::io::Read;
 use std::sync::Arc;
 
 use base64::Engine;
 use base64::alphabet::URL_SAFE;
 use base64::engine::{DecodePaddingMode, GeneralPurpose, GeneralPurposeConfig};
-use flate2::Compression;
 use flate2::read::ZlibDecoder;
-use flate2::write::ZlibEncoder;
+use flate2::{Compress, Compression, FlushCompress, Status};
 use hmac::{Hmac, KeyInit, Mac};
 use serde_json::Value;
 use sha1::Sha1;
@@ -206,13 +206,29 @@ fn derive(secret: &[u8]) -> Result<HmacSha1, Error> {
 }
 
 /// `zlib.compress(data)`: zlib format at the default level 6.
+///
+/// zlib's compressor state is a quarter of a megabyte to allocate and
+/// initialise, which cost more than all the rest of a write; each thread
+/// keeps one and resets it (the output is the same as a fresh one's).
 fn compress(data: &[u8]) -> Vec<u8> {
-    let mut encoder =
-        ZlibEncoder::new(Vec::with_capacity(data.len() / 2 + 16), Compression::new(6));
-    encoder
-        .write_all(data)
-        .expect("writing to a Vec cannot fail");
-    encoder.finish().expect("writing to a Vec cannot fail")
+    thread_local! {
+        static DEFLATE: RefCell<Compress> = RefCell::new(Compress::new(Compression::new(6), true));
+    }
+    DEFLATE.with_borrow_mut(|deflate| {
+        deflate.reset();
+        // zlib's worst case (compressBound) plus room for the header.
+        let mut out = Vec::with_capacity(data.len() + data.len() / 1000 + 64);
+        loop {
+            let consumed = usize::try_from(deflate.total_in()).expect("fits in memory");
+            let status = deflate
+                .compress_vec(&data[consumed..], &mut out, FlushCompress::Finish)
+                .expect("deflate of in-memory bytes cannot fail");
+            if status == Status::StreamEnd {
+                return out;
+            }
+            out.reserve(out.capacity().max(64));
+        }
+    })
 }
 
 fn inflate(data: &[u8]) -> Result<Vec<u8>, DecodeError> {
