@@ -130,8 +130,10 @@ if ! [ -d tests/browser/node_modules/playwright-core ]; then
     (cd tests/browser && npm ci --no-audit --no-fund --loglevel=error)
 fi
 
-step "cargo fmt --check"
+step "cargo fmt --check (the crate, fuzz/ and bench/)"
 cargo fmt --all -- --check
+cargo fmt --manifest-path fuzz/Cargo.toml -- --check
+cargo fmt --manifest-path bench/Cargo.toml -- --check
 
 step "clippy, every target and feature, warnings are errors"
 cargo clippy --all-targets --all-features -- -D warnings
@@ -139,6 +141,9 @@ cargo clippy --all-targets --all-features -- -D warnings
 step "the library builds and tests without Axum"
 cargo clippy --no-default-features --lib -- -D warnings
 cargo test --no-default-features --lib --quiet
+
+step "the benchmark crate builds, clippy clean (run it as docs/benchmarks.md says)"
+cargo clippy --manifest-path bench/Cargo.toml --all-targets --quiet -- -D warnings
 
 step "docs build without warnings"
 RUSTDOCFLAGS="-D warnings" cargo doc --no-deps --all-features --quiet

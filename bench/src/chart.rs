@@ -4,12 +4,12 @@
 use crate::inprocess::{Added, WORKLOADS};
 
 pub fn inprocess(results: &[Added]) -> String {
-    let mut names: Vec<&str> = results
-        .iter()
-        .map(|r| r.config)
-        .filter(|n| *n != "bare axum")
-        .collect();
-    names.dedup();
+    let mut names: Vec<&str> = Vec::new();
+    for r in results {
+        if r.config != "bare axum" && !names.contains(&r.config) {
+            names.push(r.config);
+        }
+    }
     let colors = ["#3465a4", "#73d216", "#f57900"];
     let (left, row, bar) = (300.0, 54.0, 14.0);
     let width = 900.0;

@@ -11,7 +11,10 @@ fuzz_target!(|data: &[u8]| {
         if let Some(id) = SessionId::parse(text) {
             assert_eq!(id.as_str(), text);
             assert_eq!(text.len(), 43);
-            assert!(text.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_'));
+            assert!(
+                text.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+            );
         }
     }
     let keys = Key::from_bytes(&[3; 32]).unwrap().into();
