@@ -93,6 +93,46 @@ impl fmt::Display for DecodeError {
 
 impl std::error::Error for DecodeError {}
 
+/// The part of the signed and private envelopes both share: issue time
+/// (u64, big-endian), flags, then the JSON object.
+const CONTENT_HEADER_LEN: usize = 8 + 1;
+const FLAG_PERMANENT: u8 = 0b0000_0001;
+
+/// Appends the content part to `out`.
+fn write_content(out: &mut Vec<u8>, data: &SessionData, permanent: bool, now: u64) {
+    out.extend_from_slice(&now.to_be_bytes());
+    out.push(if permanent { FLAG_PERMANENT } else { 0 });
+    serde_json::to_writer(out, data).expect("a JSON map always serializes");
+}
+
+/// Reads an authenticated content part: the age checks, the flags, the
+/// JSON. `by_fallback_key` is the caller's to know.
+fn read_content(
+    content: &[u8],
+    now: u64,
+    max_age: u64,
+    by_fallback_key: bool,
+) -> Result<Decoded, DecodeError> {
+    if content.len() < CONTENT_HEADER_LEN {
+        return Err(DecodeError::Truncated);
+    }
+    let issued_at = u64::from_be_bytes(content[..8].try_into().expect("8 bytes"));
+    check_age(issued_at, now, max_age)?;
+    let flags = content[8];
+    if flags & !FLAG_PERMANENT != 0 {
+        return Err(DecodeError::Malformed);
+    }
+    let data = serde_json::from_slice(&content[CONTENT_HEADER_LEN..])
+        .map_err(|_| DecodeError::Malformed)?;
+    Ok(Decoded {
+        data,
+        permanent: flags & FLAG_PERMANENT != 0,
+        issued_at,
+        by_fallback_key,
+        tags: None,
+    })
+}
+
 /// Refuses an issue time older than `max_age` or beyond the skew allowance.
 fn check_age(issued_at: u64, now: u64, max_age: u64) -> Result<(), DecodeError> {
     if issued_at > now.saturating_add(MAX_CLOCK_SKEW) {

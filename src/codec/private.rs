@@ -7,15 +7,14 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use chacha20poly1305::aead::inout::InOutBuf;
 use chacha20poly1305::{AeadInOut, Tag, XNonce};
 
-use super::{DecodeError, Decoded, SessionData};
+use super::{CONTENT_HEADER_LEN, DecodeError, Decoded, SessionData, read_content, write_content};
 use crate::key::Keyring;
 
 const VERSION: u8 = 1;
 const NONCE_LEN: usize = 24;
 const TAG_LEN: usize = 16;
 /// issued-at + flags, at the start of the plaintext.
-const INNER_HEADER_LEN: usize = 8 + 1;
-const FLAG_PERMANENT: u8 = 0b0000_0001;
+const INNER_HEADER_LEN: usize = CONTENT_HEADER_LEN;
 
 /// Private cookies: like [`SignedCodec`](super::SignedCodec), but the
 /// contents are encrypted, so the client cannot read them either.
@@ -63,9 +62,7 @@ impl PrivateCodec {
         getrandom::fill(&mut nonce).expect("the OS random number generator failed");
         bytes.extend_from_slice(&nonce);
         let plaintext_start = bytes.len();
-        bytes.extend_from_slice(&now.to_be_bytes());
-        bytes.push(if permanent { FLAG_PERMANENT } else { 0 });
-        serde_json::to_writer(&mut bytes, data).expect("a JSON map always serializes");
+        write_content(&mut bytes, data, permanent, now);
         let tag = self
             .keys
             .current()
@@ -118,21 +115,7 @@ impl PrivateCodec {
                     .is_ok()
             })
             .ok_or(DecodeError::BadSignature)?;
-        let issued_at = u64::from_be_bytes(plaintext[..8].try_into().expect("8 bytes"));
-        super::check_age(issued_at, now, max_age)?;
-        let flags = plaintext[8];
-        if flags & !FLAG_PERMANENT != 0 {
-            return Err(DecodeError::Malformed);
-        }
-        let data = serde_json::from_slice(&plaintext[INNER_HEADER_LEN..])
-            .map_err(|_| DecodeError::Malformed)?;
-        Ok(Decoded {
-            data,
-            permanent: flags & FLAG_PERMANENT != 0,
-            issued_at,
-            by_fallback_key: key_index > 0,
-            tags: None,
-        })
+        read_content(&plaintext, now, max_age, key_index > 0)
     }
 }
 

@@ -5,7 +5,7 @@ use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use hmac::Mac;
 
-use super::{DecodeError, Decoded, SessionData};
+use super::{CONTENT_HEADER_LEN, DecodeError, Decoded, SessionData, read_content, write_content};
 use crate::key::{HmacSha256, Keyring};
 
 /// Envelope version 1; a new layout gets a new number, and this one stays
@@ -13,8 +13,7 @@ use crate::key::{HmacSha256, Keyring};
 const VERSION: u8 = 1;
 const TAG_LEN: usize = 32;
 /// version + issued-at + flags.
-const HEADER_LEN: usize = 1 + 8 + 1;
-const FLAG_PERMANENT: u8 = 0b0000_0001;
+const HEADER_LEN: usize = 1 + CONTENT_HEADER_LEN;
 
 /// Signed cookies: readable by the client (the JSON is only base64url'd)
 /// but not forgeable without the key. The MAC covers the cookie name, so a
@@ -52,9 +51,7 @@ impl SignedCodec {
     pub fn encode(&self, name: &str, data: &SessionData, permanent: bool, now: u64) -> String {
         let mut bytes = Vec::with_capacity(HEADER_LEN + 64 + TAG_LEN);
         bytes.push(VERSION);
-        bytes.extend_from_slice(&now.to_be_bytes());
-        bytes.push(if permanent { FLAG_PERMANENT } else { 0 });
-        serde_json::to_writer(&mut bytes, data).expect("a JSON map always serializes");
+        write_content(&mut bytes, data, permanent, now);
         let tag = mac(self.keys.current().signing(), name, &bytes).finalize();
         bytes.extend_from_slice(&tag.into_bytes());
         URL_SAFE_NO_PAD.encode(bytes)
@@ -90,21 +87,7 @@ impl SignedCodec {
             .iter()
             .position(|key| mac(key.signing(), name, body).verify_slice(tag).is_ok())
             .ok_or(DecodeError::BadSignature)?;
-        let issued_at = u64::from_be_bytes(body[1..9].try_into().expect("8 bytes"));
-        super::check_age(issued_at, now, max_age)?;
-        let flags = body[9];
-        if flags & !FLAG_PERMANENT != 0 {
-            return Err(DecodeError::Malformed);
-        }
-        let data =
-            serde_json::from_slice(&body[HEADER_LEN..]).map_err(|_| DecodeError::Malformed)?;
-        Ok(Decoded {
-            data,
-            permanent: flags & FLAG_PERMANENT != 0,
-            issued_at,
-            by_fallback_key: key_index > 0,
-            tags: None,
-        })
+        read_content(&body[1..], now, max_age, key_index > 0)
     }
 }
 
