@@ -355,3 +355,69 @@ async fn a_read_only_file_store_directory() {
     // The record from before is intact and the store works again.
     assert_eq!(jar.get_text(&app, "/").await, (StatusCode::OK, "2".into()));
 }
+
+/// A file store on a full disk (a 256 KiB tmpfs filled to the brim):
+/// saves answer 503, the previous record stays intact, and the store works
+/// again once there is room.
+#[cfg(feature = "file-store")]
+#[tokio::test]
+async fn a_full_file_store_disk() {
+    use session_layer::store::FileStore;
+    use std::io::Write;
+    let dir = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
+    let mounted = Command::new("mount")
+        .args(["-t", "tmpfs", "-o", "size=256k", "tmpfs"])
+        .arg(dir.path())
+        .status()
+        .is_ok_and(|s| s.success());
+    if !mounted {
+        eprintln!("NOT RUN: cannot mount a tmpfs here (needs root)");
+        return;
+    }
+    struct Unmount<'a>(&'a std::path::Path);
+    impl Drop for Unmount<'_> {
+        fn drop(&mut self) {
+            let _ = Command::new("umount").arg(self.0).status();
+        }
+    }
+    let _unmount = Unmount(dir.path());
+    let store = FileStore::new(dir.path()).unwrap();
+    let app = Router::new()
+        .route("/", get(count))
+        .layer(SessionLayer::new(Key::from_bytes(&[8; 32]).unwrap()).with_store(store));
+    let mut jar = Jar::new();
+    assert_eq!(jar.get_text(&app, "/").await, (StatusCode::OK, "1".into()));
+
+    // Fill every remaining byte.
+    let filler = dir.path().join("filler");
+    let mut file = std::fs::File::create(&filler).unwrap();
+    let block = [0u8; 4096];
+    while file
+        .write_all(&block)
+        .and_then(|()| file.sync_all())
+        .is_ok()
+    {}
+    drop(file);
+
+    let response = jar.send(&app, get_req("/")).await;
+    assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(
+        response.extensions().get::<Error>().unwrap().kind(),
+        ErrorKind::Store
+    );
+    let stray = std::fs::read_dir(dir.path())
+        .unwrap()
+        .flatten()
+        .filter(|e| e.path().is_dir())
+        .flat_map(|shard| std::fs::read_dir(shard.path()).unwrap().flatten())
+        .filter(|e| e.file_name().to_string_lossy().starts_with(".tmp-"))
+        .count();
+    assert_eq!(stray, 0, "a failed write leaves no temporary file behind");
+
+    std::fs::remove_file(&filler).unwrap();
+    assert_eq!(
+        jar.get_text(&app, "/").await,
+        (StatusCode::OK, "2".into()),
+        "the old record was intact"
+    );
+}
