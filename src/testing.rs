@@ -272,16 +272,24 @@ pub async fn concurrent_writes_to_distinct_keys_all_survive<S: SessionStore + ?S
     );
 }
 
-/// Writes racing a delete (a logout in another tab) never bring the record
-/// back; neither do writes racing a cycle.
+/// Writes racing a delete (a logout in another tab) or a cycle (a login in
+/// another tab: the data moves to a new id, the old record goes) never
+/// bring the old record back.
 pub async fn writes_racing_a_delete_never_resurrect<S: SessionStore + ?Sized>(store: Arc<S>) {
-    for _ in 0..5 {
-        let id = created(&*store, &record(json!({"user": "ann"}))).await;
+    for attempt in 0..6 {
+        let cycle = attempt % 2 == 1;
+        let original = record(json!({"user": "ann"}));
+        let id = created(&*store, &original).await;
+        let new_id = SessionId::generate();
         let expires = now() + 3600;
         let writes = (0..20).map(|i| {
-            let (store, id) = (store.clone(), id.clone());
+            let (store, id, new_id, original) =
+                (store.clone(), id.clone(), new_id.clone(), original.clone());
             async move {
                 if i == 10 {
+                    if cycle {
+                        assert!(store.create(&new_id, &original).await.expect("create"));
+                    }
                     store.delete(&id).await.expect("delete");
                 } else {
                     let changes = Changes {
@@ -297,8 +305,15 @@ pub async fn writes_racing_a_delete_never_resurrect<S: SessionStore + ?Sized>(st
         assert_eq!(
             load(&*store, &id).await,
             None,
-            "a deleted session came back"
+            "a deleted or cycled-away session came back"
         );
+        if cycle {
+            assert_eq!(
+                load(&*store, &new_id).await,
+                Some(original),
+                "the cycled session lives on"
+            );
+        }
     }
 }
 
