@@ -64,6 +64,9 @@ struct Sql {
     update: String,
     delete: String,
     delete_expired: String,
+    /// How a save's transaction starts: SQLite takes its write lock at
+    /// once (`IMMEDIATE`), so two saves never deadlock upgrading a read lock.
+    begin: &'static str,
 }
 
 /// Which SQL dialect. (Builds without every SQL feature leave variants
@@ -131,6 +134,11 @@ impl Sql {
             ),
             delete: format!("DELETE FROM {table} WHERE id = {}", p(1)),
             delete_expired: format!("DELETE FROM {table} WHERE expires_at <= {}", p(1)),
+            begin: if dialect == Dialect::Sqlite {
+                "BEGIN IMMEDIATE"
+            } else {
+                "BEGIN"
+            },
         }
     }
 }
@@ -388,38 +396,15 @@ impl SessionStore for SqlStore {
     }
 
     async fn apply(&self, id: &SessionId, changes: &Changes) -> Result<bool, Error> {
-        match &self.pool {
-            #[cfg(feature = "postgres-store")]
-            Pool::Postgres(pool) => {
-                bounded(self.timeout, async {
-                    let mut tx = pool.begin().await?;
-                    let applied = read_modify_write!(tx, self.sql, id, changes);
-                    tx.commit().await?;
-                    Ok(applied)
-                })
-                .await
-            }
-            #[cfg(feature = "mysql-store")]
-            Pool::MySql(pool) => {
-                bounded(self.timeout, async {
-                    let mut tx = pool.begin().await?;
-                    let applied = read_modify_write!(tx, self.sql, id, changes);
-                    tx.commit().await?;
-                    Ok(applied)
-                })
-                .await
-            }
-            #[cfg(feature = "sqlite-store")]
-            Pool::Sqlite(pool) => {
-                bounded(self.timeout, async {
-                    let mut tx = pool.begin_with("BEGIN IMMEDIATE").await?;
-                    let applied = read_modify_write!(tx, self.sql, id, changes);
-                    tx.commit().await?;
-                    Ok(applied)
-                })
-                .await
-            }
-        }
+        by_backend!(self, pool => {
+            bounded(self.timeout, async {
+                let mut tx = pool.begin_with(self.sql.begin).await?;
+                let applied = read_modify_write!(tx, self.sql, id, changes);
+                tx.commit().await?;
+                Ok(applied)
+            })
+            .await
+        })
     }
 
     async fn delete(&self, id: &SessionId) -> Result<(), Error> {
