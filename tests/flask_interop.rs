@@ -26,13 +26,20 @@ struct Flask {
     stdout: BufReader<ChildStdout>,
 }
 
+/// The pinned venv's Python, or `None` (after skipping or failing as
+/// `missing` decides) when scripts/test.sh has not created it.
+fn venv_python() -> Option<&'static str> {
+    let python = concat!(env!("CARGO_MANIFEST_DIR"), "/.venv/bin/python");
+    if std::path::Path::new(python).exists() {
+        return Some(python);
+    }
+    missing("the Flask venv (.venv) is not set up");
+    None
+}
+
 impl Flask {
     fn start() -> Option<Self> {
-        let python = concat!(env!("CARGO_MANIFEST_DIR"), "/.venv/bin/python");
-        if !std::path::Path::new(python).exists() {
-            missing("the Flask venv (.venv) is not set up");
-            return None;
-        }
+        let python = venv_python()?;
         let mut child = Command::new(python)
             .arg(concat!(
                 env!("CARGO_MANIFEST_DIR"),
@@ -428,11 +435,7 @@ impl Drop for PythonApp {
 /// returns once it listens.
 fn start_flask_app(secret: &str) -> Option<(PythonApp, String)> {
     use std::io::BufRead;
-    let python = concat!(env!("CARGO_MANIFEST_DIR"), "/.venv/bin/python");
-    if !std::path::Path::new(python).exists() {
-        missing("the Flask venv (.venv) is not set up");
-        return None;
-    }
+    let python = venv_python()?;
     let mut child = Command::new(python)
         .arg(concat!(
             env!("CARGO_MANIFEST_DIR"),
