@@ -167,6 +167,17 @@ impl Config {
         expires
     }
 
+    /// Whether a client-side cookie issued at `issued_at`, for a session
+    /// begun at `created_at`, is past the idle or the absolute timeout at
+    /// `now`: the same rule as for records, read from the cookie.
+    pub(crate) fn cookie_timed_out(&self, issued_at: u64, created_at: u64, now: u64) -> bool {
+        self.idle_timeout
+            .is_some_and(|idle| issued_at.saturating_add(idle.as_secs()) <= now)
+            || self
+                .absolute_timeout
+                .is_some_and(|a| created_at.saturating_add(a.as_secs()) <= now)
+    }
+
     /// Whether a session holding `data`, issued (client-side) or created
     /// (server-side) at `issued_at`, was revoked by the `not_before` hook.
     pub(crate) fn revoked(&self, data: &SessionData, issued_at: u64) -> bool {

@@ -1,5 +1,6 @@
 //! `ResponseFuture`: what happens to the response on its way out.
 
+use std::collections::BTreeSet;
 use std::future::Future;
 use std::pin::Pin;
 use std::task::{Context, Poll, ready};
@@ -103,7 +104,8 @@ enum Next<B> {
     Saving(Saving<B>),
 }
 
-/// The design's step 5, for the response the handler gave.
+/// What happens to the response the handler gave: `Vary`, then save
+/// (into cookies, or through the store), or the error hook.
 fn finish<B, H>(handle: &SessionHandle, error_handler: H, mut response: Response<B>) -> Next<B>
 where
     H: ErrorHandler<B>,
@@ -144,11 +146,7 @@ where
             Next::Saving(Box::pin(async move {
                 match run_store(&shared, &*store, &keys, plan, had_cookie).await {
                     Ok(lines) => {
-                        for line in lines {
-                            response
-                                .headers_mut()
-                                .append(SET_COOKIE, header_value(line));
-                        }
+                        append_cookies(response.headers_mut(), lines);
                         response
                     }
                     Err(error) => fail(&error_handler, error),
@@ -179,10 +177,7 @@ fn save_cookie(
     let now = config.now();
     if state.modified && state.is_empty() {
         if loaded.had_cookie {
-            headers.append(
-                SET_COOKIE,
-                header_value(config.removal_cookie(&config.name)),
-            );
+            append_cookies(headers, [config.removal_cookie(&config.name)]);
         }
         expire_chunks(headers, shared, loaded, 1);
         return Ok(());
@@ -194,11 +189,23 @@ fn save_cookie(
                 && now.saturating_sub(origin.issued_at) >= config.refresh_interval.as_secs())
     });
     if state.modified || reissue {
-        let lines = shared.set_cookies(&state.data, state.permanent, now, state.tags.as_ref())?;
+        // The absolute timeout counts from the session's start; a cleared
+        // or cycled session starts again now.
+        let created_at = loaded
+            .origin
+            .as_ref()
+            .filter(|_| config.absolute_timeout.is_some() && !state.cleared && !state.cycle)
+            .map(|origin| origin.created_at)
+            .filter(|&created_at| created_at < now);
+        let lines = shared.set_cookies(
+            &state.data,
+            state.permanent,
+            now,
+            created_at,
+            state.tags.as_ref(),
+        )?;
         let written = lines.len();
-        for line in lines {
-            headers.append(SET_COOKIE, header_value(line));
-        }
+        append_cookies(headers, lines);
         expire_chunks(headers, shared, loaded, written);
     }
     Ok(())
@@ -208,9 +215,26 @@ fn save_cookie(
 /// session that shrank, or was emptied, leaves none behind.
 fn expire_chunks(headers: &mut HeaderMap, shared: &Shared, loaded: &Loaded, from: usize) {
     let config = &shared.config;
-    for &index in loaded.chunks.iter().filter(|&&i| i >= from) {
-        let name = chunk::chunk_name(&config.name, index);
-        headers.append(SET_COOKIE, header_value(config.removal_cookie(&name)));
+    let stale = loaded.chunks.iter().filter(|&&i| i >= from);
+    append_cookies(
+        headers,
+        stale.map(|&index| config.removal_cookie(&chunk::chunk_name(&config.name, index))),
+    );
+}
+
+/// Appends session `Set-Cookie` lines, and `Vary: Cookie` with them: a
+/// response that sets or deletes a session cookie depends on the request's
+/// cookie even when no handler read the session (a refresh, a re-sign
+/// after key rotation), and a shared cache must never hand it to another
+/// user.
+fn append_cookies(headers: &mut HeaderMap, lines: impl IntoIterator<Item = String>) {
+    let mut any = false;
+    for line in lines {
+        headers.append(SET_COOKIE, header_value(line));
+        any = true;
+    }
+    if any {
+        add_vary_cookie(headers);
     }
 }
 
@@ -225,8 +249,13 @@ enum StoreOp {
     None,
     /// A new record under a fresh id.
     Create(Record),
-    /// A new record under a fresh id, then the old one removed.
-    Cycle(Record, SessionId),
+    /// A new record under a fresh id, then the old one taken, and what
+    /// other requests wrote to it meanwhile carried over.
+    Cycle {
+        record: Record,
+        old: SessionId,
+        touched: Touched,
+    },
     Apply(SessionId, Changes),
     Delete(SessionId),
 }
@@ -281,9 +310,17 @@ fn plan_store(shared: &Shared, loaded: &Loaded, state: &State) -> Option<StorePl
             // A flushed session written again (a flash message after
             // logout) starts over under a new id.
             Some(r) if state.cycle || state.flushed => {
-                let (new, cookie) = fresh();
+                let (record, cookie) = fresh();
+                let touched = Touched {
+                    cleared: state.cleared,
+                    keys: state.changed.union(&state.removed).cloned().collect(),
+                };
                 StorePlan {
-                    op: StoreOp::Cycle(new, r.id.clone()),
+                    op: StoreOp::Cycle {
+                        record,
+                        old: r.id.clone(),
+                        touched,
+                    },
                     cookie,
                 }
             }
@@ -331,6 +368,50 @@ fn plan_store(shared: &Shared, loaded: &Loaded, state: &State) -> Option<StorePl
     })
 }
 
+/// What the request itself changed, so that a cycle can carry the rest of
+/// the old record over as it was when taken: a write another request made
+/// between this one's load and the cycle was acknowledged, and must not be
+/// lost with the old id. (Writes after the take find no record and fail.)
+struct Touched {
+    /// The request cleared the session (a flush, a login that starts
+    /// clean): nothing of the old record is carried.
+    cleared: bool,
+    /// Keys the request set or removed: its own value wins.
+    keys: BTreeSet<String>,
+}
+
+enum Carry {
+    Nothing,
+    Changes(Changes),
+    /// The old record was gone: another request ended the session.
+    Ended,
+}
+
+impl Touched {
+    fn carry(&self, taken: Option<Record>, new: &Record) -> Carry {
+        if self.cleared {
+            return Carry::Nothing;
+        }
+        let Some(taken) = taken else {
+            return Carry::Ended;
+        };
+        let mut changes = Changes::expiry(new.expires_at);
+        let untouched = |key: &String| !self.keys.contains(key);
+        changes.removed = (new.data.keys())
+            .filter(|&key| untouched(key) && !taken.data.contains_key(key))
+            .cloned()
+            .collect();
+        changes.set = (taken.data.into_iter())
+            .filter(|(key, value)| untouched(key) && new.data.get(key) != Some(value))
+            .collect();
+        if changes.is_expiry_only() {
+            Carry::Nothing
+        } else {
+            Carry::Changes(changes)
+        }
+    }
+}
+
 /// How many fresh ids are tried before giving up: with 256-bit ids a
 /// collision means a broken random source, not bad luck.
 const CREATE_ATTEMPTS: usize = 4;
@@ -347,9 +428,25 @@ async fn run_store(
     let created = match plan.op {
         StoreOp::None => None,
         StoreOp::Create(record) => Some(create(store, &record).await?),
-        StoreOp::Cycle(record, old) => {
+        StoreOp::Cycle {
+            record,
+            old,
+            touched,
+        } => {
             let id = create(store, &record).await?;
-            store.delete(&old).await?;
+            let taken = store.take(&old).await?;
+            match touched.carry(taken, &record) {
+                Carry::Nothing => {}
+                Carry::Changes(changes) => {
+                    if !store.apply(&id, &changes).await? {
+                        return Err(Error::new(ErrorKind::SessionEnded));
+                    }
+                }
+                Carry::Ended => {
+                    store.delete(&id).await?;
+                    return Err(Error::new(ErrorKind::SessionEnded));
+                }
+            }
             Some(id)
         }
         StoreOp::Apply(id, changes) => {

@@ -95,13 +95,14 @@ impl Shared {
         data: &SessionData,
         permanent: bool,
         now: u64,
+        created_at: Option<u64>,
         tags: Option<&Tags>,
     ) -> Result<Vec<String>, Error> {
         let config = &self.config;
         let Backend::Cookie(codec) = &self.backend else {
             unreachable!("only client-side sessions encode data into cookies")
         };
-        let value = codec.encode(&config.name, data, permanent, now, tags);
+        let value = codec.encode(&config.name, data, permanent, now, created_at, tags);
         let expires = config.cookie_expiry(permanent, now);
         let line = config.set_cookie(&config.name, &value, expires, now);
         if line.len() <= MAX_COOKIE_LEN {
@@ -218,18 +219,34 @@ impl<H> SessionLayer<H> {
         self
     }
 
-    /// Server-side sessions expire after this long without a request that
-    /// reads them (default: the lifetime). Checked by the server from the
-    /// record; the expiry moves forward on use, at most once per
-    /// [`refresh_interval`](Self::refresh_interval).
+    /// Sessions expire after this long without a request that reads them
+    /// (default: the lifetime). Server-side, checked from the record;
+    /// client-side, from the cookie's signed issue time. The expiry moves
+    /// forward on use, at most once per
+    /// [`refresh_interval`](Self::refresh_interval) (keep that shorter).
     pub fn idle_timeout(mut self, timeout: Duration) -> Self {
         self.config().idle_timeout = Some(timeout);
         self
     }
 
-    /// Server-side sessions end this long after they were created (or
-    /// their id last cycled), however active (default: none).
+    /// Sessions end this long after they were created (or their id last
+    /// cycled, or they were cleared), however active (default: none), so
+    /// a stolen session cannot be kept alive by refreshing it. Server-side,
+    /// checked from the record; client-side, signed and private cookies
+    /// carry the creation time (a cookie written before this setting
+    /// counts from its issue time).
+    ///
+    /// # Panics
+    /// On a layer made with `SessionLayer::flask` without a store: Flask's
+    /// cookie has no place for a creation time, so the timeout could not
+    /// be kept.
     pub fn absolute_timeout(mut self, timeout: Duration) -> Self {
+        if let Backend::Cookie(codec) = &self.shared.backend {
+            assert!(
+                codec.carries_creation_time(),
+                "absolute_timeout cannot be enforced on Flask cookies, which carry no creation time"
+            );
+        }
         self.config().absolute_timeout = Some(timeout);
         self
     }
@@ -444,5 +461,17 @@ impl<S, H: Clone> Layer<S> for SessionLayer<H> {
             });
         }
         SessionService::new(inner, self.shared.clone(), self.error_handler.clone())
+    }
+}
+
+#[cfg(all(test, feature = "flask"))]
+mod flask_tests {
+    use super::*;
+
+    #[test]
+    #[should_panic(expected = "Flask cookies, which carry no creation time")]
+    fn an_absolute_timeout_on_flask_cookies_is_refused() {
+        let codec = crate::codec::FlaskCodec::new(b"a Flask SECRET_KEY of some length").unwrap();
+        let _ = SessionLayer::flask(codec).absolute_timeout(Duration::from_secs(60));
     }
 }

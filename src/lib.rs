@@ -64,7 +64,10 @@
 //! Cryptography comes from RustCrypto's `hmac`, `sha2` and `hkdf` (audited,
 //! constant-time verification), randomness from `getrandom` (the OS CSPRNG),
 //! `Set-Cookie` formatting from `cookie`, and the middleware traits from
-//! `tower-layer`/`tower-service` alone, so the default build stays small.
+//! `tower-layer`/`tower-service` alone. The default features add
+//! `axum-core` (the extractor) and Tokio's `rt`, `time` and `sync` parts
+//! (the memory store); every other store and codec sits behind its own
+//! feature.
 
 mod config;
 mod cookies;

@@ -150,9 +150,10 @@ impl Session {
     }
 
     fn lock(&self) -> MutexGuard<'_, State> {
-        // No code of ours panics under the lock; a user's `Deserialize` impl
-        // might, and the data is still consistent then, since reads do not
-        // mutate it.
+        // No code of ours panics under the lock; a user's code run under it
+        // might (`Deserialize` in `get`, the closure and `Serialize` in
+        // `update`). The data is still consistent then: reads do not mutate
+        // it, and `update` writes only after all of those returned.
         self.state.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
@@ -170,7 +171,7 @@ impl Session {
         self.read()
             .data
             .get(key)
-            .map(|value| T::deserialize(value).map_err(deserialize_error))
+            .map(|value| T::deserialize(value).map_err(|_| mismatch::<T>(key, value)))
             .transpose()
     }
 
@@ -186,7 +187,7 @@ impl Session {
     /// [`ErrorKind::Serialize`] when `value` cannot be represented as JSON
     /// (a map with non-string keys, say); the session is then unchanged.
     pub fn insert<T: Serialize>(&self, key: impl Into<String>, value: T) -> Result<(), Error> {
-        // Serialize outside the lock: it runs the caller's code.
+        // Serialize before taking the lock: it runs the caller's code.
         let value =
             serde_json::to_value(value).map_err(|e| Error::with_source(ErrorKind::Serialize, e))?;
         self.insert_value(key, value);
@@ -226,7 +227,7 @@ impl Session {
         let old = state
             .data
             .get(key)
-            .map(|value| T::deserialize(value).map_err(deserialize_error))
+            .map(|value| T::deserialize(value).map_err(|_| mismatch::<T>(key, value)))
             .transpose()?;
         let new = f(old);
         let value =
@@ -244,7 +245,7 @@ impl Session {
     /// is removed all the same.
     pub fn remove<T: DeserializeOwned>(&self, key: &str) -> Result<Option<T>, Error> {
         self.remove_value(key)
-            .map(|value| serde_json::from_value(value).map_err(deserialize_error))
+            .map(|value| T::deserialize(&value).map_err(|_| mismatch::<T>(key, &value)))
             .transpose()
     }
 
@@ -376,8 +377,26 @@ impl Session {
 /// Where flashed messages live: Flask's key.
 const FLASHES: &str = "_flashes";
 
-fn deserialize_error(e: serde_json::Error) -> Error {
-    Error::with_source(ErrorKind::Deserialize, e)
+/// A value that is not the type asked for. serde's own message quotes the
+/// value (`invalid type: string "tok_live_..."`), and errors end up in logs:
+/// this one names the key, the type asked for and the JSON type found,
+/// never the value.
+fn mismatch<T>(key: &str, value: &Value) -> Error {
+    let found = match value {
+        Value::Null => "null",
+        Value::Bool(_) => "a boolean",
+        Value::Number(_) => "a number",
+        Value::String(_) => "a string",
+        Value::Array(_) => "an array",
+        Value::Object(_) => "an object",
+    };
+    Error::with_message(
+        ErrorKind::Deserialize,
+        format!(
+            "the value under {key:?} is {found} that does not deserialize as {}",
+            std::any::type_name::<T>()
+        ),
+    )
 }
 
 impl fmt::Debug for Session {
@@ -425,6 +444,9 @@ pub(crate) struct Loaded {
 /// Facts about a verified cookie.
 pub(crate) struct Origin {
     pub(crate) issued_at: u64,
+    /// When the session began (client-side; the issue time where the
+    /// cookie does not say).
+    pub(crate) created_at: u64,
     pub(crate) by_fallback_key: bool,
 }
 
@@ -503,9 +525,25 @@ impl SessionHandle {
                     );
                 }
                 Ok(Decoded {
+                    issued_at,
+                    created_at,
+                    ..
+                }) if shared.config.cookie_timed_out(
+                    issued_at,
+                    created_at,
+                    shared.config.now(),
+                ) =>
+                {
+                    tracing::debug!(
+                        cookie = name,
+                        "session cookie past the idle or absolute timeout"
+                    );
+                }
+                Ok(Decoded {
                     data,
                     permanent,
                     issued_at,
+                    created_at,
                     by_fallback_key,
                     tags,
                     ..
@@ -518,6 +556,7 @@ impl SessionHandle {
                     });
                     loaded.origin = Some(Origin {
                         issued_at,
+                        created_at,
                         by_fallback_key,
                     });
                     break;
@@ -565,6 +604,7 @@ impl SessionHandle {
                     });
                     loaded.origin = Some(Origin {
                         issued_at: now,
+                        created_at: record.created_at,
                         by_fallback_key,
                     });
                     loaded.record = Some(Stored {
@@ -660,10 +700,29 @@ mod tests {
         s.set_permanent(false);
         s.update("x", |x: Option<i32>| x.unwrap()).unwrap();
         assert!(!s.is_modified());
-        session().clear();
         s.update("x", |x: Option<i32>| x.unwrap() + 1).unwrap();
         assert!(s.is_modified());
         assert_eq!(s.get::<i32>("x").unwrap(), Some(2));
+    }
+
+    /// Errors are logged: a value read as the wrong type must not put the
+    /// value (a token, say) into the error.
+    #[test]
+    fn type_errors_name_the_key_but_never_carry_the_value() {
+        let s = session();
+        s.insert("token", "tok_live_SECRET").unwrap();
+        let errors = [
+            s.get::<u64>("token").unwrap_err(),
+            s.update("token", |n: Option<u64>| n.unwrap_or(0))
+                .unwrap_err(),
+            s.remove::<u64>("token").unwrap_err(),
+        ];
+        for error in errors {
+            let text = format!("{error} {error:?} {:?}", std::error::Error::source(&error));
+            assert!(!text.contains("SECRET"), "{text}");
+            assert!(text.contains("\"token\"") && text.contains("u64"), "{text}");
+            assert_eq!(error.kind(), ErrorKind::Deserialize);
+        }
     }
 
     #[test]

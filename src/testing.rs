@@ -192,13 +192,22 @@ pub async fn expired_records_are_absent<S: SessionStore + ?Sized>(store: &S) {
     assert_eq!(load(store, &id).await, Some(again));
 }
 
-/// What the layer does for `cycle_id`: create under a new id, delete the old.
+/// What the layer does for `cycle_id`: create under a new id, take the old.
 pub async fn cycle_moves_the_data<S: SessionStore + ?Sized>(store: &S) {
     let original = record(json!({"user": "ann"}));
     let old = created(store, &original).await;
     let new = created(store, &original).await;
-    store.delete(&old).await.expect("delete");
+    assert_eq!(
+        store.take(&old).await.expect("take"),
+        Some(original.clone()),
+        "take returns the record"
+    );
     assert_eq!(load(store, &old).await, None, "old id gone after a cycle");
+    assert_eq!(
+        store.take(&old).await.expect("take"),
+        None,
+        "nothing to take twice"
+    );
     assert_eq!(
         load(store, &new).await,
         Some(original),
@@ -273,48 +282,72 @@ pub async fn concurrent_writes_to_distinct_keys_all_survive<S: SessionStore + ?S
 }
 
 /// Writes racing a delete (a logout in another tab) or a cycle (a login in
-/// another tab: the data moves to a new id, the old record goes) never
-/// bring the old record back.
+/// another tab: the old record is taken, atomically, and its data moves to
+/// a new id) never bring the old record back, and a write racing the take
+/// is either in the taken record or told it found no record: never
+/// acknowledged and then lost.
 pub async fn writes_racing_a_delete_never_resurrect<S: SessionStore + ?Sized>(store: Arc<S>) {
     for attempt in 0..6 {
         let cycle = attempt % 2 == 1;
         let original = record(json!({"user": "ann"}));
         let id = created(&*store, &original).await;
-        let new_id = SessionId::generate();
         let expires = now() + 3600;
         let writes = (0..20).map(|i| {
-            let (store, id, new_id, original) =
-                (store.clone(), id.clone(), new_id.clone(), original.clone());
+            let (store, id) = (store.clone(), id.clone());
             async move {
                 if i == 10 {
-                    if cycle {
-                        assert!(store.create(&new_id, &original).await.expect("create"));
-                    }
-                    store.delete(&id).await.expect("delete");
+                    let taken = if cycle {
+                        store.take(&id).await.expect("take")
+                    } else {
+                        store.delete(&id).await.expect("delete");
+                        None
+                    };
+                    Outcome::Ended(taken)
                 } else {
                     let changes = Changes {
                         set: vec![(format!("k{i}"), json!(i))],
                         expires_at: expires,
                         ..Changes::default()
                     };
-                    store.apply(&id, &changes).await.expect("apply");
+                    Outcome::Applied(i, store.apply(&id, &changes).await.expect("apply"))
                 }
             }
         });
-        join_all(writes).await;
+        let outcomes = join_all(writes).await;
         assert_eq!(
             load(&*store, &id).await,
             None,
             "a deleted or cycled-away session came back"
         );
-        if cycle {
-            assert_eq!(
-                load(&*store, &new_id).await,
-                Some(original),
-                "the cycled session lives on"
-            );
+        if !cycle {
+            continue;
         }
+        let taken = outcomes
+            .iter()
+            .find_map(|outcome| match outcome {
+                Outcome::Ended(taken) => Some(taken.clone()),
+                Outcome::Applied(..) => None,
+            })
+            .flatten()
+            .expect("take returns the live record");
+        assert_eq!(taken.data["user"], "ann", "take returns the data");
+        for outcome in &outcomes {
+            if let Outcome::Applied(i, applied) = outcome {
+                assert_eq!(
+                    taken.data.contains_key(&format!("k{i}")),
+                    *applied,
+                    "write {i}: an apply that returned {applied} must {}be in the taken record",
+                    if *applied { "" } else { "not " }
+                );
+            }
+        }
+        assert_eq!(store.take(&id).await.expect("take"), None, "taken once");
     }
+}
+
+enum Outcome {
+    Applied(usize, bool),
+    Ended(Option<Record>),
 }
 
 /// A record expires when its time comes (native TTLs included).

@@ -67,6 +67,10 @@ fn routes() -> Router<()> {
         .route("/optional", get(optional))
         .route("/static/{*rest}", get(read))
         .route("/static-optional/{*rest}", get(optional))
+        .route(
+            "/extract-only",
+            get(|_session: Session| async { "took it" }),
+        )
 }
 
 fn app_with(layer: SessionLayer) -> Router {
@@ -234,6 +238,103 @@ async fn permanent_sessions_refresh_but_throttled() {
     clock.advance(3600);
     let response = jar.send(&app, get_req("/read")).await;
     assert!(set_cookies(&response).is_empty());
+}
+
+/// A refresh or a re-sign happens when a handler merely extracts the
+/// session, calling no method: the cookie it sets still depends on the
+/// request's cookie, so a shared cache must be told (`Vary: Cookie`).
+#[tokio::test]
+async fn every_response_that_sets_the_cookie_varies_on_cookie() {
+    let vary = |response: &http::Response<axum::body::Body>| {
+        response
+            .headers()
+            .get_all(VARY)
+            .iter()
+            .map(|v| v.to_str().unwrap().to_owned())
+            .collect::<Vec<_>>()
+    };
+    let clock = TestClock::at(T0);
+    let app = app_with(layer(&clock));
+    let mut jar = Jar::new();
+    jar.send(&app, post_req("/permanent")).await;
+    clock.advance(3600);
+    let refreshed = jar.send(&app, get_req("/extract-only")).await;
+    assert_eq!(set_cookies(&refreshed).len(), 1, "refreshed");
+    assert_eq!(vary(&refreshed), ["Cookie"]);
+
+    let rotated =
+        app_with(SessionLayer::new(Keyring::new(key(2)).fallback(key(1))).clock(clock.source()));
+    let re_signed = jar.send(&rotated, get_req("/extract-only")).await;
+    assert_eq!(set_cookies(&re_signed).len(), 1, "re-signed");
+    assert_eq!(vary(&re_signed), ["Cookie"]);
+
+    // Nothing set, nothing read: no Vary either.
+    let untouched = jar.send(&rotated, get_req("/untouched")).await;
+    assert!(set_cookies(&untouched).is_empty());
+    assert!(vary(&untouched).is_empty());
+}
+
+/// Client-side sessions honour the idle timeout from the cookie's signed
+/// issue time, and the absolute timeout from the creation time the cookie
+/// carries: refreshing a stolen cookie cannot keep it alive for ever.
+#[tokio::test]
+async fn idle_and_absolute_timeouts_hold_for_cookies_too() {
+    for codec in ["signed", "private"] {
+        let clock = TestClock::at(T0);
+        let configure = |layer: SessionLayer| {
+            layer
+                .clock(clock.source())
+                .idle_timeout(Duration::from_secs(600))
+                .absolute_timeout(Duration::from_secs(3600))
+                .refresh_interval(Duration::from_secs(60))
+        };
+        let app = app_with(configure(if codec == "signed" {
+            SessionLayer::signed(key(1))
+        } else {
+            SessionLayer::private(key(1))
+        }));
+        let mut jar = Jar::new();
+        jar.send(&app, post_req("/permanent")).await;
+        jar.send(&app, get_req("/count")).await;
+        // Active every 5 minutes: each read refreshes the cookie...
+        for _ in 0..11 {
+            clock.advance(300);
+            assert_eq!(jar.get_text(&app, "/read").await.1, "1", "{codec}");
+        }
+        // ...until an hour after the session began, however fresh the cookie.
+        clock.advance(300);
+        assert_eq!(
+            jar.get_text(&app, "/read").await.1,
+            "0",
+            "{codec}: absolute"
+        );
+
+        // Idle for longer than the idle timeout: gone, though the cookie's
+        // Max-Age (the lifetime) has not run out.
+        let mut jar = Jar::new();
+        jar.send(&app, post_req("/permanent")).await;
+        jar.send(&app, get_req("/count")).await;
+        clock.advance(599);
+        assert_eq!(jar.get_text(&app, "/read").await.1, "1", "{codec}");
+        clock.advance(600);
+        assert_eq!(jar.get_text(&app, "/read").await.1, "0", "{codec}: idle");
+    }
+}
+
+/// A cookie written without a creation time (before the absolute timeout
+/// was set, or by an earlier version) still works and counts from its
+/// issue time.
+#[tokio::test]
+async fn cookies_without_a_creation_time_count_from_their_issue_time() {
+    let clock = TestClock::at(T0);
+    let mut data = serde_json::Map::new();
+    data.insert("count".into(), 5.into());
+    let value = SignedCodec::new(key(1).into()).encode("session", &data, true, T0);
+    let app = app_with(layer(&clock).absolute_timeout(Duration::from_secs(3600)));
+    clock.advance(1800);
+    assert_eq!(read_with(&app, &format!("session={value}")).await, "5");
+    clock.advance(1800);
+    assert_eq!(read_with(&app, &format!("session={value}")).await, "0");
 }
 
 #[tokio::test]

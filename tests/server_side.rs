@@ -269,6 +269,70 @@ async fn cycle_id_moves_the_data_to_a_new_id_and_kills_the_old() {
     assert_eq!(body_text(response).await, "{}", "the old id is worthless");
 }
 
+/// A login (`cycle_id`) that loaded the session before another request of
+/// the same user wrote to it: the write was answered 200, so it must be
+/// under the new id, not lost with the old one.
+#[tokio::test]
+async fn a_write_racing_cycle_id_is_carried_to_the_new_id() {
+    let store = Arc::new(Probe::default());
+    let clock = TestClock::at(T0);
+    let loaded = Arc::new(tokio::sync::Notify::new());
+    let go = Arc::new(tokio::sync::Notify::new());
+    let login = {
+        let (loaded, go) = (loaded.clone(), go.clone());
+        move |session: Session| async move {
+            loaded.notify_one();
+            go.notified().await;
+            session.cycle_id();
+            session.insert("user", "ann").unwrap();
+            "signed in"
+        }
+    };
+    let layer = SessionLayer::new(Key::from_bytes(&[5; 32]).unwrap())
+        .clock(clock.source())
+        .with_store(store.clone());
+    let app = Router::new()
+        .route("/", get(read))
+        .route("/set/{key}/{value}", get(set))
+        .route("/login", post(login))
+        .layer(layer);
+    let mut jar = Jar::new();
+    jar.send(&app, get_req("/set/cart/apple")).await;
+    let old = jar.header().unwrap();
+    let signing_in = tokio::spawn({
+        let (app, old) = (app.clone(), old.clone());
+        async move {
+            let request = http::Request::post("/login")
+                .header(http::header::COOKIE, old)
+                .body(axum::body::Body::empty())
+                .unwrap();
+            app.oneshot(request).await.unwrap()
+        }
+    });
+    loaded.notified().await;
+    let write = app
+        .clone()
+        .oneshot(with_cookie("/set/note/hi", &old))
+        .await
+        .unwrap();
+    assert_eq!(
+        write.status(),
+        StatusCode::OK,
+        "the racing write was acknowledged"
+    );
+    go.notify_one();
+    let response = signing_in.await.unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    jar.store(&response);
+    assert_ne!(jar.header().unwrap(), old, "a new id");
+    assert_eq!(
+        show(&mut jar, &app).await,
+        r#"{"cart":"apple","note":"hi","user":"ann"}"#,
+        "the acknowledged write moved with the session"
+    );
+    assert_eq!(store.inner.len(), 1, "the old record is gone");
+}
+
 #[tokio::test]
 async fn flush_deletes_the_record_and_the_cookie_and_the_id_cannot_come_back() {
     let (store, _, app) = setup();

@@ -160,15 +160,7 @@ async fn a_stalled_redis_times_out_quickly() {
     assert_eq!(jar.get_text(&app, "/").await.0, StatusCode::OK);
 
     // Stall every client for two seconds.
-    let admin = redis::Client::open(server.url()).unwrap();
-    let mut admin = admin.get_multiplexed_async_connection().await.unwrap();
-    let _: () = redis::cmd("CLIENT")
-        .arg("PAUSE")
-        .arg(2000)
-        .arg("ALL")
-        .query_async(&mut admin)
-        .await
-        .unwrap();
+    pause(&server.url(), 2000).await;
     let started = Instant::now();
     let response = jar.send(&app, get_req("/")).await;
     assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
@@ -181,6 +173,75 @@ async fn a_stalled_redis_times_out_quickly() {
         assert!(Instant::now() < deadline, "did not recover after the stall");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+}
+
+/// Pauses every client of the Redis at `url` for `millis`.
+async fn pause(url: &str, millis: u64) {
+    let admin = redis::Client::open(url).unwrap();
+    let mut admin = admin.get_multiplexed_async_connection().await.unwrap();
+    let _: () = redis::cmd("CLIENT")
+        .arg("PAUSE")
+        .arg(millis)
+        .arg("ALL")
+        .query_async(&mut admin)
+        .await
+        .unwrap();
+}
+
+/// The redis crate's connection manager fails a reply after 500 ms of its
+/// own; a reply slower than that but within the store's timeout must
+/// still succeed, so the store's timeout is the only bound.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_redis_within_the_timeout_still_answers() {
+    let port = free_port();
+    let Some(server) = RedisServer::start(port) else {
+        return;
+    };
+    let store = RedisStore::connect(&server.url())
+        .await
+        .unwrap()
+        .timeout(Duration::from_secs(10));
+    let app = app(store);
+    let mut jar = Jar::new();
+    assert_eq!(jar.get_text(&app, "/").await, (StatusCode::OK, "1".into()));
+    pause(&server.url(), 3000).await;
+    let started = Instant::now();
+    assert_eq!(jar.get_text(&app, "/").await, (StatusCode::OK, "2".into()));
+    assert!(
+        started.elapsed() >= Duration::from_secs(1),
+        "the pause was in force, so the call outlived the client's default"
+    );
+}
+
+/// The same for the cluster client, on the shared three-node cluster.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_redis_cluster_within_the_timeout_still_answers() {
+    let nodes = [
+        "redis://127.0.0.1:7001",
+        "redis://127.0.0.1:7002",
+        "redis://127.0.0.1:7003",
+    ];
+    if nodes
+        .iter()
+        .any(|url| std::net::TcpStream::connect(&url["redis://".len()..]).is_err())
+    {
+        missing("the Redis Cluster on 127.0.0.1:7001-7003 is unreachable");
+        return;
+    }
+    let store = RedisStore::cluster(&nodes)
+        .await
+        .unwrap()
+        .prefix(format!("slow-{}:", free_port()))
+        .timeout(Duration::from_secs(10));
+    let app = app(store);
+    let mut jar = Jar::new();
+    assert_eq!(jar.get_text(&app, "/").await, (StatusCode::OK, "1".into()));
+    for url in nodes {
+        pause(url, 3000).await;
+    }
+    let started = Instant::now();
+    assert_eq!(jar.get_text(&app, "/").await, (StatusCode::OK, "2".into()));
+    assert!(started.elapsed() >= Duration::from_secs(1));
 }
 
 /// A TCP proxy in front of a server that the test can cut: while down,

@@ -125,6 +125,47 @@ mod sql {
         .await;
     }
 
+    /// A database whose default character set is latin1 still keeps emoji
+    /// and CJK text: the migration pins utf8mb4 on the data column.
+    #[cfg(feature = "mysql-store")]
+    #[tokio::test]
+    async fn mysql_on_a_latin1_database_keeps_any_text() {
+        use session_layer::store::{Record, SessionId, SessionStore};
+        let url = env_or("MYSQL_URL", "mysql://root@127.0.0.1:3306/test");
+        let Ok(admin) = sqlx::MySqlPool::connect(&url).await else {
+            missing(&format!("MariaDB/MySQL at {url} is unreachable"));
+            return;
+        };
+        let database = format!("session_latin1_{}", std::process::id());
+        let create =
+            format!("CREATE DATABASE {database} CHARACTER SET latin1 COLLATE latin1_swedish_ci");
+        sqlx::query(&create).execute(&admin).await.unwrap();
+        let base = url.rsplit_once('/').map_or(url.as_str(), |(base, _)| base);
+        let store = SqlStore::connect(&format!("{base}/{database}"))
+            .await
+            .unwrap();
+        store.migrate().await.unwrap();
+        let text = "😀 日本語 zoë \u{0}";
+        let data = serde_json::json!({"text": text})
+            .as_object()
+            .unwrap()
+            .clone();
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs();
+        let id = SessionId::generate();
+        let record = Record::new(data, false, now, now + 600);
+        let created = store.create(&id, &record).await;
+        let loaded = store.load(&id).await;
+        sqlx::query(&format!("DROP DATABASE {database}"))
+            .execute(&admin)
+            .await
+            .unwrap();
+        assert!(created.unwrap(), "the record was stored");
+        assert_eq!(loaded.unwrap().unwrap().data["text"], text);
+    }
+
     #[cfg(feature = "sqlite-store")]
     #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
     async fn sqlite_store_conforms() {

@@ -41,6 +41,10 @@ pub struct Decoded {
     pub permanent: bool,
     /// When it was written, in seconds since the Unix epoch.
     pub issued_at: u64,
+    /// When the session began, in seconds since the Unix epoch: carried by
+    /// signed and private cookies of a layer with an absolute timeout;
+    /// the issue time where the cookie does not carry it.
+    pub created_at: u64,
     /// Whether a fallback key, not the current one, verified it; the layer
     /// then re-signs it with the current key.
     pub by_fallback_key: bool,
@@ -94,14 +98,32 @@ impl fmt::Display for DecodeError {
 impl std::error::Error for DecodeError {}
 
 /// The part of the signed and private envelopes both share: issue time
-/// (u64, big-endian), flags, then the JSON object.
+/// (u64, big-endian), flags, the creation time (u64, big-endian) when the
+/// flags say so, then the JSON object.
 const CONTENT_HEADER_LEN: usize = 8 + 1;
 const FLAG_PERMANENT: u8 = 0b0000_0001;
+const FLAG_CREATED: u8 = 0b0000_0010;
 
-/// Appends the content part to `out`.
-fn write_content(out: &mut Vec<u8>, data: &SessionData, permanent: bool, now: u64) {
+/// Appends the content part to `out`; `created_at` only when the session
+/// began before `now` and the layer enforces an absolute timeout.
+fn write_content(
+    out: &mut Vec<u8>,
+    data: &SessionData,
+    permanent: bool,
+    now: u64,
+    created_at: Option<u64>,
+) {
     out.extend_from_slice(&now.to_be_bytes());
-    out.push(if permanent { FLAG_PERMANENT } else { 0 });
+    let permanent = if permanent { FLAG_PERMANENT } else { 0 };
+    let created = if created_at.is_some() {
+        FLAG_CREATED
+    } else {
+        0
+    };
+    out.push(permanent | created);
+    if let Some(created_at) = created_at {
+        out.extend_from_slice(&created_at.to_be_bytes());
+    }
     serde_json::to_writer(out, data).expect("a JSON map always serializes");
 }
 
@@ -119,15 +141,27 @@ fn read_content(
     let issued_at = u64::from_be_bytes(content[..8].try_into().expect("8 bytes"));
     check_age(issued_at, now, max_age)?;
     let flags = content[8];
-    if flags & !FLAG_PERMANENT != 0 {
+    if flags & !(FLAG_PERMANENT | FLAG_CREATED) != 0 {
         return Err(DecodeError::Malformed);
     }
-    let data = serde_json::from_slice(&content[CONTENT_HEADER_LEN..])
-        .map_err(|_| DecodeError::Malformed)?;
+    let mut json = &content[CONTENT_HEADER_LEN..];
+    let mut created_at = issued_at;
+    if flags & FLAG_CREATED != 0 {
+        let (created, rest) = json
+            .split_first_chunk::<8>()
+            .ok_or(DecodeError::Truncated)?;
+        created_at = u64::from_be_bytes(*created);
+        if created_at > issued_at {
+            return Err(DecodeError::Malformed);
+        }
+        json = rest;
+    }
+    let data = serde_json::from_slice(json).map_err(|_| DecodeError::Malformed)?;
     Ok(Decoded {
         data,
         permanent: flags & FLAG_PERMANENT != 0,
         issued_at,
+        created_at,
         by_fallback_key,
         tags: None,
     })
@@ -154,21 +188,33 @@ pub(crate) enum Codec {
 }
 
 impl Codec {
+    /// `created_at`: when the session began, for a layer that enforces an
+    /// absolute timeout; Flask's format has no place for it.
     pub(crate) fn encode(
         &self,
         name: &str,
         data: &SessionData,
         permanent: bool,
         now: u64,
+        created_at: Option<u64>,
         tags: Option<&Tags>,
     ) -> String {
         #[cfg(not(feature = "flask"))]
         let _ = tags;
         match self {
-            Self::Signed(codec) => codec.encode(name, data, permanent, now),
-            Self::Private(codec) => codec.encode(name, data, permanent, now),
+            Self::Signed(codec) => codec.encode_since(name, data, permanent, now, created_at),
+            Self::Private(codec) => codec.encode_since(name, data, permanent, now, created_at),
             #[cfg(feature = "flask")]
             Self::Flask(codec) => codec.encode_tagged(data, permanent, now, tags),
+        }
+    }
+
+    /// Whether the format can carry a session's creation time.
+    pub(crate) fn carries_creation_time(&self) -> bool {
+        match self {
+            Self::Signed(_) | Self::Private(_) => true,
+            #[cfg(feature = "flask")]
+            Self::Flask(_) => false,
         }
     }
 

@@ -56,13 +56,26 @@ impl PrivateCodec {
     /// When the operating system cannot provide random bytes for the
     /// nonce: writing without a fresh nonce would be unsafe.
     pub fn encode(&self, name: &str, data: &SessionData, permanent: bool, now: u64) -> String {
+        self.encode_since(name, data, permanent, now, None)
+    }
+
+    /// [`encode`](Self::encode), carrying the session's creation time for
+    /// the layer's absolute timeout.
+    pub(crate) fn encode_since(
+        &self,
+        name: &str,
+        data: &SessionData,
+        permanent: bool,
+        now: u64,
+        created_at: Option<u64>,
+    ) -> String {
         let mut bytes = Vec::with_capacity(1 + NONCE_LEN + INNER_HEADER_LEN + 64 + TAG_LEN);
         bytes.push(VERSION);
         let mut nonce = [0u8; NONCE_LEN];
         getrandom::fill(&mut nonce).expect("the OS random number generator failed");
         bytes.extend_from_slice(&nonce);
         let plaintext_start = bytes.len();
-        write_content(&mut bytes, data, permanent, now);
+        write_content(&mut bytes, data, permanent, now, created_at);
         let tag = self
             .keys
             .current()

@@ -49,9 +49,22 @@ impl SignedCodec {
     /// Encodes `data` as the value of the cookie `name`, issued at `now`
     /// (seconds since the Unix epoch).
     pub fn encode(&self, name: &str, data: &SessionData, permanent: bool, now: u64) -> String {
+        self.encode_since(name, data, permanent, now, None)
+    }
+
+    /// [`encode`](Self::encode), carrying the session's creation time for
+    /// the layer's absolute timeout.
+    pub(crate) fn encode_since(
+        &self,
+        name: &str,
+        data: &SessionData,
+        permanent: bool,
+        now: u64,
+        created_at: Option<u64>,
+    ) -> String {
         let mut bytes = Vec::with_capacity(HEADER_LEN + 64 + TAG_LEN);
         bytes.push(VERSION);
-        write_content(&mut bytes, data, permanent, now);
+        write_content(&mut bytes, data, permanent, now, created_at);
         let tag = mac(self.keys.current().signing(), name, &bytes).finalize();
         bytes.extend_from_slice(&tag.into_bytes());
         URL_SAFE_NO_PAD.encode(bytes)

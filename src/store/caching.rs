@@ -1,5 +1,7 @@
 //! `CachingStore`: an in-process cache in front of any store.
 
+use std::hash::{BuildHasher, RandomState};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -12,9 +14,14 @@ use crate::error::Error;
 /// front of another store, so a session read on every request costs a
 /// backend round trip only when the cache misses.
 ///
-/// Writes go through: `create`, `apply` and `delete` reach the backend
-/// first, then drop the cached copy, so this process never reads its own
-/// write stale and per-key atomicity is the backend's.
+/// Writes go through: `create`, `apply`, `delete` and `take` reach the
+/// backend first, then drop the cached copy, so this process never reads
+/// its own write stale and per-key atomicity is the backend's. A load that
+/// raced a write (it read the backend before the write landed and would
+/// cache the old record after the write dropped the copy) does not keep
+/// its result: every write counts a generation, and a load whose
+/// generation moved while it read drops what it cached. So a logged-out
+/// session never comes back from this process's cache.
 ///
 /// **Staleness bound.** When several processes share the backend, a change
 /// made through another process is seen here at most [`ttl`](Self::ttl)
@@ -25,6 +32,43 @@ use crate::error::Error;
 pub struct CachingStore<S> {
     inner: S,
     cache: Cache<SessionId, Record>,
+    generations: Generations,
+}
+
+/// Write counters, one per stripe of ids: a load compares its stripe's
+/// count before and after reading the backend. Striped rather than per id
+/// so the counters take fixed memory; a write to another id of the same
+/// stripe only costs a load its caching, never correctness.
+#[derive(Debug)]
+struct Generations {
+    stripes: Box<[AtomicU64]>,
+    hasher: RandomState,
+}
+
+impl Generations {
+    const STRIPES: usize = 256;
+
+    fn new() -> Self {
+        Self {
+            stripes: (0..Self::STRIPES).map(|_| AtomicU64::new(0)).collect(),
+            hasher: RandomState::new(),
+        }
+    }
+
+    fn stripe(&self, id: &SessionId) -> &AtomicU64 {
+        let hash = self.hasher.hash_one(id.as_str());
+        // The modulo keeps the index below STRIPES, so it fits a usize.
+        #[allow(clippy::cast_possible_truncation)]
+        &self.stripes[(hash % Self::STRIPES as u64) as usize]
+    }
+
+    fn current(&self, id: &SessionId) -> u64 {
+        self.stripe(id).load(Ordering::SeqCst)
+    }
+
+    fn bump(&self, id: &SessionId) {
+        self.stripe(id).fetch_add(1, Ordering::SeqCst);
+    }
 }
 
 impl<S: SessionStore> CachingStore<S> {
@@ -41,6 +85,7 @@ impl<S: SessionStore> CachingStore<S> {
                 .max_capacity(capacity)
                 .time_to_live(ttl)
                 .build(),
+            generations: Generations::new(),
         }
     }
 
@@ -65,33 +110,55 @@ impl<S: SessionStore> SessionStore for CachingStore<S> {
             }
             self.cache.invalidate(id).await;
         }
+        let generation = self.generations.current(id);
         let record = self.inner.load(id).await?;
         if let Some(record) = &record {
             self.cache.insert(id.clone(), record.clone()).await;
+            // A write landed while we read: what we cached may predate it.
+            // The writer bumps before it invalidates, so either we see the
+            // bump here, or its invalidation comes after our insert.
+            if self.generations.current(id) != generation {
+                self.cache.invalidate(id).await;
+            }
         }
         Ok(record)
     }
 
     async fn create(&self, id: &SessionId, record: &Record) -> Result<bool, Error> {
         let created = self.inner.create(id, record).await;
-        self.cache.invalidate(id).await;
+        self.written(id).await;
         created
     }
 
     async fn apply(&self, id: &SessionId, changes: &Changes) -> Result<bool, Error> {
         let applied = self.inner.apply(id, changes).await;
-        self.cache.invalidate(id).await;
+        self.written(id).await;
         applied
     }
 
     async fn delete(&self, id: &SessionId) -> Result<(), Error> {
         let deleted = self.inner.delete(id).await;
-        self.cache.invalidate(id).await;
+        self.written(id).await;
         deleted
+    }
+
+    async fn take(&self, id: &SessionId) -> Result<Option<Record>, Error> {
+        let taken = self.inner.take(id).await;
+        self.written(id).await;
+        taken
     }
 
     async fn delete_expired(&self) -> Result<u64, Error> {
         self.inner.delete_expired().await
+    }
+}
+
+impl<S> CachingStore<S> {
+    /// After a write reached the backend (or failed there, which may still
+    /// have changed it): no cached copy, and no load in flight keeps one.
+    async fn written(&self, id: &SessionId) {
+        self.generations.bump(id);
+        self.cache.invalidate(id).await;
     }
 }
 
@@ -146,5 +213,69 @@ mod tests {
         a.delete(&id).await.unwrap();
         assert_eq!(a.load(&id).await.unwrap(), None);
         assert_eq!(a.ttl(), Some(ttl));
+    }
+
+    /// A backend whose next load stops, after reading, until released: the
+    /// window in which a delete can overtake it.
+    #[derive(Debug, Default)]
+    struct Gated {
+        inner: MemoryStore,
+        hold: std::sync::atomic::AtomicBool,
+        read: tokio::sync::Notify,
+        release: tokio::sync::Notify,
+    }
+
+    #[async_trait]
+    impl SessionStore for Gated {
+        async fn load(&self, id: &SessionId) -> Result<Option<Record>, Error> {
+            let record = self.inner.load(id).await;
+            if self.hold.swap(false, Ordering::SeqCst) {
+                self.read.notify_one();
+                self.release.notified().await;
+            }
+            record
+        }
+        async fn create(&self, id: &SessionId, record: &Record) -> Result<bool, Error> {
+            self.inner.create(id, record).await
+        }
+        async fn apply(&self, id: &SessionId, changes: &Changes) -> Result<bool, Error> {
+            self.inner.apply(id, changes).await
+        }
+        async fn delete(&self, id: &SessionId) -> Result<(), Error> {
+            self.inner.delete(id).await
+        }
+    }
+
+    /// A load that read the record before a logout deleted it must not put
+    /// it back in the cache afterwards.
+    #[tokio::test]
+    async fn a_load_racing_a_delete_never_caches_the_old_record() {
+        let store = Arc::new(CachingStore::new(Gated::default()));
+        let id = SessionId::generate();
+        let record = Record::new(
+            json!({"user": "ann"}).as_object().unwrap().clone(),
+            false,
+            now(),
+            now() + 60,
+        );
+        assert!(store.create(&id, &record).await.unwrap());
+        store.inner().hold.store(true, Ordering::SeqCst);
+        let slow_load = tokio::spawn({
+            let (store, id) = (store.clone(), id.clone());
+            async move { store.load(&id).await.unwrap() }
+        });
+        store.inner().read.notified().await;
+        store.delete(&id).await.unwrap();
+        store.inner().release.notify_one();
+        assert_eq!(
+            slow_load.await.unwrap(),
+            Some(record),
+            "the racing load read before the delete"
+        );
+        assert_eq!(
+            store.load(&id).await.unwrap(),
+            None,
+            "the deleted session came back from the cache"
+        );
     }
 }

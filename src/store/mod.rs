@@ -167,6 +167,23 @@ pub trait SessionStore: Debug + Send + Sync + 'static {
     /// error.
     async fn delete(&self, id: &SessionId) -> Result<(), Error>;
 
+    /// Removes the record under `id` and returns it as it was at that
+    /// moment (`None` when there was none, or it had expired): what
+    /// `cycle_id` moves to the new id.
+    ///
+    /// It must be atomic with [`apply`](Self::apply): an apply that
+    /// returned true before the take is in the returned record, and one
+    /// that comes after it returns false. Then a write racing a login is
+    /// either carried to the new id or answered with an error, never
+    /// acknowledged and then lost. The default, a load then a delete, is
+    /// not atomic: every store of this crate overrides it, and a store of
+    /// your own should too (the conformance suite checks it).
+    async fn take(&self, id: &SessionId) -> Result<Option<Record>, Error> {
+        let record = self.load(id).await?;
+        self.delete(id).await?;
+        Ok(record)
+    }
+
     /// Removes expired records, returning how many; stores whose backend
     /// expires records itself need not override it.
     async fn delete_expired(&self) -> Result<u64, Error> {
@@ -190,6 +207,10 @@ impl<S: SessionStore + ?Sized> SessionStore for Arc<S> {
 
     async fn delete(&self, id: &SessionId) -> Result<(), Error> {
         (**self).delete(id).await
+    }
+
+    async fn take(&self, id: &SessionId) -> Result<Option<Record>, Error> {
+        (**self).take(id).await
     }
 
     async fn delete_expired(&self) -> Result<u64, Error> {

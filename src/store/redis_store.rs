@@ -7,7 +7,7 @@ use std::sync::LazyLock;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use redis::aio::{ConnectionLike, ConnectionManager};
+use redis::aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig};
 use redis::cluster_async::ClusterConnection;
 use redis::{Cmd, Pipeline, RedisFuture, Script, Value};
 
@@ -41,9 +41,18 @@ redis.call('EXPIREAT', KEYS[1], ARGV[1])
 return 1
 ";
 
+/// Removes a record and returns its fields, atomically with `APPLY`: one
+/// round trip.
+const TAKE: &str = r"
+local fields = redis.call('HGETALL', KEYS[1])
+redis.call('DEL', KEYS[1])
+return fields
+";
+
 /// The scripts with their SHA1 computed once, for `EVALSHA`.
 static CREATE_SCRIPT: LazyLock<Script> = LazyLock::new(|| Script::new(CREATE));
 static APPLY_SCRIPT: LazyLock<Script> = LazyLock::new(|| Script::new(APPLY));
+static TAKE_SCRIPT: LazyLock<Script> = LazyLock::new(|| Script::new(TAKE));
 
 /// The default bound on every Redis call.
 const DEFAULT_TIMEOUT: Duration = Duration::from_secs(2);
@@ -91,7 +100,15 @@ impl RedisStore {
     /// invalid or Redis cannot be reached.
     pub async fn connect(url: &str) -> Result<Self, Error> {
         let client = redis::Client::open(url).map_err(Error::store)?;
-        let manager = bounded(DEFAULT_TIMEOUT, client.get_connection_manager()).await?;
+        // The manager's own response timeout (500 ms in redis 1.x) would
+        // fail calls well inside the store's documented bound: switch it
+        // off, so that `timeout` is the only bound on a call.
+        let config = ConnectionManagerConfig::new().set_response_timeout(None);
+        let manager = bounded(
+            DEFAULT_TIMEOUT,
+            client.get_connection_manager_with_config(config),
+        )
+        .await?;
         Ok(Self::with_connection(Conn::Single(manager)))
     }
 
@@ -101,6 +118,8 @@ impl RedisStore {
     /// [`ErrorKind::Store`](crate::ErrorKind::Store) when no node can be
     /// reached or the cluster is not ready.
     pub async fn cluster(nodes: &[&str]) -> Result<Self, Error> {
+        // The cluster client sets no response timeout unless asked to, and
+        // none is asked for: `timeout` is the only bound on a call.
         let client = redis::cluster::ClusterClient::new(nodes.to_vec()).map_err(Error::store)?;
         let conn = bounded(DEFAULT_TIMEOUT, client.get_async_connection()).await?;
         Ok(Self::with_connection(Conn::Cluster(conn)))
@@ -122,7 +141,9 @@ impl RedisStore {
         self
     }
 
-    /// The longest a Redis call may take before it fails (default 2 s).
+    /// The longest a Redis call may take before it fails (default 2 s). It
+    /// is the only bound on a call: the redis crate's own response timeout
+    /// is switched off, so a slow reply within this bound still succeeds.
     #[must_use]
     pub fn timeout(mut self, timeout: Duration) -> Self {
         self.timeout = timeout;
@@ -138,7 +159,12 @@ impl RedisStore {
         bounded(self.timeout, cmd.query_async(&mut conn)).await
     }
 
-    async fn script(&self, script: &Script, key: &str, args: Vec<Vec<u8>>) -> Result<i64, Error> {
+    async fn script<T: redis::FromRedisValue>(
+        &self,
+        script: &Script,
+        key: &str,
+        args: Vec<Vec<u8>>,
+    ) -> Result<T, Error> {
         let mut conn = self.conn.clone();
         let mut invocation = script.key(key);
         for arg in args {
@@ -249,14 +275,14 @@ impl SessionStore for RedisStore {
 
     async fn create(&self, id: &SessionId, record: &Record) -> Result<bool, Error> {
         Ok(self
-            .script(&CREATE_SCRIPT, &self.key(id), create_args(record))
+            .script::<i64>(&CREATE_SCRIPT, &self.key(id), create_args(record))
             .await?
             == 1)
     }
 
     async fn apply(&self, id: &SessionId, changes: &Changes) -> Result<bool, Error> {
         Ok(self
-            .script(&APPLY_SCRIPT, &self.key(id), apply_args(changes))
+            .script::<i64>(&APPLY_SCRIPT, &self.key(id), apply_args(changes))
             .await?
             == 1)
     }
@@ -265,6 +291,12 @@ impl SessionStore for RedisStore {
         self.run::<i64>(redis::cmd("DEL").arg(self.key(id)))
             .await
             .map(drop)
+    }
+
+    async fn take(&self, id: &SessionId) -> Result<Option<Record>, Error> {
+        let fields: HashMap<String, Vec<u8>> =
+            self.script(&TAKE_SCRIPT, &self.key(id), Vec::new()).await?;
+        parse(fields)
     }
 }
 

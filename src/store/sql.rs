@@ -61,6 +61,7 @@ struct Sql {
     clear_expired_id: String,
     insert: String,
     lock: String,
+    take: String,
     update: String,
     delete: String,
     delete_expired: String,
@@ -125,6 +126,11 @@ impl Sql {
                 p(1),
                 p(2)
             ),
+            take: format!(
+                "SELECT data, permanent, created_at, expires_at FROM {table} WHERE id = {} AND expires_at > {}{for_update}",
+                p(1),
+                p(2)
+            ),
             update: format!(
                 "UPDATE {table} SET data = {}, permanent = {}, expires_at = {} WHERE id = {}",
                 p(1),
@@ -176,6 +182,21 @@ fn json(data: &SessionData) -> String {
 /// A row's data; a corrupt row is a store error, not an empty session.
 fn parse_data(text: &str) -> Result<SessionData, Error> {
     serde_json::from_str(text).map_err(Error::store)
+}
+
+/// A whole row: data, permanent, created_at, expires_at.
+type Row = (String, bool, i64, i64);
+
+fn record_from_row(row: Option<Row>) -> Result<Option<Record>, Error> {
+    row.map(|(data, permanent, created_at, expires_at)| {
+        Ok(Record::new(
+            parse_data(&data)?,
+            permanent,
+            to_u64(created_at),
+            to_u64(expires_at),
+        ))
+    })
+    .transpose()
 }
 
 async fn bounded<T>(
@@ -326,10 +347,12 @@ impl SqlStore {
                 format!("CREATE INDEX IF NOT EXISTS {t}_expires_at ON {t} (expires_at)"),
             ],
             // ascii_bin: ids are case-sensitive; the default collation is not.
+            // utf8mb4 for the data whatever the database's default: latin1
+            // or the 3-byte utf8 would refuse or mangle emoji and CJK text.
             #[cfg(feature = "mysql-store")]
             Pool::MySql(_) => vec![format!(
                 "CREATE TABLE IF NOT EXISTS {t} (id VARCHAR(43) CHARACTER SET ascii COLLATE ascii_bin PRIMARY KEY, \
-                 data LONGTEXT NOT NULL, permanent BOOLEAN NOT NULL, created_at BIGINT NOT NULL, \
+                 data LONGTEXT CHARACTER SET utf8mb4 COLLATE utf8mb4_bin NOT NULL, permanent BOOLEAN NOT NULL, created_at BIGINT NOT NULL, \
                  expires_at BIGINT NOT NULL, INDEX {t}_expires_at (expires_at))"
             )],
             #[cfg(feature = "sqlite-store")]
@@ -358,19 +381,11 @@ fn dialect(pool: &Pool) -> Dialect {
 #[async_trait]
 impl SessionStore for SqlStore {
     async fn load(&self, id: &SessionId) -> Result<Option<Record>, Error> {
-        let row: Option<(String, bool, i64, i64)> = by_backend!(self, pool => {
+        let row: Option<Row> = by_backend!(self, pool => {
             let query = sqlx::query_as(&self.sql.load).bind(id.as_str()).bind(to_i64(now()));
             bounded(self.timeout, query.fetch_optional(pool)).await?
         });
-        row.map(|(data, permanent, created_at, expires_at)| {
-            Ok(Record::new(
-                parse_data(&data)?,
-                permanent,
-                to_u64(created_at),
-                to_u64(expires_at),
-            ))
-        })
-        .transpose()
+        record_from_row(row)
     }
 
     async fn create(&self, id: &SessionId, record: &Record) -> Result<bool, Error> {
@@ -412,6 +427,26 @@ impl SessionStore for SqlStore {
             bounded(self.timeout, sqlx::query(&self.sql.delete).bind(id.as_str()).execute(pool)).await?;
         });
         Ok(())
+    }
+
+    /// One transaction: the row locked and read, then deleted, so an
+    /// `apply` waiting on the lock finds no row afterwards.
+    async fn take(&self, id: &SessionId) -> Result<Option<Record>, Error> {
+        let row: Option<Row> = by_backend!(self, pool => {
+            bounded(self.timeout, async {
+                let mut tx = pool.begin_with(self.sql.begin).await?;
+                let row = sqlx::query_as(&self.sql.take)
+                    .bind(id.as_str())
+                    .bind(to_i64(now()))
+                    .fetch_optional(&mut *tx)
+                    .await?;
+                sqlx::query(&self.sql.delete).bind(id.as_str()).execute(&mut *tx).await?;
+                tx.commit().await?;
+                Ok(row)
+            })
+            .await?
+        });
+        record_from_row(row)
     }
 
     async fn delete_expired(&self) -> Result<u64, Error> {

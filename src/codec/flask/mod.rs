@@ -179,6 +179,7 @@ impl FlaskCodec {
             data,
             permanent,
             issued_at,
+            created_at: issued_at,
             by_fallback_key: key_index > 0,
             tags: Some(tags),
         })
