@@ -91,6 +91,15 @@ impl Flask {
             Err(answer["error"].as_str().unwrap().to_owned())
         }
     }
+
+    /// What Flask renders from the Jinja `template` with the session it
+    /// reads from `cookie`.
+    fn render(&mut self, secret: &str, cookie: &str, now: u64, template: &str) -> String {
+        let answer = self.ask(json!({
+            "op": "render", "secret": secret, "cookie": cookie, "now": now, "template": template,
+        }));
+        answer["html"].as_str().unwrap().to_owned()
+    }
 }
 
 impl Drop for Flask {
@@ -273,6 +282,75 @@ fn values_from_flask_keep_their_python_type_through_rust() {
     // top-level type of a changed value is known.
     expected["tuple"]["$tuple"][2] = json!([3]);
     assert_eq!(seen, expected);
+}
+
+/// The session cookie `app` writes when a request carries `cookie`.
+fn rust_rewrites(app: Router, cookie: &str) -> String {
+    rt().block_on(async {
+        let response = app
+            .oneshot(with_cookie("/", &format!("session={cookie}")))
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 200);
+        let line = common::set_cookies(&response)[0].clone();
+        line.split(';')
+            .next()
+            .unwrap()
+            .strip_prefix("session=")
+            .unwrap()
+            .to_owned()
+    })
+}
+
+#[test]
+fn a_string_rust_writes_over_flask_markup_is_escaped_by_jinja() {
+    let Some(mut flask) = Flask::start() else {
+        return;
+    };
+    let template = r#"{{ session["banner"] }}"#;
+    let cookie = flask.dumps(
+        "dev",
+        json!({"banner": {"$markup": "<i>hi</i>"}}),
+        false,
+        T0,
+    );
+    // Flask trusts its own Markup: Jinja renders it as it is.
+    assert_eq!(flask.render("dev", &cookie, T0, template), "<i>hi</i>");
+
+    let layer = || {
+        SessionLayer::flask(codec("dev"))
+            .clock(|| std::time::UNIX_EPOCH + std::time::Duration::from_secs(T0))
+    };
+    // Written back unchanged, it is still the Markup Flask wrote.
+    let same = Router::new()
+        .route(
+            "/",
+            get(|s: Session| async move {
+                let banner: String = s.get("banner")?.unwrap();
+                s.insert("banner", banner)?;
+                s.mark_modified();
+                Ok::<_, Error>("same")
+            }),
+        )
+        .layer(layer());
+    let written = rust_rewrites(same, &cookie);
+    assert_eq!(flask.render("dev", &written, T0, template), "<i>hi</i>");
+
+    // A new string is text, whatever the key held before.
+    let script = Router::new()
+        .route(
+            "/",
+            get(|s: Session| async move {
+                s.insert("banner", "<script>alert(1)</script>")
+                    .map(|()| "replaced")
+            }),
+        )
+        .layer(layer());
+    let written = rust_rewrites(script, &cookie);
+    assert_eq!(
+        flask.render("dev", &written, T0, template),
+        "&lt;script&gt;alert(1)&lt;/script&gt;"
+    );
 }
 
 #[test]

@@ -8,11 +8,15 @@ cookie at a given time with given keys:
       -> {"cookie": C}
   {"op": "loads", "secret": S, "fallbacks": [..], "now": T, "max_age": A, "cookie": C}
       -> {"ok": true, "data": D, "permanent": bool} | {"ok": false, "error": NAME}
+  {"op": "render", "secret": S, "now": T, "cookie": C, "template": J}
+      -> {"html": H}
 
-Both go through Flask's own SecureCookieSessionInterface inside a request
-context, the code path of a real request. Python types travel as typed
-JSON: {"$tuple": [..]}, {"$bytes": base64}, {"$uuid": hex},
-{"$datetime": RFC 3339}, {"$markup": str}; everything else is plain JSON.
+All go through Flask's own SecureCookieSessionInterface inside a request
+context, the code path of a real request; render then renders the Jinja
+template J with that session, autoescaped as Flask renders a template
+string. Python types travel as typed JSON: {"$tuple": [..]},
+{"$bytes": base64}, {"$uuid": hex}, {"$datetime": RFC 3339},
+{"$markup": str}; everything else is plain JSON.
 """
 
 import base64
@@ -22,7 +26,7 @@ import sys
 import uuid
 from unittest import mock
 
-from flask import Flask, request
+from flask import Flask, render_template_string, request
 from markupsafe import Markup
 
 
@@ -101,10 +105,20 @@ def loads(req):
             return {"ok": True, "data": describe(data), "permanent": permanent}
 
 
+def render(req):
+    app = app_for(req)
+    cookie = req["cookie"]
+    with mock.patch("time.time", return_value=req["now"]):
+        # Pushing the request context opens the session from the cookie,
+        # as before a view.
+        with app.test_request_context(headers={"Cookie": f"session={cookie}"}):
+            return {"html": render_template_string(req["template"])}
+
+
 def main():
     for line in sys.stdin:
         req = json.loads(line)
-        answer = {"dumps": dumps, "loads": loads}[req["op"]](req)
+        answer = {"dumps": dumps, "loads": loads, "render": render}[req["op"]](req)
         sys.stdout.write(json.dumps(answer) + "\n")
         sys.stdout.flush()
 

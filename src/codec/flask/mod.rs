@@ -11,8 +11,7 @@ use std::io::Read;
 use std::sync::Arc;
 
 use base64::Engine;
-use base64::alphabet::URL_SAFE;
-use base64::engine::{DecodePaddingMode, GeneralPurpose, GeneralPurposeConfig};
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use flate2::read::ZlibDecoder;
 use flate2::{Compress, Compression, FlushCompress, Status};
 use hmac::{Hmac, KeyInit, Mac};
@@ -36,16 +35,6 @@ const PERMANENT_KEY: &str = "_permanent";
 /// are inflated, but a cap costs nothing and bounds a key holder's mistake.
 const MAX_INFLATED: u64 = 1 << 20;
 
-/// itsdangerous writes unpadded base64url and reads leniently; reading
-/// with trailing bits allowed accepts every signature Flask accepts.
-const B64: GeneralPurpose = GeneralPurpose::new(
-    &URL_SAFE,
-    GeneralPurposeConfig::new()
-        .with_encode_padding(false)
-        .with_decode_padding_mode(DecodePaddingMode::Indifferent)
-        .with_decode_allow_trailing_bits(true),
-);
-
 /// Flask's session cookie format, so a Flask app and a Rust app sharing
 /// `SECRET_KEY` read and write each other's sessions.
 ///
@@ -61,8 +50,10 @@ const B64: GeneralPurpose = GeneralPurpose::new(
 ///
 /// Differences from Flask, all on the safe side: a validly signed payload
 /// that Flask would answer with a 500 (bad tagged JSON) is an empty session
-/// here, and cookies up to 60 seconds in the future are accepted (clock
-/// skew between servers), where itsdangerous refuses any.
+/// here, as is a value in non-canonical base64 (padded, or with trailing
+/// bits set), which itsdangerous reads but never writes; and cookies up to
+/// 60 seconds in the future are accepted (clock skew between servers), where
+/// itsdangerous refuses any.
 ///
 /// The format does not bind the cookie name (Flask's does not), and signs
 /// with HMAC-SHA1: fine for a MAC, but prefer the signed or private codec
@@ -124,19 +115,19 @@ impl FlaskCodec {
         let compressed = compress(&json);
         if compressed.len() < json.len() - 1 {
             value.push('.');
-            B64.encode_string(&compressed, &mut value);
+            URL_SAFE_NO_PAD.encode_string(&compressed, &mut value);
         } else {
-            B64.encode_string(&json, &mut value);
+            URL_SAFE_NO_PAD.encode_string(&json, &mut value);
         }
         value.push('.');
         let ts = now.to_be_bytes();
         let first = ts.iter().position(|&b| b != 0).unwrap_or(ts.len());
-        B64.encode_string(&ts[first..], &mut value);
+        URL_SAFE_NO_PAD.encode_string(&ts[first..], &mut value);
         let mut mac = self.keys[0].clone();
         mac.update(value.as_bytes());
         let signature = mac.finalize().into_bytes();
         value.push('.');
-        B64.encode_string(signature, &mut value);
+        URL_SAFE_NO_PAD.encode_string(signature, &mut value);
         value
     }
 
@@ -149,7 +140,7 @@ impl FlaskCodec {
     pub fn decode(&self, value: &str, now: u64, max_age: u64) -> Result<Decoded, DecodeError> {
         let (signed, signature) = value.rsplit_once('.').ok_or(DecodeError::Malformed)?;
         let (payload, ts) = signed.rsplit_once('.').ok_or(DecodeError::Malformed)?;
-        let signature = B64.decode(signature).map_err(|_| DecodeError::Encoding)?;
+        let signature = unbase64(signature)?;
         let key_index = self
             .keys
             .iter()
@@ -159,17 +150,15 @@ impl FlaskCodec {
                 mac.verify_slice(&signature).is_ok()
             })
             .ok_or(DecodeError::BadSignature)?;
-        let ts = B64.decode(ts).map_err(|_| DecodeError::Encoding)?;
+        let ts = unbase64(ts)?;
         if ts.len() > 8 {
             return Err(DecodeError::Malformed);
         }
         let issued_at = ts.iter().fold(0u64, |n, &b| n << 8 | u64::from(b));
         super::check_age(issued_at, now, max_age)?;
         let json = match payload.strip_prefix('.') {
-            Some(compressed) => {
-                inflate(&B64.decode(compressed).map_err(|_| DecodeError::Encoding)?)?
-            }
-            None => B64.decode(payload).map_err(|_| DecodeError::Encoding)?,
+            Some(compressed) => inflate(&unbase64(compressed)?)?,
+            None => unbase64(payload)?,
         };
         let tagged: SessionData =
             serde_json::from_slice(&json).map_err(|_| DecodeError::Malformed)?;
@@ -184,6 +173,16 @@ impl FlaskCodec {
             tags: Some(tags),
         })
     }
+}
+
+/// One part of the cookie, in the unpadded base64url itsdangerous writes
+/// (and the other codecs use). itsdangerous also reads padded parts and ones
+/// with trailing bits set, which it never writes; refusing them gives each
+/// cookie exactly one spelling.
+fn unbase64(part: &str) -> Result<Vec<u8>, DecodeError> {
+    URL_SAFE_NO_PAD
+        .decode(part)
+        .map_err(|_| DecodeError::Encoding)
 }
 
 /// itsdangerous' `key_derivation="hmac"`: HMAC-SHA1(secret, salt).
@@ -314,14 +313,84 @@ mod tests {
         }
     }
 
+    /// `unsigned` with the signature the test key gives it.
+    fn sign(unsigned: &str) -> String {
+        let mut mac = codec().keys[0].clone();
+        mac.update(unsigned.as_bytes());
+        format!(
+            "{unsigned}.{}",
+            URL_SAFE_NO_PAD.encode(mac.finalize().into_bytes())
+        )
+    }
+
+    #[test]
+    fn only_canonical_base64_is_accepted() {
+        use base64::engine::{DecodePaddingMode, GeneralPurpose, GeneralPurposeConfig};
+        // What itsdangerous reads: padding and trailing bits are ignored.
+        let lenient = GeneralPurpose::new(
+            &base64::alphabet::URL_SAFE,
+            GeneralPurposeConfig::new()
+                .with_decode_padding_mode(DecodePaddingMode::Indifferent)
+                .with_decode_allow_trailing_bits(true),
+        );
+        let genuine = codec().encode(&data(json!({"a": 1})), false, NOW);
+        assert!(codec().decode(&genuine, NOW, 60).is_ok());
+        let (unsigned, signature) = genuine.rsplit_once('.').unwrap();
+
+        // A 20-byte signature leaves 2 bits unused in its last character;
+        // setting one names the same bytes.
+        let alphabet = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
+        let last = alphabet
+            .iter()
+            .position(|&c| Some(&c) == signature.as_bytes().last())
+            .unwrap();
+        assert_eq!(last & 0b11, 0, "written canonical");
+        let trailing_bits = format!(
+            "{}{}",
+            &signature[..signature.len() - 1],
+            char::from(alphabet[last | 1])
+        );
+        for other in [trailing_bits, format!("{signature}=")] {
+            assert_eq!(
+                lenient.decode(&other).unwrap(),
+                lenient.decode(signature).unwrap(),
+                "{other} names the same bytes"
+            );
+            assert_eq!(
+                codec()
+                    .decode(&format!("{unsigned}.{other}"), NOW, 60)
+                    .unwrap_err(),
+                DecodeError::Encoding,
+                "{other}"
+            );
+        }
+
+        // The signed parts too, even signed with the key.
+        let (payload, ts) = unsigned.rsplit_once('.').unwrap();
+        for unsigned in [format!("{payload}=.{ts}"), format!("{payload}.{ts}==")] {
+            assert_eq!(
+                codec().decode(&sign(&unsigned), NOW, 60).unwrap_err(),
+                DecodeError::Encoding,
+                "{unsigned}"
+            );
+        }
+    }
+
     #[test]
     fn a_zip_bomb_signed_with_the_key_is_refused() {
         let json = format!("{{\"a\":\"{}\"}}", "x".repeat(2 << 20));
         let compressed = compress(json.as_bytes());
-        let mut value = format!(".{}.{}", B64.encode(compressed), B64.encode([1u8]));
+        let mut value = format!(
+            ".{}.{}",
+            URL_SAFE_NO_PAD.encode(compressed),
+            URL_SAFE_NO_PAD.encode([1u8])
+        );
         let mut mac = codec().keys[0].clone();
         mac.update(value.as_bytes());
-        value = format!("{value}.{}", B64.encode(mac.finalize().into_bytes()));
+        value = format!(
+            "{value}.{}",
+            URL_SAFE_NO_PAD.encode(mac.finalize().into_bytes())
+        );
         assert_eq!(
             codec().decode(&value, 1, u64::MAX).unwrap_err(),
             DecodeError::TooLarge

@@ -16,9 +16,10 @@
 //! Writing, a value read from Flask and left unchanged is written back with
 //! its original tags, byte for byte; a changed value keeps its Python type
 //! when it still fits it (a tuple stays a tuple while it is an array, a
-//! datetime while it is an RFC 3339 string, ...); new values are plain JSON
-//! (lists, dicts, strings) in Python. A one-key object whose key looks like
-//! a tag is escaped with `" di"`, as Flask does, so it reads back as written.
+//! datetime while it is an RFC 3339 string, ...), except `Markup`; new values
+//! are plain JSON (lists, dicts, strings) in Python. A one-key object whose
+//! key looks like a tag is escaped with `" di"`, as Flask does, so it reads
+//! back as written.
 
 use std::collections::BTreeMap;
 use std::time::SystemTime;
@@ -169,6 +170,11 @@ fn tag(value: &Value) -> Value {
 
 /// `value` tagged with the Python type `original` had at the top, if it
 /// still fits that type.
+///
+/// Never `Markup`: Jinja renders `Markup` unescaped, so the tag says "this
+/// HTML is trusted", which holds for what Flask wrote but not for a new
+/// string (say, user input) a handler writes under the same key. The other
+/// tags only name a type, and Jinja escapes their text.
 fn retag_like(original: &Value, value: &Value) -> Option<Value> {
     let Value::Object(map) = original else {
         return None;
@@ -183,7 +189,6 @@ fn retag_like(original: &Value, value: &Value) -> Option<Value> {
                 .collect::<Option<Vec<u8>>>()?;
             Value::String(STANDARD.encode(bytes))
         }
-        " m" => Value::String(value.as_str()?.to_owned()),
         " u" => Value::String(
             uuid::Uuid::try_parse(value.as_str()?)
                 .ok()?
@@ -194,6 +199,7 @@ fn retag_like(original: &Value, value: &Value) -> Option<Value> {
             let at = OffsetDateTime::parse(value.as_str()?, &Rfc3339).ok()?;
             Value::String(httpdate::fmt_http_date(at.into()))
         }
+        // " m" as said above; " di" is no Python type, just an escaped dict.
         _ => return None,
     };
     let tag_key = single_tag(map)?.to_owned();
@@ -278,6 +284,26 @@ mod tests {
                 "u": {" u": "87654321432187654321876543218765"},
                 "d": {" d": "Thu, 02 Jan 2020 03:04:05 GMT"},
                 "m": 42,
+            })
+        );
+    }
+
+    #[test]
+    fn markup_is_kept_only_while_unchanged() {
+        let tagged = map(json!({
+            "kept": {" m": "<i>hi</i>"},
+            "changed": {" m": "<i>hi</i>"},
+        }));
+        let (_, tags) = untag_session(tagged).unwrap();
+        let written = map(json!({
+            "kept": "<i>hi</i>",
+            "changed": "<script>alert(1)</script>",
+        }));
+        assert_eq!(
+            Value::Object(tag_session(&written, Some(&tags))),
+            json!({
+                "kept": {" m": "<i>hi</i>"},
+                "changed": "<script>alert(1)</script>",
             })
         );
     }
