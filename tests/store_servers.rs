@@ -2,6 +2,13 @@
 //! PostgreSQL, MariaDB/MySQL, SQLite and Memcached. scripts/test.sh starts
 //! (or installs) each server; with CI=true a server that cannot be reached
 //! fails its test instead of skipping it.
+#![cfg(any(
+    feature = "redis-store",
+    feature = "postgres-store",
+    feature = "mysql-store",
+    feature = "sqlite-store",
+    feature = "memcached-store"
+))]
 
 mod common;
 

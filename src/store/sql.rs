@@ -349,10 +349,11 @@ impl SqlStore {
             // ascii_bin: ids are case-sensitive; the default collation is not.
             // utf8mb4 for the data whatever the database's default: latin1
             // or the 3-byte utf8 would refuse or mangle emoji and CJK text.
+            // (No _bin collation: sqlx would read the column as bytes.)
             #[cfg(feature = "mysql-store")]
             Pool::MySql(_) => vec![format!(
                 "CREATE TABLE IF NOT EXISTS {t} (id VARCHAR(43) CHARACTER SET ascii COLLATE ascii_bin PRIMARY KEY, \
-                 data LONGTEXT CHARACTER SET utf8mb4 COLLATE utf8mb4_bin NOT NULL, permanent BOOLEAN NOT NULL, created_at BIGINT NOT NULL, \
+                 data LONGTEXT CHARACTER SET utf8mb4 NOT NULL, permanent BOOLEAN NOT NULL, created_at BIGINT NOT NULL, \
                  expires_at BIGINT NOT NULL, INDEX {t}_expires_at (expires_at))"
             )],
             #[cfg(feature = "sqlite-store")]
