@@ -140,11 +140,14 @@ cargo clippy --all-targets --all-features -- -D warnings
 
 step "the library builds and tests without Axum, and each optional feature builds alone"
 cargo clippy --no-default-features --lib -- -D warnings
-cargo test --no-default-features --lib --quiet
 for feature in memory-store file-store caching-store redis-store postgres-store mysql-store \
     sqlite-store memcached-store flask testing; do
     cargo clippy --no-default-features --features "$feature" --lib --quiet -- -D warnings
 done
+
+step "cargo test with no features and with the default ones (each test gated on what it needs)"
+cargo test --no-default-features --quiet
+cargo test --quiet
 
 step "the benchmark crate builds, clippy clean (run it as docs/benchmarks.md says)"
 cargo clippy --manifest-path bench/Cargo.toml --all-targets --quiet -- -D warnings

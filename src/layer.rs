@@ -19,6 +19,7 @@ use crate::store::SessionStore;
 /// and writes it back to cookies on the response.
 ///
 /// ```
+/// # #[cfg(feature = "axum")] {
 /// use axum::{Router, routing::get};
 /// use session_layer::{Key, Session, SessionLayer};
 ///
@@ -30,6 +31,7 @@ use crate::store::SessionStore;
 /// let app: Router = Router::new()
 ///     .route("/", get(count))
 ///     .layer(SessionLayer::new(Key::generate()).skip_path("/static"));
+/// # }
 /// ```
 ///
 /// The defaults are the safe ones: cookie `session`, `Path=/`, no
@@ -194,8 +196,10 @@ impl<H> SessionLayer<H> {
     /// not change: the same `Session` API works in both modes.
     ///
     /// ```
+    /// # #[cfg(feature = "memory-store")] {
     /// use session_layer::{Key, SessionLayer, store::MemoryStore};
     /// let layer = SessionLayer::new(Key::generate()).with_store(MemoryStore::new());
+    /// # }
     /// ```
     ///
     /// # Panics

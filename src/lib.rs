@@ -6,6 +6,8 @@
 //! signs the data back into a `Set-Cookie` header when it changed.
 //!
 //! ```
+//! # #[tokio::main(flavor = "current_thread")] async fn main() {
+//! # #[cfg(feature = "axum")] {
 //! use axum::{Router, body::Body, routing::get};
 //! use http::{Request, header};
 //! use session_layer::{Key, Session, SessionLayer};
@@ -16,7 +18,6 @@
 //!     Ok(format!("visit {n}"))
 //! }
 //!
-//! # #[tokio::main(flavor = "current_thread")] async fn main() {
 //! let app = Router::new()
 //!     .route("/", get(visits))
 //!     .layer(SessionLayer::new(Key::generate()));
@@ -31,7 +32,7 @@
 //! let response = app.oneshot(request).await.unwrap();
 //! let body = axum::body::to_bytes(response.into_body(), 64).await.unwrap();
 //! assert_eq!(body, "visit 2");
-//! # }
+//! # }}
 //! ```
 //!
 //! # What the layer does

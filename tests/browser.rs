@@ -2,6 +2,7 @@
 //! playwright-core) stores a ~20 KB session spread over chunk cookies and
 //! gets it back over several navigations, for each client-side codec.
 //! scripts/test.sh installs Chromium and playwright-core.
+#![cfg(feature = "axum")]
 
 mod common;
 

@@ -1,4 +1,5 @@
 //! Large sessions over several cookies, for both client-side codecs.
+#![cfg(feature = "axum")]
 
 mod common;
 

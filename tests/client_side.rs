@@ -1,4 +1,5 @@
 //! Signed client-side sessions, end to end through an Axum Router.
+#![cfg(feature = "axum")]
 
 mod common;
 

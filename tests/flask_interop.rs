@@ -1,7 +1,7 @@
 //! Interop with the real Flask 3.1 (the pinned venv scripts/test.sh
 //! creates): cookies written by one side are read by the other, byte for
 //! byte where the data and time are the same.
-#![cfg(feature = "flask")]
+#![cfg(all(feature = "flask", feature = "axum", feature = "memory-store"))]
 
 mod common;
 

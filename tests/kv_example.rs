@@ -1,5 +1,6 @@
 //! Black-box tests of `examples/kv.rs`: the real binary over real HTTP,
 //! the way people poke at it with curl.
+#![cfg(all(feature = "axum", feature = "memory-store"))]
 
 mod common;
 

@@ -1,5 +1,6 @@
 //! Black-box test of `examples/login.rs` over HTTP: fixation defence at
 //! login, flash messages, logout.
+#![cfg(all(feature = "axum", feature = "memory-store"))]
 
 mod common;
 

@@ -1,5 +1,5 @@
 //! Server-side sessions end to end: the layer with a store behind it.
-#![cfg(feature = "memory-store")]
+#![cfg(all(feature = "axum", feature = "memory-store"))]
 
 mod common;
 

@@ -3,6 +3,7 @@
 //! key atomicity held), no request failed, and resident memory stayed flat
 //! (no leak). Bounded in count (and by each store's timeouts), loopback only.
 #![cfg(all(
+    feature = "axum",
     feature = "memory-store",
     feature = "file-store",
     feature = "caching-store"

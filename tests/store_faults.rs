@@ -1,7 +1,7 @@
 //! A store that goes down, comes back, or stalls: clear error responses,
 //! no panic, and recovery without restarting the app. Runs its own
 //! redis-server on a free port, so stopping it disturbs nothing else.
-#![cfg(feature = "redis-store")]
+#![cfg(all(feature = "axum", feature = "redis-store"))]
 
 mod common;
 

@@ -1,6 +1,7 @@
 //! Property tests: whatever byte an attacker changes in whichever cookie
 //! (or chunk) of a signed or private session, the server sees either no
 //! session or the original one, never another.
+#![cfg(feature = "axum")]
 
 mod common;
 
