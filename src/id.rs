@@ -62,10 +62,16 @@ impl SessionId {
     /// The id's 32 bytes as 64 lowercase hex digits: safe as a file name
     /// on any file system, case-insensitive ones included.
     pub fn to_hex(&self) -> String {
-        let bytes = URL_SAFE_NO_PAD
+        self.to_bytes().iter().map(|b| format!("{b:02x}")).collect()
+    }
+
+    /// The id's 32 bytes: a compact key for stores that hold ids in memory.
+    pub(crate) fn to_bytes(&self) -> [u8; ID_BYTES] {
+        URL_SAFE_NO_PAD
             .decode(&*self.0)
-            .expect("validated at construction");
-        bytes.iter().map(|b| format!("{b:02x}")).collect()
+            .ok()
+            .and_then(|bytes| bytes.try_into().ok())
+            .expect("validated at construction")
     }
 }
 

@@ -427,7 +427,7 @@ async fn a_full_file_store_disk() {
     use std::io::Write;
     let dir = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
     let mounted = Command::new("mount")
-        .args(["-t", "tmpfs", "-o", "size=256k", "tmpfs"])
+        .args(["-t", "tmpfs", "-o", "size=256k,mode=0700", "tmpfs"])
         .arg(dir.path())
         .status()
         .is_ok_and(|s| s.success());

@@ -26,7 +26,8 @@ pub async fn measure(which: &str, sessions: usize) {
     let router: Router = match which {
         "ours" => {
             use session_layer::store::{MemoryStore, Record, SessionId, SessionStore};
-            let store = MemoryStore::new();
+            // Room for all of them: the default bound is 100,000.
+            let store = MemoryStore::new().max_sessions(sessions.max(1));
             let far = 4_000_000_000;
             for _ in 0..sessions {
                 let data = serde_json::json!({"count": 1}).as_object().unwrap().clone();

@@ -23,6 +23,10 @@ use crate::error::Error;
 ///   (on one machine; not over NFS).
 /// - File names come only from validated ids (hex of 32 bytes): a hostile
 ///   cookie can never name a path.
+/// - On Unix, only the owner can read anything: directories are created
+///   0700 and records 0600 whatever the umask, and a root that another
+///   user owns or that its group or everyone may write to is refused at
+///   construction. Processes sharing the store must run as one user.
 /// - Expired files are ignored when read and removed by
 ///   [`delete_expired`](SessionStore::delete_expired); run it with
 ///   [`spawn_cleanup`](super::spawn_cleanup).
@@ -34,14 +38,19 @@ pub struct FileStore {
 }
 
 impl FileStore {
-    /// A store under `root`, created if missing.
+    /// A store under `root`, created if missing (mode 0700 on Unix, as
+    /// are the sub-directories; records are 0600).
     ///
     /// # Errors
     /// [`ErrorKind::Store`](crate::ErrorKind::Store) when the directory
-    /// cannot be created.
+    /// cannot be created or written to, and on Unix when another user owns
+    /// it or its group or everyone may write to it: another user could
+    /// then read, plant or replace sessions.
     pub fn new(root: impl Into<PathBuf>) -> Result<Self, Error> {
         let root: PathBuf = root.into();
-        fs::create_dir_all(&root).map_err(Error::store)?;
+        private_dir().create(&root).map_err(Error::store)?;
+        #[cfg(unix)]
+        secure_root(&root).map_err(Error::store)?;
         Ok(Self { root: root.into() })
     }
 
@@ -62,6 +71,77 @@ impl FileStore {
     }
 }
 
+/// Creates directories, parents included, that only their owner can
+/// list or enter: a record's file name is its session id.
+fn private_dir() -> fs::DirBuilder {
+    let mut builder = fs::DirBuilder::new();
+    builder.recursive(true);
+    #[cfg(unix)]
+    std::os::unix::fs::DirBuilderExt::mode(&mut builder, 0o700);
+    builder
+}
+
+/// Opens files that only their owner can read or write.
+fn private_file() -> fs::OpenOptions {
+    let mut options = File::options();
+    options.write(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+    options
+}
+
+/// Refuses a root that other users could tamper with, and closes the
+/// sub-directories that earlier versions left readable by everyone.
+#[cfg(unix)]
+fn secure_root(root: &Path) -> io::Result<()> {
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    let refuse = |why: String| {
+        Err(io::Error::new(
+            io::ErrorKind::PermissionDenied,
+            format!("refusing {} as a session directory: {why}", root.display()),
+        ))
+    };
+    let meta = fs::metadata(root)?;
+    if meta.mode() & 0o022 != 0 {
+        return refuse(format!(
+            "it is writable by its group or by everyone (mode {:o})",
+            meta.mode() & 0o7777
+        ));
+    }
+    // std cannot tell this process's user id and the crate has no unsafe
+    // code to ask libc; but what must own the root is the user our records
+    // are written as, and a file created in it says exactly that. The
+    // probe also shows that the root is writable, before the first save.
+    let probe = root.join(format!(".tmp-owner-{}", random_suffix()?));
+    let writer = private_file()
+        .create_new(true)
+        .open(&probe)?
+        .metadata()?
+        .uid();
+    fs::remove_file(&probe)?;
+    if meta.uid() != writer {
+        return refuse(format!(
+            "it is owned by uid {}, and this process writes as uid {writer}",
+            meta.uid()
+        ));
+    }
+    for entry in fs::read_dir(root)? {
+        let entry = entry?;
+        let is_shard = entry.file_name().len() == 2 && entry.file_type()?.is_dir();
+        if is_shard && entry.metadata()?.mode() & 0o077 != 0 {
+            fs::set_permissions(entry.path(), fs::Permissions::from_mode(0o700))?;
+        }
+    }
+    Ok(())
+}
+
+/// 16 random hex digits, for names no other writer picks.
+fn random_suffix() -> io::Result<String> {
+    let mut suffix = [0u8; 8];
+    getrandom::fill(&mut suffix).map_err(io::Error::other)?;
+    Ok(suffix.iter().map(|b| format!("{b:02x}")).collect())
+}
+
 /// Where the record of `id` lives: (sub-directory, file).
 fn paths(root: &Path, id: &SessionId) -> (PathBuf, PathBuf) {
     let hex = id.to_hex();
@@ -72,11 +152,10 @@ fn paths(root: &Path, id: &SessionId) -> (PathBuf, PathBuf) {
 
 /// Runs `work` holding the exclusive lock of the sub-directory `dir`.
 fn locked<R>(dir: &Path, work: impl FnOnce() -> io::Result<R>) -> io::Result<R> {
-    fs::create_dir_all(dir)?;
-    let lock = File::options()
+    private_dir().create(dir)?;
+    let lock = private_file()
         .create(true)
         .truncate(false)
-        .write(true)
         .open(dir.join(".lock"))?;
     lock.lock()?;
     // The lock is released when `lock` is closed, on every path out.
@@ -99,15 +178,9 @@ fn read_live(file: &Path) -> io::Result<Option<Record>> {
 
 /// Replaces `file` with `record` atomically.
 fn write(dir: &Path, file: &Path, record: &Record) -> io::Result<()> {
-    let mut suffix = [0u8; 8];
-    getrandom::fill(&mut suffix).map_err(io::Error::other)?;
-    let name = suffix
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect::<String>();
-    let temp = dir.join(format!(".tmp-{name}"));
+    let temp = dir.join(format!(".tmp-{}", random_suffix()?));
     let result = (|| {
-        let mut out = File::create(&temp)?;
+        let mut out = private_file().create_new(true).open(&temp)?;
         serde_json::to_writer(&mut out, record).map_err(io::Error::other)?;
         out.flush()?;
         out.sync_all()?;
@@ -286,6 +359,96 @@ mod tests {
         let not_a_dir = dir.path().join("file");
         fs::write(&not_a_dir, b"x").unwrap();
         assert!(FileStore::new(not_a_dir.join("sub")).is_err());
+    }
+
+    /// Runs the test named `test` again in a child process under `umask
+    /// 022`, the usual default, which leaves plainly created files readable
+    /// by every user; true in the child, where the test's body runs.
+    #[cfg(unix)]
+    fn in_child_under_umask_022(test: &str) -> bool {
+        const CHILD: &str = "SESSION_LAYER_UMASK_022";
+        if std::env::var_os(CHILD).is_some() {
+            return true;
+        }
+        let status = std::process::Command::new("sh")
+            .args(["-c", "umask 022 && exec \"$0\" \"$@\""])
+            .arg(std::env::current_exe().unwrap())
+            .args([test, "--exact", "--nocapture"])
+            .env(CHILD, "1")
+            .status()
+            .unwrap();
+        assert!(status.success(), "{test} failed under umask 022");
+        false
+    }
+
+    /// The permission bits of `path`, in octal.
+    #[cfg(unix)]
+    fn mode(path: &Path) -> String {
+        use std::os::unix::fs::PermissionsExt;
+        format!(
+            "{:o}",
+            fs::metadata(path).unwrap().permissions().mode() & 0o7777
+        )
+    }
+
+    #[cfg(unix)]
+    #[tokio::test]
+    async fn records_and_directories_are_private_to_the_owner() {
+        if !in_child_under_umask_022(
+            "store::file::tests::records_and_directories_are_private_to_the_owner",
+        ) {
+            return;
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().join("sessions");
+        let store = FileStore::new(&root).unwrap();
+        let id = SessionId::generate();
+        store.create(&id, &record(now() + 60)).await.unwrap();
+        let (shard, file) = paths(&root, &id);
+        assert_eq!(mode(&root), "700", "the root");
+        assert_eq!(mode(&shard), "700", "a sub-directory");
+        assert_eq!(mode(&file), "600", "a record");
+        assert_eq!(mode(&shard.join(".lock")), "600", "a lock file");
+        store
+            .apply(&id, &Changes::expiry(now() + 120))
+            .await
+            .unwrap();
+        assert_eq!(mode(&file), "600", "a rewritten record");
+
+        // A sub-directory an earlier version left open to everyone is
+        // closed when the store opens: the file names in it are session ids.
+        use std::os::unix::fs::PermissionsExt;
+        fs::set_permissions(&shard, fs::Permissions::from_mode(0o755)).unwrap();
+        FileStore::new(&root).unwrap();
+        assert_eq!(mode(&shard), "700", "a sub-directory left open");
+    }
+
+    #[cfg(unix)]
+    #[tokio::test]
+    async fn a_root_other_users_could_tamper_with_is_refused() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        for open in [0o777, 0o770, 0o1777, 0o702] {
+            fs::set_permissions(dir.path(), fs::Permissions::from_mode(open)).unwrap();
+            let error = FileStore::new(dir.path()).unwrap_err();
+            assert_eq!(error.kind(), crate::ErrorKind::Store);
+            let why = std::error::Error::source(&error).unwrap().to_string();
+            assert!(
+                why.contains("writable by its group or by everyone"),
+                "{open:o}: {why}"
+            );
+        }
+        fs::set_permissions(dir.path(), fs::Permissions::from_mode(0o755)).unwrap();
+        FileStore::new(dir.path()).expect("a root only its owner writes to");
+
+        // Owned by another user (`nobody`): needs root to arrange.
+        if std::os::unix::fs::chown(dir.path(), Some(65534), Some(65534)).is_err() {
+            eprintln!("NOT RUN: the other-owner case needs root to chown the directory");
+            return;
+        }
+        let error = FileStore::new(dir.path()).unwrap_err();
+        let why = std::error::Error::source(&error).unwrap().to_string();
+        assert!(why.contains("owned by uid 65534"), "{why}");
     }
 
     #[tokio::test]

@@ -7,7 +7,8 @@ use std::time::Duration;
 
 use async_memcached::{Client, Error as McError, MetaProtocol, Status};
 use async_trait::async_trait;
-use tokio::sync::Mutex;
+use tokio::sync::{Mutex, MutexGuard};
+use tokio::time::Instant;
 
 use super::{Changes, Record, SessionId, SessionStore, now};
 use crate::error::Error;
@@ -34,9 +35,13 @@ const CAS_ATTEMPTS: u32 = 128;
 /// Memcached 1.6 or later (the meta protocol).
 ///
 /// Connections: a small pool (8 by default, [`connections`](Self::connections));
-/// a connection that fails is replaced on its next use, so the store
-/// recovers by itself when Memcached comes back. Every call is bounded by
-/// [`timeout`](Self::timeout) (2 s by default).
+/// a connection that fails, times out, or whose call was cancelled (its
+/// future dropped mid-protocol) is dropped and replaced on next use, so
+/// the store recovers by itself when Memcached comes back. Every store
+/// call is bounded as a whole by [`timeout`](Self::timeout) (2 s by
+/// default): the wait for a free connection, connecting, and `apply`'s
+/// retries included. async-memcached has no timeout of its own, not even
+/// when connecting, so this is the only bound.
 pub struct MemcachedStore {
     dsn: String,
     pool: Box<[Mutex<Option<Client>>]>,
@@ -70,7 +75,10 @@ impl MemcachedStore {
             .or_else(|| url.strip_prefix("tcp://"))
             .unwrap_or(url);
         let dsn = format!("tcp://{host}");
-        let first = connect(&dsn, DEFAULT_TIMEOUT).await?;
+        let first = match tokio::time::timeout(DEFAULT_TIMEOUT, Client::new(&dsn)).await {
+            Ok(client) => client.map_err(|e| Error::store(McFailure(e)))?,
+            Err(elapsed) => return Err(Error::store(elapsed)),
+        };
         let store = Self {
             dsn,
             pool: (0..8).map(|_| Mutex::new(None)).collect(),
@@ -100,7 +108,8 @@ impl MemcachedStore {
         self
     }
 
-    /// The longest a Memcached call may take before it fails (default 2 s).
+    /// The longest a store call may take before it fails (default 2 s),
+    /// waiting for a free connection and reconnecting included.
     #[must_use]
     pub fn timeout(mut self, timeout: Duration) -> Self {
         self.timeout = timeout;
@@ -111,9 +120,10 @@ impl MemcachedStore {
         format!("{}{}", self.prefix, id.as_str())
     }
 
-    /// Runs `op` on a pooled connection, connecting first if needed; a
-    /// connection that failed or timed out is dropped, to be replaced.
-    async fn with_client<T, F>(&self, op: F) -> Result<T, Error>
+    /// Runs `op` on a pooled connection, connecting first if needed. All
+    /// of it, the wait for a free connection included, must end by
+    /// `deadline`.
+    async fn with_client<T, F>(&self, deadline: Instant, op: F) -> Result<T, Error>
     where
         F: for<'c> FnOnce(
             &'c mut Client,
@@ -121,32 +131,63 @@ impl MemcachedStore {
             Box<dyn Future<Output = Result<T, McError>> + Send + 'c>,
         >,
     {
-        let slot = &self.pool[self.next.fetch_add(1, Ordering::Relaxed) % self.pool.len()];
-        let mut guard = slot.lock().await;
-        if guard.is_none() {
-            *guard = Some(connect(&self.dsn, self.timeout).await?);
-        }
-        let client = guard.as_mut().expect("connected above");
-        match tokio::time::timeout(self.timeout, op(client)).await {
-            Ok(Ok(value)) => Ok(value),
-            Ok(Err(error)) => {
-                if !matches!(error, McError::Protocol(_)) {
-                    *guard = None;
-                }
-                Err(Error::store(McFailure(error)))
-            }
-            Err(elapsed) => {
-                *guard = None;
-                Err(Error::store(elapsed))
-            }
+        match tokio::time::timeout_at(deadline, self.call(op)).await {
+            Ok(result) => result,
+            Err(elapsed) => Err(Error::store(elapsed)),
         }
     }
 
+    async fn call<T, F>(&self, op: F) -> Result<T, Error>
+    where
+        F: for<'c> FnOnce(
+            &'c mut Client,
+        ) -> std::pin::Pin<
+            Box<dyn Future<Output = Result<T, McError>> + Send + 'c>,
+        >,
+    {
+        let mut slot = self.free_slot().await;
+        // The connection leaves its slot for the call and goes back only
+        // when the call ends with the reply read. A call cut short (timed
+        // out, or its future dropped by a client that went away) takes the
+        // connection down with it, so one left mid-protocol never serves
+        // the next call.
+        let mut client = match slot.take() {
+            Some(client) if !client.is_closed() => client,
+            _ => Client::new(&self.dsn)
+                .await
+                .map_err(|e| Error::store(McFailure(e)))?,
+        };
+        let result = op(&mut client).await;
+        // A status the server answered (not stored, exists...) leaves the
+        // connection in step; any other failure may not have.
+        if matches!(result, Ok(_) | Err(McError::Protocol(_))) && !client.is_closed() {
+            *slot = Some(client);
+        }
+        result.map_err(|e| Error::store(McFailure(e)))
+    }
+
+    /// An idle connection's slot if there is one, else the next one in
+    /// turn once it is free.
+    async fn free_slot(&self) -> MutexGuard<'_, Option<Client>> {
+        let first = self.next.fetch_add(1, Ordering::Relaxed);
+        let slots = self.pool.len();
+        for i in 0..slots {
+            if let Ok(slot) = self.pool[(first + i) % slots].try_lock() {
+                return slot;
+            }
+        }
+        self.pool[first % slots].lock().await
+    }
+
+    fn deadline(&self) -> Instant {
+        Instant::now() + self.timeout
+    }
+
     /// The item's record and CAS token.
-    async fn get(&self, key: &str) -> Result<Option<(Record, u64)>, Error> {
+    async fn get(&self, deadline: Instant, key: &str) -> Result<Option<(Record, u64)>, Error> {
         let key = key.to_owned();
         let value = self
-            .with_client(move |c| {
+            .with_client(deadline, move |c| {
                 Box::pin(async move { c.meta_get(&key, false, None, Some(&["v", "c"])).await })
             })
             .await?;
@@ -158,13 +199,6 @@ impl MemcachedStore {
         };
         let record: Record = serde_json::from_slice(&data).map_err(Error::store)?;
         Ok((!record.is_expired(now())).then_some((record, cas)))
-    }
-}
-
-async fn connect(dsn: &str, timeout: Duration) -> Result<Client, Error> {
-    match tokio::time::timeout(timeout, Client::new(dsn)).await {
-        Ok(result) => result.map_err(|e| Error::store(McFailure(e))),
-        Err(elapsed) => Err(Error::store(elapsed)),
     }
 }
 
@@ -189,7 +223,8 @@ fn is_status(error: &Error, status: &Status) -> bool {
 #[async_trait]
 impl SessionStore for MemcachedStore {
     async fn load(&self, id: &SessionId) -> Result<Option<Record>, Error> {
-        Ok(self.get(&self.key(id)).await?.map(|(record, _)| record))
+        let found = self.get(self.deadline(), &self.key(id)).await?;
+        Ok(found.map(|(record, _)| record))
     }
 
     async fn create(&self, id: &SessionId, record: &Record) -> Result<bool, Error> {
@@ -199,7 +234,7 @@ impl SessionStore for MemcachedStore {
         );
         let ttl = format!("T{}", record.expires_at);
         let result = self
-            .with_client(move |c| {
+            .with_client(self.deadline(), move |c| {
                 Box::pin(async move {
                     c.meta_set(&key, value.as_slice(), false, None, Some(&["ME", &ttl]))
                         .await
@@ -215,13 +250,15 @@ impl SessionStore for MemcachedStore {
 
     async fn apply(&self, id: &SessionId, changes: &Changes) -> Result<bool, Error> {
         let key = self.key(id);
+        // One bound for every attempt: the caller waits `timeout` at most.
+        let deadline = self.deadline();
         for attempt in 0..CAS_ATTEMPTS {
             if attempt > 0 {
                 // Jittered backoff, so losers of a race do not collide again.
                 let jitter = getrandom::u32().unwrap_or(attempt) % (200 * attempt.min(50));
                 tokio::time::sleep(Duration::from_micros(u64::from(jitter))).await;
             }
-            let Some((mut record, cas)) = self.get(&key).await? else {
+            let Some((mut record, cas)) = self.get(deadline, &key).await? else {
                 return Ok(false);
             };
             changes.apply_to(&mut record);
@@ -232,7 +269,7 @@ impl SessionStore for MemcachedStore {
                 format!("T{}", record.expires_at),
             );
             let result = self
-                .with_client(move |c| {
+                .with_client(deadline, move |c| {
                     Box::pin(async move {
                         c.meta_set(&key, value.as_slice(), false, None, Some(&[&cas, &ttl]))
                             .await
@@ -253,7 +290,7 @@ impl SessionStore for MemcachedStore {
 
     async fn delete(&self, id: &SessionId) -> Result<(), Error> {
         let key = self.key(id);
-        self.with_client(move |c| {
+        self.with_client(self.deadline(), move |c| {
             Box::pin(async move { c.meta_delete(&key, false, None, None).await })
         })
         .await
@@ -265,5 +302,155 @@ impl SessionStore for MemcachedStore {
                 Err(error)
             }
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+    use std::sync::atomic::AtomicBool;
+
+    use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+    use tokio::net::TcpListener;
+    use tokio::sync::Notify;
+
+    use super::*;
+
+    /// A stand-in for Memcached that answers every `mg` with a miss (`EN`),
+    /// but only while `answering` is set; until then it holds requests
+    /// unanswered, as a stalled server does.
+    struct FakeServer {
+        url: String,
+        answering: Arc<AtomicBool>,
+        resume: Arc<Notify>,
+        /// Requests read so far, answered or not.
+        received: Arc<AtomicUsize>,
+    }
+
+    impl FakeServer {
+        async fn start() -> Self {
+            let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+            let url = format!("memcache://{}", listener.local_addr().unwrap());
+            let answering = Arc::new(AtomicBool::new(true));
+            let resume = Arc::new(Notify::new());
+            let received = Arc::new(AtomicUsize::new(0));
+            let (a, r, n) = (answering.clone(), resume.clone(), received.clone());
+            tokio::spawn(async move {
+                while let Ok((socket, _)) = listener.accept().await {
+                    let (a, r, n) = (a.clone(), r.clone(), n.clone());
+                    tokio::spawn(async move {
+                        let mut socket = BufReader::new(socket);
+                        let mut line = String::new();
+                        while socket.read_line(&mut line).await.is_ok_and(|read| read > 0) {
+                            n.fetch_add(1, Ordering::SeqCst);
+                            while !a.load(Ordering::SeqCst) {
+                                r.notified().await;
+                            }
+                            if socket.get_mut().write_all(b"EN\r\n").await.is_err() {
+                                return;
+                            }
+                            line.clear();
+                        }
+                    });
+                }
+            });
+            Self {
+                url,
+                answering,
+                resume,
+                received,
+            }
+        }
+
+        fn stall(&self) {
+            self.answering.store(false, Ordering::SeqCst);
+        }
+
+        fn answer(&self) {
+            self.answering.store(true, Ordering::SeqCst);
+            self.resume.notify_waiters();
+        }
+    }
+
+    fn id() -> SessionId {
+        SessionId::generate()
+    }
+
+    /// With a stalled server, 80 loads on 8 connections each fail within the
+    /// timeout: the wait for a free connection is part of the bound. The
+    /// clock is Tokio's paused one, so the figures are exact, not timings.
+    #[tokio::test]
+    async fn the_timeout_bounds_the_whole_call_slot_wait_included() {
+        let server = FakeServer::start().await;
+        let timeout = Duration::from_millis(200);
+        let store = Arc::new(
+            MemcachedStore::connect(&server.url)
+                .await
+                .unwrap()
+                .connections(8)
+                .timeout(timeout),
+        );
+        server.stall();
+        tokio::time::pause();
+        let started = tokio::time::Instant::now();
+        let mut loads = tokio::task::JoinSet::new();
+        for _ in 0..80 {
+            let store = store.clone();
+            loads.spawn(async move { (store.load(&id()).await, started.elapsed()) });
+        }
+        let mut slowest = Duration::ZERO;
+        while let Some(joined) = loads.join_next().await {
+            let (result, elapsed) = joined.unwrap();
+            assert_eq!(result.unwrap_err().kind(), crate::ErrorKind::Store);
+            slowest = slowest.max(elapsed);
+        }
+        assert!(
+            slowest <= timeout + Duration::from_millis(1),
+            "the slowest load took {slowest:?} with a timeout of {timeout:?}"
+        );
+    }
+
+    /// Calls dropped mid-flight (a client gone, a tower timeout) leave no
+    /// broken connection behind: every later call, on every connection,
+    /// succeeds.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn cancelled_calls_leave_every_connection_usable() {
+        let server = FakeServer::start().await;
+        let store = Arc::new(
+            MemcachedStore::connect(&server.url)
+                .await
+                .unwrap()
+                .connections(4),
+        );
+        // Open every connection first, so the calls below are cut in the
+        // middle of the protocol rather than while connecting.
+        for _ in 0..8 {
+            assert_eq!(store.load(&id()).await.unwrap(), None);
+        }
+        server.stall();
+        let before = server.received.load(Ordering::SeqCst);
+        let mut cancelled = tokio::task::JoinSet::new();
+        for _ in 0..4 {
+            let store = store.clone();
+            cancelled.spawn(async move { store.load(&id()).await });
+        }
+        // Cut them once the server holds all four requests unanswered.
+        tokio::time::timeout(Duration::from_secs(30), async {
+            while server.received.load(Ordering::SeqCst) < before + 4 {
+                tokio::time::sleep(Duration::from_millis(1)).await;
+            }
+        })
+        .await
+        .expect("the four requests reach the server");
+        cancelled.abort_all();
+        while cancelled.join_next().await.is_some() {}
+        server.answer();
+        for call in 0..8 {
+            let loaded = store.load(&id()).await;
+            assert!(
+                loaded.is_ok(),
+                "call {call} after the cancellations: {loaded:?}"
+            );
+        }
     }
 }

@@ -1,6 +1,7 @@
 //! `MemoryStore`: sessions in this process's memory.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
+use std::fmt;
 use std::hash::{BuildHasher, RandomState};
 use std::sync::{Mutex, MutexGuard, PoisonError};
 
@@ -13,6 +14,12 @@ use crate::error::Error;
 /// another's lock.
 const SHARDS: usize = 16;
 
+/// Sessions kept by default: room for every user of a busy single-process
+/// app, in about 90 MB at the ~870 bytes a small session costs
+/// (docs/benchmarks.md), where no bound let a flood of new sessions grow
+/// the process until it ran out of memory.
+const DEFAULT_MAX_SESSIONS: usize = 100_000;
+
 /// Sessions in memory: the embedded default. Fast (no I/O, no
 /// serialization) and gone when the process stops; one process only.
 ///
@@ -21,16 +28,112 @@ const SHARDS: usize = 16;
 /// - Expired records are never returned, and are removed when touched
 ///   and by [`delete_expired`](SessionStore::delete_expired) (run it with
 ///   [`spawn_cleanup`](super::spawn_cleanup)).
-/// - Memory is bounded by [`max_sessions`](Self::max_sessions): past it,
-///   new sessions are refused (the request gets a 503) until expired ones
-///   are removed, rather than the process running out of memory under a
-///   flood of new sessions. Each session costs its JSON data plus about
-///   200 bytes of bookkeeping.
-#[derive(Debug)]
+/// - Memory is bounded: at most [`max_sessions`](Self::max_sessions)
+///   sessions (100,000 by default). Like a cache, a full store makes room
+///   for a new session by evicting one: in the new session's shard, the
+///   oldest session not used (loaded or changed) since the sweep last
+///   passed it. The sweep is a clock over the creation order, constant
+///   time per session created; an expired record it meets goes whether
+///   used or not. A flood of new sessions therefore logs out the users
+///   least recently seen; it never makes new sessions fail and never
+///   scans the store. Each session costs its JSON data plus about 135
+///   bytes of bookkeeping.
 pub struct MemoryStore {
-    shards: Box<[Mutex<HashMap<SessionId, Record>>]>,
+    shards: Box<[Mutex<Shard>]>,
     hasher: RandomState,
     max_sessions: usize,
+}
+
+/// Half of a session id's 32 bytes.
+type Half = [u8; 16];
+
+/// A session id, split: the first half keys the map and the creation order
+/// (so the order costs 16 bytes a session, not a copy of the id), the
+/// second is kept in the slot and checked on every lookup, so a record is
+/// only ever found by its whole id.
+fn split(id: &SessionId) -> (Half, Half) {
+    let bytes = id.to_bytes();
+    let (head, tail) = bytes.split_at(16);
+    (
+        head.try_into().expect("16 bytes"),
+        tail.try_into().expect("16 bytes"),
+    )
+}
+
+/// One shard's records and the order they were created in.
+#[derive(Default)]
+struct Shard {
+    records: HashMap<Half, Slot>,
+    /// Every key in `records`, oldest first; the clock's hand is the front.
+    /// Keys deleted meanwhile are skipped when met, or compacted away.
+    order: VecDeque<Half>,
+}
+
+struct Slot {
+    tail: Half,
+    record: Record,
+    /// Used (loaded or changed) since the clock's hand last passed.
+    used: bool,
+}
+
+impl Slot {
+    fn new(tail: Half, record: &Record) -> Self {
+        Self {
+            tail,
+            record: record.clone(),
+            used: false,
+        }
+    }
+}
+
+impl Shard {
+    /// The slot of the id split into `head` and `tail`, expired or not.
+    fn find(&mut self, head: &Half, tail: &Half) -> Option<&mut Slot> {
+        self.records.get_mut(head).filter(|slot| slot.tail == *tail)
+    }
+
+    /// Evicts records until one more fits under `capacity`. The hand
+    /// takes the oldest key: a record used since the hand last passed is
+    /// spared once and goes to the back; the first one that was not, or
+    /// that expired, is evicted. Each call is constant time amortized:
+    /// a record is spared at most once per use.
+    fn make_room(&mut self, capacity: usize, now: u64) {
+        while self.records.len() >= capacity {
+            let Some(key) = self.order.pop_front() else {
+                return;
+            };
+            match self.records.get_mut(&key) {
+                None => {}
+                Some(slot) if slot.used && !slot.record.is_expired(now) => {
+                    slot.used = false;
+                    self.order.push_back(key);
+                }
+                Some(_) => {
+                    self.records.remove(&key);
+                }
+            }
+        }
+    }
+
+    /// Drops the order's keys of removed records once they outnumber the
+    /// live ones, so that records deleted or expired before the hand met
+    /// them cannot grow it without bound (constant time amortized).
+    fn compact(&mut self) {
+        if self.order.len() > 2 * self.records.len() + 64 {
+            let records = &self.records;
+            self.order.retain(|key| records.contains_key(key));
+        }
+    }
+}
+
+impl fmt::Debug for MemoryStore {
+    // Neither ids nor values: both are secrets.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("MemoryStore")
+            .field("len", &self.len())
+            .field("max_sessions", &self.max_sessions)
+            .finish_non_exhaustive()
+    }
 }
 
 impl Default for MemoryStore {
@@ -40,26 +143,37 @@ impl Default for MemoryStore {
 }
 
 impl MemoryStore {
-    /// An empty store with no limit on the number of sessions.
+    /// An empty store keeping at most 100,000 sessions.
     pub fn new() -> Self {
         Self {
             shards: (0..SHARDS).map(|_| Mutex::default()).collect(),
             hasher: RandomState::new(),
-            max_sessions: usize::MAX,
+            max_sessions: DEFAULT_MAX_SESSIONS,
         }
     }
 
-    /// Refuses new sessions beyond `max` live ones (expired ones are
-    /// removed first to make room).
+    /// Keeps at most `max` sessions (default 100,000), evicting the least
+    /// recently used when a new one needs room. The bound is kept per
+    /// shard, a 16th of it each (rounded up), so eviction can begin a
+    /// little before the total reaches `max`. `usize::MAX` takes the bound
+    /// away.
+    ///
+    /// # Security
+    /// Without a bound that fits the machine, anyone can grow the process
+    /// until it runs out of memory by sending requests that start sessions.
+    ///
+    /// # Panics
+    /// When `max` is 0.
     #[must_use]
     pub fn max_sessions(mut self, max: usize) -> Self {
+        assert!(max > 0, "a memory store needs room for one session");
         self.max_sessions = max;
         self
     }
 
     /// How many records are held, expired ones not yet removed included.
     pub fn len(&self) -> usize {
-        self.shards.iter().map(|s| lock(s).len()).sum()
+        self.shards.iter().map(|s| lock(s).records.len()).sum()
     }
 
     /// Whether no record is held.
@@ -67,9 +181,12 @@ impl MemoryStore {
         self.len() == 0
     }
 
-    fn shard(&self, id: &SessionId) -> MutexGuard<'_, HashMap<SessionId, Record>> {
-        let index = self.hasher.hash_one(id) as usize % SHARDS;
-        lock(&self.shards[index])
+    fn shard_index(&self, id: &SessionId) -> usize {
+        self.hasher.hash_one(id) as usize % SHARDS
+    }
+
+    fn shard(&self, id: &SessionId) -> MutexGuard<'_, Shard> {
+        lock(&self.shards[self.shard_index(id)])
     }
 
     fn purge_expired(&self) -> u64 {
@@ -77,9 +194,9 @@ impl MemoryStore {
         let mut removed = 0;
         for shard in &*self.shards {
             let mut shard = lock(shard);
-            let before = shard.len();
-            shard.retain(|_, record| !record.is_expired(now));
-            removed += (before - shard.len()) as u64;
+            let before = shard.records.len();
+            shard.records.retain(|_, slot| !slot.record.is_expired(now));
+            removed += (before - shard.records.len()) as u64;
         }
         removed
     }
@@ -93,45 +210,55 @@ fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
 #[async_trait]
 impl SessionStore for MemoryStore {
     async fn load(&self, id: &SessionId) -> Result<Option<Record>, Error> {
+        let (head, tail) = split(id);
         let mut shard = self.shard(id);
-        match shard.get(id) {
-            Some(record) if record.is_expired(now()) => {
-                shard.remove(id);
+        match shard.find(&head, &tail) {
+            Some(slot) if slot.record.is_expired(now()) => {
+                shard.records.remove(&head);
                 Ok(None)
             }
-            record => Ok(record.cloned()),
+            Some(slot) => {
+                slot.used = true;
+                Ok(Some(slot.record.clone()))
+            }
+            None => Ok(None),
         }
     }
 
     async fn create(&self, id: &SessionId, record: &Record) -> Result<bool, Error> {
-        if self.max_sessions != usize::MAX && self.len() >= self.max_sessions {
-            self.purge_expired();
-            if self.len() >= self.max_sessions {
-                return Err(Error::store(format!(
-                    "the memory store holds its maximum of {} sessions",
-                    self.max_sessions
-                )));
-            }
-        }
+        let ((head, tail), now) = (split(id), now());
+        let capacity = self.max_sessions.div_ceil(SHARDS);
         let mut shard = self.shard(id);
-        match shard.get(id) {
-            Some(existing) if !existing.is_expired(now()) => Ok(false),
-            _ => {
-                shard.insert(id.clone(), record.clone());
+        match shard.records.get_mut(&head) {
+            // Taken: by this id, or (one chance in 2^128 for random ids) by
+            // another sharing its first half; the layer then draws anew.
+            Some(slot) if !slot.record.is_expired(now) => Ok(false),
+            // An expired record's id is free again; its key is in the order.
+            Some(slot) => {
+                *slot = Slot::new(tail, record);
+                Ok(true)
+            }
+            None => {
+                shard.make_room(capacity, now);
+                shard.compact();
+                shard.records.insert(head, Slot::new(tail, record));
+                shard.order.push_back(head);
                 Ok(true)
             }
         }
     }
 
     async fn apply(&self, id: &SessionId, changes: &Changes) -> Result<bool, Error> {
+        let (head, tail) = split(id);
         let mut shard = self.shard(id);
-        match shard.get_mut(id) {
-            Some(record) if !record.is_expired(now()) => {
-                changes.apply_to(record);
+        match shard.find(&head, &tail) {
+            Some(slot) if !slot.record.is_expired(now()) => {
+                changes.apply_to(&mut slot.record);
+                slot.used = true;
                 Ok(true)
             }
             Some(_) => {
-                shard.remove(id);
+                shard.records.remove(&head);
                 Ok(false)
             }
             None => Ok(false),
@@ -139,7 +266,11 @@ impl SessionStore for MemoryStore {
     }
 
     async fn delete(&self, id: &SessionId) -> Result<(), Error> {
-        self.shard(id).remove(id);
+        let (head, tail) = split(id);
+        let mut shard = self.shard(id);
+        if shard.find(&head, &tail).is_some() {
+            shard.records.remove(&head);
+        }
         Ok(())
     }
 
@@ -162,37 +293,73 @@ mod tests {
         )
     }
 
+    fn live() -> Record {
+        record(now() + 60)
+    }
+
+    /// `count` fresh ids that fall in shard 0, to watch one shard at work.
+    fn ids_in_one_shard(store: &MemoryStore, count: usize) -> Vec<SessionId> {
+        std::iter::repeat_with(SessionId::generate)
+            .filter(|id| store.shard_index(id) == 0)
+            .take(count)
+            .collect()
+    }
+
     #[tokio::test]
-    async fn max_sessions_bounds_memory() {
-        let store = MemoryStore::new().max_sessions(3);
-        for _ in 0..2 {
+    async fn a_flood_evicts_the_oldest_sessions_and_every_new_one_is_kept() {
+        // 4 sessions a shard.
+        let store = MemoryStore::new().max_sessions(4 * SHARDS);
+        let ids: Vec<SessionId> = (0..40 * SHARDS).map(|_| SessionId::generate()).collect();
+        for id in &ids {
             assert!(
-                store
-                    .create(&SessionId::generate(), &record(now() + 60))
-                    .await
-                    .unwrap()
+                store.create(id, &live()).await.unwrap(),
+                "a new session is kept"
             );
         }
-        // An expired record is purged to make room.
-        assert!(
-            store
-                .create(&SessionId::generate(), &record(now() - 1))
-                .await
-                .unwrap()
-        );
-        assert!(
-            store
-                .create(&SessionId::generate(), &record(now() + 60))
-                .await
-                .unwrap()
-        );
-        assert_eq!(store.len(), 3);
-        let error = store
-            .create(&SessionId::generate(), &record(now() + 60))
-            .await
-            .unwrap_err();
-        assert_eq!(error.kind(), crate::ErrorKind::Store);
-        assert_eq!(store.len(), 3);
+        assert_eq!(store.len(), 4 * SHARDS, "the count stays at the bound");
+        // Eviction is per shard: what is left of each is its 4 newest.
+        let mut newest: Vec<Vec<&SessionId>> = vec![Vec::new(); SHARDS];
+        for id in ids.iter().rev() {
+            let shard = &mut newest[store.shard_index(id)];
+            if shard.len() < 4 {
+                shard.push(id);
+            }
+        }
+        for id in &ids {
+            let kept = newest[store.shard_index(id)].contains(&id);
+            assert_eq!(store.load(id).await.unwrap().is_some(), kept);
+        }
+    }
+
+    #[tokio::test]
+    async fn a_session_in_use_outlives_older_idle_ones() {
+        let store = MemoryStore::new().max_sessions(4 * SHARDS);
+        let ids = ids_in_one_shard(&store, 7);
+        for id in &ids[..4] {
+            store.create(id, &live()).await.unwrap();
+        }
+        // The oldest one is used; three more sessions then push the three
+        // idle ones out.
+        assert!(store.load(&ids[0]).await.unwrap().is_some());
+        for id in &ids[4..] {
+            assert!(store.create(id, &live()).await.unwrap());
+        }
+        let mut kept = Vec::new();
+        for (i, id) in ids.iter().enumerate() {
+            if store.load(id).await.unwrap().is_some() {
+                kept.push(i);
+            }
+        }
+        assert_eq!(kept, [0, 4, 5, 6]);
+    }
+
+    #[tokio::test]
+    async fn the_default_store_is_bounded() {
+        let store = MemoryStore::new();
+        for _ in 0..DEFAULT_MAX_SESSIONS + 1000 {
+            assert!(store.create(&SessionId::generate(), &live()).await.unwrap());
+        }
+        assert!(store.len() <= DEFAULT_MAX_SESSIONS, "{}", store.len());
     }
 
     #[tokio::test]
