@@ -245,6 +245,23 @@ impl SessionStore for FileStore {
         .await
     }
 
+    /// Read and removed under the shard's lock, as `apply` runs: atomic
+    /// with it.
+    async fn take(&self, id: &SessionId) -> Result<Option<Record>, Error> {
+        let id = id.clone();
+        self.blocking(move |root| {
+            let (dir, file) = paths(root, &id);
+            locked(&dir, || {
+                let record = read_live(&file)?;
+                match fs::remove_file(&file) {
+                    Err(e) if e.kind() != io::ErrorKind::NotFound => Err(e),
+                    _ => Ok(record),
+                }
+            })
+        })
+        .await
+    }
+
     async fn delete_expired(&self) -> Result<u64, Error> {
         self.blocking(|root| {
             let now = now();

@@ -202,6 +202,15 @@ impl MemcachedStore {
     }
 }
 
+/// Before a compare-and-swap retry: a jittered pause, so the losers of a
+/// race do not collide again.
+async fn backoff(attempt: u32) {
+    if attempt > 0 {
+        let jitter = getrandom::u32().unwrap_or(attempt) % (200 * attempt.min(50));
+        tokio::time::sleep(Duration::from_micros(u64::from(jitter))).await;
+    }
+}
+
 /// async-memcached's error, made a `std::error::Error` to keep as a source.
 #[derive(Debug)]
 struct McFailure(McError);
@@ -253,11 +262,7 @@ impl SessionStore for MemcachedStore {
         // One bound for every attempt: the caller waits `timeout` at most.
         let deadline = self.deadline();
         for attempt in 0..CAS_ATTEMPTS {
-            if attempt > 0 {
-                // Jittered backoff, so losers of a race do not collide again.
-                let jitter = getrandom::u32().unwrap_or(attempt) % (200 * attempt.min(50));
-                tokio::time::sleep(Duration::from_micros(u64::from(jitter))).await;
-            }
+            backoff(attempt).await;
             let Some((mut record, cas)) = self.get(deadline, &key).await? else {
                 return Ok(false);
             };
@@ -280,6 +285,36 @@ impl SessionStore for MemcachedStore {
                 Ok(_) => return Ok(true),
                 Err(error) if is_status(&error, &Status::Exists) => continue,
                 Err(error) if is_status(&error, &Status::NotFound) => return Ok(false),
+                Err(error) => return Err(error),
+            }
+        }
+        Err(Error::store(
+            "memcached: too many concurrent writes to one session",
+        ))
+    }
+
+    /// Read, then deleted only if the item is still what was read (its CAS
+    /// token): atomic with `apply`, whose writes change the token.
+    async fn take(&self, id: &SessionId) -> Result<Option<Record>, Error> {
+        let key = self.key(id);
+        let deadline = self.deadline();
+        for attempt in 0..CAS_ATTEMPTS {
+            backoff(attempt).await;
+            let Some((record, cas)) = self.get(deadline, &key).await? else {
+                return Ok(None);
+            };
+            let (key, cas) = (key.clone(), format!("C{cas}"));
+            let result = self
+                .with_client(deadline, move |c| {
+                    Box::pin(async move { c.meta_delete(&key, false, None, Some(&[&cas])).await })
+                })
+                .await;
+            match result {
+                Ok(_) => return Ok(Some(record)),
+                // Changed or gone since the read: read again.
+                Err(error)
+                    if is_status(&error, &Status::Exists)
+                        || is_status(&error, &Status::NotFound) => {}
                 Err(error) => return Err(error),
             }
         }

@@ -274,6 +274,17 @@ impl SessionStore for MemoryStore {
         Ok(())
     }
 
+    /// Under the shard's lock, as `apply` is: atomic with it.
+    async fn take(&self, id: &SessionId) -> Result<Option<Record>, Error> {
+        let (head, tail) = split(id);
+        let mut shard = self.shard(id);
+        if shard.find(&head, &tail).is_none() {
+            return Ok(None);
+        }
+        let slot = shard.records.remove(&head).expect("found just now");
+        Ok((!slot.record.is_expired(now())).then_some(slot.record))
+    }
+
     async fn delete_expired(&self) -> Result<u64, Error> {
         Ok(self.purge_expired())
     }
