@@ -34,7 +34,7 @@ use axum::routing::{get, post, put};
 use axum::{Json, Router};
 use serde_json::{Map, Value};
 use session_layer::store::MemoryStore;
-use session_layer::{Key, Session, SessionLayer};
+use session_layer::{DefaultErrorHandler, Key, Session, SessionLayer};
 
 type Reply = Result<Json<Map<String, Value>>, session_layer::Error>;
 
@@ -67,12 +67,26 @@ async fn permanent(session: Session, Json(permanent): Json<bool>) -> Reply {
     Ok(Json(session.to_map()))
 }
 
-async fn layer() -> Result<SessionLayer, String> {
+/// The app with the layer the environment asks for.
+async fn router() -> Result<Router, String> {
+    let secure = match std::env::var("SESSION_SECURE").as_deref() {
+        Err(_) | Ok("true") => true,
+        Ok("false") => false,
+        Ok(other) => return Err(format!("SESSION_SECURE={other:?}: use true or false")),
+    };
     let codec = std::env::var("SESSION_CODEC").unwrap_or_else(|_| "signed".into());
     let layer = match codec.as_str() {
         "signed" => SessionLayer::signed(key()?),
         "private" => SessionLayer::private(key()?),
-        "flask" => flask_layer()?,
+        "flask" => {
+            if std::env::var("SESSION_STORE").is_ok_and(|store| store != "cookie") {
+                return Err(
+                    "SESSION_CODEC=flask keeps sessions in Flask's cookie; unset SESSION_STORE"
+                        .into(),
+                );
+            }
+            return flask_router(secure);
+        }
         other => {
             return Err(format!(
                 "SESSION_CODEC={other:?} is not supported; use signed, private or flask"
@@ -81,23 +95,13 @@ async fn layer() -> Result<SessionLayer, String> {
     };
     let layer = match std::env::var("SESSION_STORE").as_deref() {
         Err(_) | Ok("cookie") => layer,
-        Ok(_) if codec == "flask" => {
-            return Err(
-                "SESSION_CODEC=flask keeps sessions in Flask's cookie; unset SESSION_STORE".into(),
-            );
-        }
         Ok("memory") => layer.with_store(MemoryStore::new()),
         Ok(spec) if spec.starts_with("file:") => {
             layer.with_store(file_store(&spec["file:".len()..])?)
         }
         Ok(spec) => network_store(layer, spec).await?,
     };
-    let secure = match std::env::var("SESSION_SECURE").as_deref() {
-        Err(_) | Ok("true") => true,
-        Ok("false") => false,
-        Ok(other) => return Err(format!("SESSION_SECURE={other:?}: use true or false")),
-    };
-    Ok(layer.secure(secure))
+    Ok(app(layer.secure(secure)))
 }
 
 /// A store on a server, by URL; each kind needs its cargo feature.
@@ -190,23 +194,24 @@ fn key() -> Result<Key, String> {
 /// Flask's cookies, signed with the Flask app's `SECRET_KEY` from
 /// `SESSION_SECRET` (any length: Flask keys are often short).
 #[cfg(feature = "flask")]
-fn flask_layer() -> Result<SessionLayer, String> {
+fn flask_router(secure: bool) -> Result<Router, String> {
     let secret = std::env::var("SESSION_SECRET").map_err(|_| {
         "SESSION_CODEC=flask needs SESSION_SECRET, the Flask app's SECRET_KEY".to_owned()
     })?;
     let codec = session_layer::codec::FlaskCodec::new(secret).map_err(|e| e.to_string())?;
-    Ok(SessionLayer::flask(codec))
+    Ok(app(SessionLayer::flask(codec).secure(secure)))
 }
 
 #[cfg(not(feature = "flask"))]
-fn flask_layer() -> Result<SessionLayer, String> {
+fn flask_router(_secure: bool) -> Result<Router, String> {
     Err(
         "SESSION_CODEC=flask needs the flask feature: cargo run --features flask --example kv"
             .into(),
     )
 }
 
-fn app(layer: SessionLayer) -> Router {
+/// The routes, behind either kind of layer (keyed, or Flask's).
+fn app<K: Clone + Send + Sync + 'static>(layer: SessionLayer<DefaultErrorHandler, K>) -> Router {
     Router::new()
         .route("/session", get(show))
         .route("/session/{key}", put(set).delete(remove))
@@ -221,8 +226,8 @@ async fn main() -> ExitCode {
     tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
         .init();
-    let layer = match layer().await {
-        Ok(layer) => layer,
+    let router = match router().await {
+        Ok(router) => router,
         Err(message) => {
             eprintln!("error: {message}");
             return ExitCode::FAILURE;
@@ -240,7 +245,7 @@ async fn main() -> ExitCode {
         Ok(addr) => println!("listening on http://{addr}"),
         Err(e) => eprintln!("warning: cannot read the bound address: {e}"),
     }
-    if let Err(e) = axum::serve(listener, app(layer)).await {
+    if let Err(e) = axum::serve(listener, router).await {
         eprintln!("error: {e}");
         return ExitCode::FAILURE;
     }

@@ -1,16 +1,12 @@
-//! Cookie attributes, lifetime and refresh policy: everything the layer is
-//! told at construction, and the Set-Cookie lines it derives from that.
+//! Policy: cookie attributes, lifetime, refresh and timeouts, as the layer
+//! was told at construction. Turning it into `Set-Cookie` lines is the
+//! `cookie` module's job.
 
 use std::fmt;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use cookie::Cookie;
-use cookie::time::OffsetDateTime;
-use http::HeaderValue;
-
-use crate::codec::SessionData;
-use crate::store::Record;
+use crate::data::SessionData;
 
 /// Flask's `PERMANENT_SESSION_LIFETIME` default.
 pub(crate) const DEFAULT_LIFETIME: Duration = Duration::from_secs(31 * 24 * 60 * 60);
@@ -129,27 +125,6 @@ impl Config {
         })
     }
 
-    /// The Set-Cookie value that stores `value`: with `expires` (seconds
-    /// since the epoch) it carries Max-Age and Expires, without it it lasts
-    /// the browser session.
-    pub(crate) fn set_cookie(
-        &self,
-        name: &str,
-        value: &str,
-        expires: Option<u64>,
-        now: u64,
-    ) -> String {
-        let mut cookie = self.base_cookie(name, value);
-        if let Some(expires) = expires {
-            let max_age = expires.saturating_sub(now);
-            cookie.set_max_age(cookie::time::Duration::seconds(
-                i64::try_from(max_age).unwrap_or(i64::MAX),
-            ));
-            cookie.set_expires(expires_at(now, Duration::from_secs(max_age)));
-        }
-        cookie.to_string()
-    }
-
     /// When a permanent client-side cookie written at `now` expires.
     pub(crate) fn cookie_expiry(&self, permanent: bool, now: u64) -> Option<u64> {
         permanent.then(|| now.saturating_add(self.lifetime.as_secs()))
@@ -188,126 +163,11 @@ impl Config {
             })
         })
     }
-
-    /// Whether a stored record is dead at `now`, by its own expiry or by
-    /// the absolute timeout configured now.
-    pub(crate) fn record_expired(&self, record: &Record, now: u64) -> bool {
-        record.is_expired(now)
-            || self
-                .absolute_timeout
-                .is_some_and(|a| record.created_at.saturating_add(a.as_secs()) <= now)
-    }
-
-    /// The Set-Cookie value that deletes the cookie: same name, Path and
-    /// Domain (a browser only deletes the cookie they match), empty value,
-    /// Max-Age=0 and an Expires in the past.
-    pub(crate) fn removal_cookie(&self, name: &str) -> String {
-        let mut cookie = self.base_cookie(name, "");
-        cookie.set_max_age(cookie::time::Duration::ZERO);
-        cookie.set_expires(OffsetDateTime::UNIX_EPOCH);
-        cookie.to_string()
-    }
-
-    fn base_cookie<'a>(&'a self, name: &'a str, value: &'a str) -> Cookie<'a> {
-        let mut cookie = Cookie::new(name, value);
-        cookie.set_path(&*self.path);
-        if let Some(domain) = &self.domain {
-            cookie.set_domain(&**domain);
-        }
-        cookie.set_secure(self.secure);
-        cookie.set_http_only(self.http_only);
-        cookie.set_same_site(match self.same_site {
-            SameSite::Strict => cookie::SameSite::Strict,
-            SameSite::Lax => cookie::SameSite::Lax,
-            SameSite::None => cookie::SameSite::None,
-        });
-        if self.partitioned {
-            cookie.set_partitioned(true);
-        }
-        cookie
-    }
-}
-
-fn expires_at(now: u64, lifetime: Duration) -> OffsetDateTime {
-    let at = now.saturating_add(lifetime.as_secs());
-    i64::try_from(at)
-        .ok()
-        .and_then(|at| OffsetDateTime::from_unix_timestamp(at).ok())
-        .unwrap_or(OffsetDateTime::new_utc(
-            cookie::time::Date::MAX,
-            cookie::time::Time::MIDNIGHT,
-        ))
-}
-
-/// A header value from a Set-Cookie line built by [`Config`]. Every byte
-/// of it comes from a validated cookie name, attribute or codec output, so
-/// failure is a bug in this crate.
-pub(crate) fn header_value(line: String) -> HeaderValue {
-    HeaderValue::try_from(line).expect("Set-Cookie lines are built from visible ASCII")
-}
-
-/// Whether `name` is a valid cookie name (an RFC 6265 token).
-pub(crate) fn is_cookie_name(name: &str) -> bool {
-    !name.is_empty()
-        && name
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b))
-}
-
-/// Whether `value` may stand in a Set-Cookie attribute (Path, Domain):
-/// visible ASCII without `;`.
-pub(crate) fn is_attribute_value(value: &str) -> bool {
-    value
-        .bytes()
-        .all(|b| (0x21..0x7f).contains(&b) && b != b';')
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn defaults_are_the_secure_ones() {
-        let config = Config::default();
-        let line = config.set_cookie("session", "v", None, 0);
-        assert_eq!(line, "session=v; HttpOnly; SameSite=Lax; Secure; Path=/");
-    }
-
-    #[test]
-    fn permanent_cookies_carry_max_age_and_expires() {
-        let config = Config {
-            lifetime: Duration::from_secs(3600),
-            ..Config::default()
-        };
-        let line = config.set_cookie(
-            "session",
-            "v",
-            config.cookie_expiry(true, 1_700_000_000),
-            1_700_000_000,
-        );
-        assert!(line.contains("Max-Age=3600"), "{line}");
-        assert!(
-            line.contains("Expires=Tue, 14 Nov 2023 23:13:20 GMT"),
-            "{line}"
-        );
-    }
-
-    #[test]
-    fn removal_keeps_path_and_domain() {
-        let config = Config {
-            path: "/app".into(),
-            domain: Some("example.com".into()),
-            partitioned: true,
-            ..Config::default()
-        };
-        let line = config.removal_cookie("session");
-        assert!(line.starts_with("session=;"), "{line}");
-        assert!(line.contains("Path=/app"), "{line}");
-        assert!(line.contains("Domain=example.com"), "{line}");
-        assert!(line.contains("Max-Age=0"), "{line}");
-        assert!(line.contains("Expires=Thu, 01 Jan 1970"), "{line}");
-        assert!(line.contains("Partitioned"), "{line}");
-    }
 
     #[test]
     fn skip_paths_match_on_segment_boundaries() {
@@ -321,14 +181,5 @@ mod tests {
         assert!(!config.is_skipped("/staticfoo"));
         assert!(!config.is_skipped("/"));
         assert!(!config.is_skipped("/api/static"));
-    }
-
-    #[test]
-    fn cookie_names_are_tokens() {
-        assert!(is_cookie_name("session"));
-        assert!(is_cookie_name("__Host-session"));
-        for bad in ["", "a b", "a;b", "a=b", "a,b", "sé"] {
-            assert!(!is_cookie_name(bad), "{bad:?}");
-        }
     }
 }

@@ -9,14 +9,14 @@ use http::header::{SET_COOKIE, VARY};
 use http::{HeaderMap, HeaderValue, Response};
 use pin_project_lite::pin_project;
 
-use crate::codec::chunk;
-use crate::config::header_value;
+use crate::backend::{Backend, CookieBackend, Shared, StoreBackend};
+use crate::codec::Memory;
+use crate::cookie::{self, chunk, header_value};
 use crate::error::{Error, ErrorHandler, ErrorKind, LoadFailed};
 use crate::id::{self, SessionId};
-use crate::key::Keyring;
-use crate::layer::{Backend, Shared};
-use crate::session::{Loaded, SessionHandle, State};
-use crate::store::{Changes, Record, SessionStore};
+use crate::load::{Loaded, LoadedRecord, SessionHandle};
+use crate::session::State;
+use crate::store::{Changes, Record};
 
 type Saving<B> = Pin<Box<dyn Future<Output = Response<B>> + Send>>;
 
@@ -128,23 +128,22 @@ where
         return Next::Ready(response);
     }
     match &shared.backend {
-        Backend::Cookie(_) => {
-            let saved = save_cookie(shared, loaded, &state, response.headers_mut());
+        Backend::Cookie(backend) => {
+            let saved = save_cookie(shared, backend, loaded, &state, response.headers_mut());
             drop(state);
             Next::Ready(match saved {
                 Ok(()) => response,
                 Err(error) => fail(&error_handler, error),
             })
         }
-        Backend::Store { store, keys } => {
+        Backend::Store(backend) => {
             let Some(plan) = plan_store(shared, loaded, &state) else {
                 return Next::Ready(response);
             };
             drop(state);
-            let (shared, store, keys) = (shared.clone(), store.clone(), keys.clone());
-            let had_cookie = loaded.had_cookie;
+            let (shared, backend) = (shared.clone(), backend.clone());
             Next::Saving(Box::pin(async move {
-                match run_store(&shared, &*store, &keys, plan, had_cookie).await {
+                match run_store(&shared, &backend, plan).await {
                     Ok(lines) => {
                         append_cookies(response.headers_mut(), lines);
                         response
@@ -169,6 +168,7 @@ fn fail<B, H: ErrorHandler<B>>(error_handler: &H, error: Error) -> Response<B> {
 /// session is due for a refresh, or when a fallback key verified it.
 fn save_cookie(
     shared: &Shared,
+    backend: &CookieBackend,
     loaded: &Loaded,
     state: &State,
     headers: &mut HeaderMap,
@@ -177,37 +177,40 @@ fn save_cookie(
     let now = config.now();
     if state.modified && state.is_empty() {
         if loaded.had_cookie {
-            append_cookies(headers, [config.removal_cookie(&config.name)]);
+            append_cookies(headers, [cookie::removal_cookie(config, &config.name)]);
         }
         expire_chunks(headers, shared, loaded, 1);
         return Ok(());
     }
-    let reissue = loaded.origin.as_ref().is_some_and(|origin| {
+    let origin = loaded.origin.as_ref();
+    let reissue = origin.is_some_and(|origin| {
         origin.by_fallback_key
             || (state.permanent
                 && config.refresh_each_request
                 && now.saturating_sub(origin.issued_at) >= config.refresh_interval.as_secs())
     });
-    if state.modified || reissue {
-        // The absolute timeout counts from the session's start; a cleared
-        // or cycled session starts again now.
-        let created_at = loaded
-            .origin
-            .as_ref()
-            .filter(|_| config.absolute_timeout.is_some() && !state.cleared && !state.cycle)
-            .map(|origin| origin.created_at)
-            .filter(|&created_at| created_at < now);
-        let lines = shared.set_cookies(
-            &state.data,
-            state.permanent,
-            now,
-            created_at,
-            state.tags.as_ref(),
-        )?;
-        let written = lines.len();
-        append_cookies(headers, lines);
-        expire_chunks(headers, shared, loaded, written);
+    if !state.modified && !reissue {
+        return Ok(());
     }
+    // The absolute timeout counts from the session's start; a cleared or
+    // cycled session starts again now.
+    let created_at = origin
+        .filter(|_| config.absolute_timeout.is_some() && !state.cleared && !state.cycle)
+        .map(|origin| origin.created_at)
+        .filter(|&created_at| created_at < now);
+    let fresh = Memory::default();
+    let memory = origin.map_or(&fresh, |origin| &origin.memory);
+    let lines = backend.encode(
+        config,
+        &state.data,
+        state.permanent,
+        now,
+        created_at,
+        memory,
+    )?;
+    let written = lines.len();
+    append_cookies(headers, lines);
+    expire_chunks(headers, shared, loaded, written);
     Ok(())
 }
 
@@ -218,7 +221,7 @@ fn expire_chunks(headers: &mut HeaderMap, shared: &Shared, loaded: &Loaded, from
     let stale = loaded.chunks.iter().filter(|&&i| i >= from);
     append_cookies(
         headers,
-        stale.map(|&index| config.removal_cookie(&chunk::chunk_name(&config.name, index))),
+        stale.map(|&index| cookie::removal_cookie(config, &chunk::chunk_name(&config.name, index))),
     );
 }
 
@@ -245,105 +248,119 @@ struct StorePlan {
     cookie: CookieAction,
 }
 
+/// The store's part. The ops that make a new id also say until when its
+/// cookie lasts (`Some` for a permanent session): the cookie can only be
+/// written once the id exists.
 enum StoreOp {
     None,
     /// A new record under a fresh id.
-    Create(Record),
+    Create {
+        record: Record,
+        cookie_expires: Option<u64>,
+    },
     /// A new record under a fresh id, then the old one taken, and what
     /// other requests wrote to it meanwhile carried over.
     Cycle {
         record: Record,
         old: SessionId,
         touched: Touched,
+        cookie_expires: Option<u64>,
     },
     Apply(SessionId, Changes),
     Delete(SessionId),
 }
 
+/// What happens to the cookie of the id the request already had;
+/// `expires` is `Some` for a permanent session.
 enum CookieAction {
     None,
     Remove,
-    /// The id the store op produced (or kept), permanent until the expiry.
-    Set {
-        id: Option<SessionId>,
-        expires: Option<u64>,
-    },
+    Rewrite { id: SessionId, expires: Option<u64> },
 }
 
 /// Decides, under the session's lock, what the store and the cookie need;
 /// `None` when nothing does.
 fn plan_store(shared: &Shared, loaded: &Loaded, state: &State) -> Option<StorePlan> {
+    if state.modified && state.is_empty() {
+        return Some(plan_emptied(loaded));
+    }
+    if state.modified {
+        return Some(plan_modified(shared, loaded, state));
+    }
+    plan_refresh(shared, loaded, state)
+}
+
+/// Emptied: the record and the cookie go.
+fn plan_emptied(loaded: &Loaded) -> StorePlan {
+    StorePlan {
+        op: (loaded.record.as_ref()).map_or(StoreOp::None, |r| StoreOp::Delete(r.id.clone())),
+        cookie: if loaded.had_cookie {
+            CookieAction::Remove
+        } else {
+            CookieAction::None
+        },
+    }
+}
+
+/// Changed: a new record (first write, cycle, or a write after a flush,
+/// which starts over under a new id), or the changes applied per key.
+fn plan_modified(shared: &Shared, loaded: &Loaded, state: &State) -> StorePlan {
     let config = &shared.config;
     let now = config.now();
-    let record = loaded.record.as_ref();
-    let by_fallback = loaded.origin.as_ref().is_some_and(|o| o.by_fallback_key);
-    if state.modified && state.is_empty() {
-        return Some(StorePlan {
-            op: record.map_or(StoreOp::None, |r| StoreOp::Delete(r.id.clone())),
-            cookie: if loaded.had_cookie {
-                CookieAction::Remove
-            } else {
-                CookieAction::None
-            },
-        });
-    }
     let fresh = || {
         let expires = config.record_expiry(now, now);
         let record = Record::new(state.data.clone(), state.permanent, now, expires);
-        (
-            record,
-            CookieAction::Set {
-                id: None,
-                expires: state.permanent.then_some(expires),
-            },
-        )
+        (record, state.permanent.then_some(expires))
     };
-    if state.modified {
-        return Some(match record {
-            None => {
-                let (new, cookie) = fresh();
-                StorePlan {
-                    op: StoreOp::Create(new),
-                    cookie,
-                }
+    match &loaded.record {
+        None => {
+            let (record, cookie_expires) = fresh();
+            StorePlan {
+                op: StoreOp::Create {
+                    record,
+                    cookie_expires,
+                },
+                cookie: CookieAction::None,
             }
-            // A flushed session written again (a flash message after
-            // logout) starts over under a new id.
-            Some(r) if state.cycle || state.flushed => {
-                let (record, cookie) = fresh();
-                let touched = Touched {
-                    cleared: state.cleared,
-                    keys: state.changed.union(&state.removed).cloned().collect(),
-                };
-                StorePlan {
-                    op: StoreOp::Cycle {
-                        record,
-                        old: r.id.clone(),
-                        touched,
-                    },
-                    cookie,
-                }
+        }
+        Some(r) if state.cycle || state.flushed => {
+            let (record, cookie_expires) = fresh();
+            let touched = Touched {
+                cleared: state.cleared,
+                keys: state.changed.union(&state.removed).cloned().collect(),
+            };
+            StorePlan {
+                op: StoreOp::Cycle {
+                    record,
+                    old: r.id.clone(),
+                    touched,
+                    cookie_expires,
+                },
+                cookie: CookieAction::None,
             }
-            Some(r) => {
-                let expires = config.record_expiry(r.created_at, now);
-                let rewrite = state.permanent || state.permanent_changed || by_fallback;
-                StorePlan {
-                    op: StoreOp::Apply(r.id.clone(), state.changes(expires)),
-                    cookie: if rewrite {
-                        CookieAction::Set {
-                            id: Some(r.id.clone()),
-                            expires: state.permanent.then_some(expires),
-                        }
-                    } else {
-                        CookieAction::None
-                    },
-                }
+        }
+        Some(r) => {
+            let expires = config.record_expiry(r.created_at, now);
+            let by_fallback = loaded.origin.as_ref().is_some_and(|o| o.by_fallback_key);
+            let rewrite = state.permanent || state.permanent_changed || by_fallback;
+            StorePlan {
+                op: StoreOp::Apply(r.id.clone(), state.changes(expires)),
+                cookie: if rewrite {
+                    keep(r, state.permanent, expires)
+                } else {
+                    CookieAction::None
+                },
             }
-        });
+        }
     }
-    // Unchanged: refresh the expiry (throttled), re-sign a fallback id.
-    let r = record?;
-    let expires = config.record_expiry(r.created_at, now);
+}
+
+/// Unchanged: refresh the expiry (throttled), re-sign a fallback id.
+fn plan_refresh(shared: &Shared, loaded: &Loaded, state: &State) -> Option<StorePlan> {
+    let config = &shared.config;
+    let r = loaded.record.as_ref()?;
+    let by_fallback = loaded.origin.as_ref().is_some_and(|o| o.by_fallback_key);
+    let expires = config.record_expiry(r.created_at, config.now());
     let refresh = config.refresh_each_request
         && expires.saturating_sub(r.expires_at) >= config.refresh_interval.as_secs()
         && expires > r.expires_at;
@@ -358,14 +375,18 @@ fn plan_store(shared: &Shared, loaded: &Loaded, state: &State) -> Option<StorePl
             StoreOp::None
         },
         cookie: if state.permanent || by_fallback {
-            CookieAction::Set {
-                id: Some(r.id.clone()),
-                expires: state.permanent.then_some(expires),
-            }
+            keep(r, state.permanent, expires)
         } else {
             CookieAction::None
         },
     })
+}
+
+fn keep(record: &LoadedRecord, permanent: bool, expires: u64) -> CookieAction {
+    CookieAction::Rewrite {
+        id: record.id.clone(),
+        expires: permanent.then_some(expires),
+    }
 }
 
 /// What the request itself changed, so that a cycle can carry the rest of
@@ -419,21 +440,23 @@ const CREATE_ATTEMPTS: usize = 4;
 /// Carries out a plan against the store; the Set-Cookie lines to add.
 async fn run_store(
     shared: &Shared,
-    store: &dyn SessionStore,
-    keys: &Keyring,
+    backend: &StoreBackend,
     plan: StorePlan,
-    had_cookie: bool,
 ) -> Result<Vec<String>, Error> {
-    let config = &shared.config;
+    let store = &*backend.store;
     let created = match plan.op {
         StoreOp::None => None,
-        StoreOp::Create(record) => Some(create(store, &record).await?),
+        StoreOp::Create {
+            record,
+            cookie_expires,
+        } => Some((create(backend, &record).await?, cookie_expires)),
         StoreOp::Cycle {
             record,
             old,
             touched,
+            cookie_expires,
         } => {
-            let id = create(store, &record).await?;
+            let id = create(backend, &record).await?;
             let taken = store.take(&old).await?;
             match touched.carry(taken, &record) {
                 Carry::Nothing => {}
@@ -447,7 +470,7 @@ async fn run_store(
                     return Err(Error::new(ErrorKind::SessionEnded));
                 }
             }
-            Some(id)
+            Some((id, cookie_expires))
         }
         StoreOp::Apply(id, changes) => {
             if !store.apply(&id, &changes).await? {
@@ -460,27 +483,31 @@ async fn run_store(
             None
         }
     };
-    let now = config.now();
+    let config = &shared.config;
+    let set = |id: &SessionId, expires: Option<u64>| {
+        let value = id::sign(&backend.keys, &config.name, id);
+        vec![cookie::set_cookie(
+            config,
+            &config.name,
+            &value,
+            expires,
+            config.now(),
+        )]
+    };
+    if let Some((id, expires)) = created {
+        return Ok(set(&id, expires));
+    }
     Ok(match plan.cookie {
         CookieAction::None => Vec::new(),
-        CookieAction::Remove => {
-            debug_assert!(had_cookie);
-            vec![config.removal_cookie(&config.name)]
-        }
-        CookieAction::Set { id, expires } => {
-            let id = id
-                .or(created)
-                .expect("a plan that sets a new id creates one");
-            let value = id::sign(keys, &config.name, &id);
-            vec![config.set_cookie(&config.name, &value, expires, now)]
-        }
+        CookieAction::Remove => vec![cookie::removal_cookie(config, &config.name)],
+        CookieAction::Rewrite { id, expires } => set(&id, expires),
     })
 }
 
-async fn create(store: &dyn SessionStore, record: &Record) -> Result<SessionId, Error> {
+async fn create(backend: &StoreBackend, record: &Record) -> Result<SessionId, Error> {
     for _ in 0..CREATE_ATTEMPTS {
         let id = SessionId::generate();
-        if store.create(&id, record).await? {
+        if backend.store.create(&id, record).await? {
             return Ok(id);
         }
         tracing::warn!("session id collision; drawing another");

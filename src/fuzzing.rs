@@ -4,7 +4,7 @@
 
 use http::{HeaderMap, HeaderValue, header::COOKIE};
 
-use crate::codec::chunk;
+use crate::cookie::chunk;
 use crate::key::Keyring;
 
 /// Splits `header` as the layer splits a request's `Cookie` header and
@@ -13,8 +13,12 @@ pub fn cookie_family(header: &[u8]) -> Option<(usize, Vec<usize>, bool)> {
     let value = HeaderValue::from_bytes(header).ok()?;
     let mut headers = HeaderMap::new();
     headers.append(COOKIE, value);
-    let family = crate::cookies::family(&headers, "session");
-    Some((family.firsts.len(), family.chunk_indices(), family.overflow))
+    let family = crate::cookie::family(&headers, "session");
+    Some((
+        family.candidates.len(),
+        family.chunk_indices(),
+        family.overflow,
+    ))
 }
 
 /// Joins a first cookie and chunk cookies as the layer does.

@@ -5,12 +5,12 @@ use std::time::{Duration, SystemTime};
 
 use tower_layer::Layer;
 
-use crate::codec::{
-    Codec, DecodeError, Decoded, MAX_CHUNKS, PrivateCodec, SessionData, SignedCodec, Tags, chunk,
-};
-use crate::config::{self, Config, SameSite};
-use crate::cookies::MAX_COOKIE_LEN;
-use crate::error::{DefaultErrorHandler, Error, ErrorKind};
+use crate::backend::{Backend, CookieBackend, Shared, StoreBackend};
+use crate::codec::{Codec, PrivateCodec, SignedCodec};
+use crate::config::{Config, SameSite};
+use crate::cookie::{self, MAX_CHUNKS};
+use crate::data::SessionData;
+use crate::error::DefaultErrorHandler;
 use crate::key::Keyring;
 use crate::service::SessionService;
 use crate::store::SessionStore;
@@ -37,104 +37,45 @@ use crate::store::SessionStore;
 /// The defaults are the safe ones: cookie `session`, `Path=/`, no
 /// `Domain`, `Secure`, `HttpOnly`, `SameSite=Lax`, a 31-day lifetime (as
 /// Flask's), and permanent sessions refreshed at most once a minute.
+///
+/// The second type parameter says what signs the cookie: [`Keyed`] (this
+/// crate's keys, the default) or [`Flask`] (Flask's `SECRET_KEY`). Only a
+/// keyed layer can keep sessions in a store or enforce an absolute
+/// timeout, so asking a Flask layer for either does not compile.
 #[derive(Debug, Clone)]
 #[must_use]
-pub struct SessionLayer<H = DefaultErrorHandler> {
+pub struct SessionLayer<H = DefaultErrorHandler, K = Keyed> {
     shared: Arc<Shared>,
     error_handler: H,
+    kind: K,
 }
 
-/// What every request of one layer shares: configuration and where
-/// sessions live.
+/// A [`SessionLayer`] whose cookies (or ids) are signed with this crate's
+/// [`Keyring`]: every layer but a Flask one.
 #[derive(Debug, Clone)]
-pub(crate) struct Shared {
-    pub(crate) config: Config,
-    pub(crate) backend: Backend,
+pub struct Keyed {
+    keys: Keyring,
 }
 
-/// Where sessions live.
-#[derive(Debug, Clone)]
-pub(crate) enum Backend {
-    /// In the cookie itself.
-    Cookie(Codec),
-    /// In a store; the cookie carries the id, signed with `keys`.
-    Store {
-        store: Arc<dyn SessionStore>,
-        keys: Keyring,
-    },
-}
-
-impl Shared {
-    /// Verifies the request's session cookie: `first` is the value of the
-    /// cookie named after the session, `chunks` the chunk cookies.
-    pub(crate) fn decode_cookie(
-        &self,
-        first: &[u8],
-        chunks: &[(usize, &[u8])],
-    ) -> Result<Decoded, DecodeError> {
-        if first.len() > MAX_COOKIE_LEN {
-            return Err(DecodeError::TooLarge);
-        }
-        let Backend::Cookie(codec) = &self.backend else {
-            return Err(DecodeError::Malformed);
-        };
-        let joined = chunk::join(first, chunks, self.config.max_chunks)?;
-        let value = std::str::from_utf8(&joined).map_err(|_| DecodeError::Encoding)?;
-        let now = self.config.now();
-        codec.decode(
-            &self.config.name,
-            value,
-            now,
-            self.config.lifetime.as_secs(),
-        )
-    }
-
-    /// The Set-Cookie lines that store `data`: one cookie when it fits,
-    /// chunks when it does not, or an error when even the chunk budget is
-    /// too small (browsers would drop what does not fit).
-    pub(crate) fn set_cookies(
-        &self,
-        data: &SessionData,
-        permanent: bool,
-        now: u64,
-        created_at: Option<u64>,
-        tags: Option<&Tags>,
-    ) -> Result<Vec<String>, Error> {
-        let config = &self.config;
-        let Backend::Cookie(codec) = &self.backend else {
-            unreachable!("only client-side sessions encode data into cookies")
-        };
-        let value = codec.encode(&config.name, data, permanent, now, created_at, tags);
-        let expires = config.cookie_expiry(permanent, now);
-        let line = config.set_cookie(&config.name, &value, expires, now);
-        if line.len() <= MAX_COOKIE_LEN {
-            return Ok(vec![line]);
-        }
-        let overhead = line.len() - value.len();
-        let values = chunk::split(&value, overhead, MAX_COOKIE_LEN, config.max_chunks)
-            .ok_or_else(|| {
-                Error::with_message(
-                    ErrorKind::CookieTooLarge,
-                    format!(
-                        "the session encodes to {} bytes, more than {} cookies of {MAX_COOKIE_LEN} bytes hold",
-                        value.len(),
-                        config.max_chunks
-                    ),
-                )
-            })?;
-        Ok(values
-            .iter()
-            .enumerate()
-            .map(|(index, value)| {
-                if index == 0 {
-                    config.set_cookie(&config.name, value, expires, now)
-                } else {
-                    let name = chunk::chunk_name(&config.name, index);
-                    config.set_cookie(&name, value, expires, now)
-                }
-            })
-            .collect())
-    }
+/// A [`SessionLayer`] speaking Flask's session cookie
+/// (`SessionLayer::flask`, feature `flask`). It has no key of this crate's
+/// to sign ids with, and Flask's cookie has no place for a creation time,
+/// so neither a store nor an absolute timeout can be asked of it:
+///
+/// ```compile_fail
+/// # use session_layer::{SessionLayer, codec::FlaskCodec, store::MemoryStore};
+/// let codec = FlaskCodec::new("a Flask SECRET_KEY").unwrap();
+/// let layer = SessionLayer::flask(codec).with_store(MemoryStore::new());
+/// ```
+///
+/// ```compile_fail
+/// # use session_layer::{SessionLayer, codec::FlaskCodec};
+/// let codec = FlaskCodec::new("a Flask SECRET_KEY").unwrap();
+/// let layer = SessionLayer::flask(codec).absolute_timeout(std::time::Duration::from_secs(60));
+/// ```
+#[derive(Debug, Clone, Copy)]
+pub struct Flask {
+    _private: (),
 }
 
 impl SessionLayer {
@@ -148,7 +89,9 @@ impl SessionLayer {
 
     /// A layer keeping sessions in signed cookies ([`SignedCodec`]).
     pub fn signed(keys: impl Into<Keyring>) -> Self {
-        Self::with_codec(Codec::Signed(SignedCodec::new(keys.into())))
+        let keys = keys.into();
+        let codec = Codec::Signed(SignedCodec::new(keys.clone()));
+        with_codec(codec, Keyed { keys })
     }
 
     /// A layer keeping sessions in encrypted cookies ([`PrivateCodec`],
@@ -156,9 +99,13 @@ impl SessionLayer {
     /// session. Costs 11 characters more per cookie than
     /// [`signed`](Self::signed) and a cipher pass over the data.
     pub fn private(keys: impl Into<Keyring>) -> Self {
-        Self::with_codec(Codec::Private(PrivateCodec::new(keys.into())))
+        let keys = keys.into();
+        let codec = Codec::Private(PrivateCodec::new(keys.clone()));
+        with_codec(codec, Keyed { keys })
     }
+}
 
+impl SessionLayer<DefaultErrorHandler, Flask> {
     /// A layer reading and writing Flask's session cookies
     /// ([`FlaskCodec`](crate::codec::FlaskCodec)), so a Flask app and this
     /// one, sharing `SECRET_KEY` and the cookie name, share sessions.
@@ -170,27 +117,25 @@ impl SessionLayer {
     /// `docs/migrating-from-flask.md` maps every setting.
     #[cfg(feature = "flask")]
     pub fn flask(codec: crate::codec::FlaskCodec) -> Self {
-        let mut layer = Self::with_codec(Codec::Flask(codec));
+        let mut layer = with_codec(Codec::Flask(codec), Flask { _private: () });
         layer.config().max_chunks = 1;
         layer
     }
+}
 
-    fn with_codec(codec: Codec) -> Self {
-        Self {
-            shared: Arc::new(Shared {
-                config: Config::default(),
-                backend: Backend::Cookie(codec),
-            }),
-            error_handler: DefaultErrorHandler,
-        }
+fn with_codec<K>(codec: Codec, kind: K) -> SessionLayer<DefaultErrorHandler, K> {
+    SessionLayer {
+        shared: Arc::new(Shared {
+            config: Config::default(),
+            backend: Backend::Cookie(CookieBackend { codec }),
+        }),
+        error_handler: DefaultErrorHandler,
+        kind,
     }
 }
 
-impl<H> SessionLayer<H> {
-    fn config(&mut self) -> &mut Config {
-        &mut Arc::make_mut(&mut self.shared).config
-    }
-
+/// What only a keyed layer can do.
+impl<H> SessionLayer<H, Keyed> {
     /// Keeps sessions on the server, in `store`; the cookie then carries
     /// only a random session id signed with the layer's key. Handlers do
     /// not change: the same `Session` API works in both modes.
@@ -202,25 +147,32 @@ impl<H> SessionLayer<H> {
     /// # }
     /// ```
     ///
-    /// # Panics
-    /// On a layer made with `SessionLayer::flask`: the flask codec has no
-    /// key of this crate's to sign ids with.
+    /// A Flask layer has no key of this crate's to sign ids with:
+    /// `with_store` is not available on it.
     pub fn with_store(mut self, store: impl SessionStore) -> Self {
-        let shared = Arc::make_mut(&mut self.shared);
-        let keys = match &shared.backend {
-            Backend::Cookie(Codec::Signed(codec)) => codec.keys().clone(),
-            Backend::Cookie(Codec::Private(codec)) => codec.keys().clone(),
-            Backend::Store { keys, .. } => keys.clone(),
-            #[cfg(feature = "flask")]
-            Backend::Cookie(Codec::Flask(_)) => {
-                panic!("with_store needs a layer made with a Key, not SessionLayer::flask")
-            }
-        };
-        shared.backend = Backend::Store {
+        Arc::make_mut(&mut self.shared).backend = Backend::Store(StoreBackend {
             store: Arc::new(store),
-            keys,
-        };
+            keys: self.kind.keys.clone(),
+        });
         self
+    }
+
+    /// Sessions end this long after they were created (or their id last
+    /// cycled, or they were cleared), however active (default: none), so
+    /// a stolen session cannot be kept alive by refreshing it. Server-side,
+    /// checked from the record; client-side, signed and private cookies
+    /// carry the creation time (a cookie written before this setting
+    /// counts from its issue time). Flask's cookie has no place for a
+    /// creation time: a Flask layer does not offer this setting.
+    pub fn absolute_timeout(mut self, timeout: Duration) -> Self {
+        self.config().absolute_timeout = Some(timeout);
+        self
+    }
+}
+
+impl<H, K> SessionLayer<H, K> {
+    fn config(&mut self) -> &mut Config {
+        &mut Arc::make_mut(&mut self.shared).config
     }
 
     /// Sessions expire after this long without a request that reads them
@@ -233,28 +185,6 @@ impl<H> SessionLayer<H> {
         self
     }
 
-    /// Sessions end this long after they were created (or their id last
-    /// cycled, or they were cleared), however active (default: none), so
-    /// a stolen session cannot be kept alive by refreshing it. Server-side,
-    /// checked from the record; client-side, signed and private cookies
-    /// carry the creation time (a cookie written before this setting
-    /// counts from its issue time).
-    ///
-    /// # Panics
-    /// On a layer made with `SessionLayer::flask` without a store: Flask's
-    /// cookie has no place for a creation time, so the timeout could not
-    /// be kept.
-    pub fn absolute_timeout(mut self, timeout: Duration) -> Self {
-        if let Backend::Cookie(codec) = &self.shared.backend {
-            assert!(
-                codec.carries_creation_time(),
-                "absolute_timeout cannot be enforced on Flask cookies, which carry no creation time"
-            );
-        }
-        self.config().absolute_timeout = Some(timeout);
-        self
-    }
-
     /// The cookie's name (default `session`).
     ///
     /// # Panics
@@ -263,7 +193,7 @@ impl<H> SessionLayer<H> {
     /// caught at start-up.
     pub fn cookie_name(mut self, name: &str) -> Self {
         assert!(
-            config::is_cookie_name(name),
+            cookie::is_cookie_name(name),
             "{name:?} is not a valid cookie name"
         );
         self.config().name = name.into();
@@ -276,7 +206,7 @@ impl<H> SessionLayer<H> {
     /// When `path` holds a `;`, a space or a control character.
     pub fn path(mut self, path: &str) -> Self {
         assert!(
-            config::is_attribute_value(path),
+            cookie::is_attribute_value(path),
             "{path:?} is not a valid cookie Path"
         );
         self.config().path = path.into();
@@ -293,7 +223,7 @@ impl<H> SessionLayer<H> {
     /// When `domain` holds a `;`, a space or a control character.
     pub fn domain(mut self, domain: &str) -> Self {
         assert!(
-            config::is_attribute_value(domain),
+            cookie::is_attribute_value(domain),
             "{domain:?} is not a valid cookie Domain"
         );
         self.config().domain = Some(domain.into());
@@ -442,15 +372,16 @@ impl<H> SessionLayer<H> {
     /// [`DefaultErrorHandler`]: an empty body with the error's status).
     /// Whatever the handler returns, the layer also logs the error and
     /// puts it in the response extensions.
-    pub fn with_error_handler<H2>(self, error_handler: H2) -> SessionLayer<H2> {
+    pub fn with_error_handler<H2>(self, error_handler: H2) -> SessionLayer<H2, K> {
         SessionLayer {
             shared: self.shared,
             error_handler,
+            kind: self.kind,
         }
     }
 }
 
-impl<S, H: Clone> Layer<S> for SessionLayer<H> {
+impl<S, H: Clone, K> Layer<S> for SessionLayer<H, K> {
     type Service = SessionService<S, H>;
 
     fn layer(&self, inner: S) -> Self::Service {
@@ -465,17 +396,5 @@ impl<S, H: Clone> Layer<S> for SessionLayer<H> {
             });
         }
         SessionService::new(inner, self.shared.clone(), self.error_handler.clone())
-    }
-}
-
-#[cfg(all(test, feature = "flask"))]
-mod flask_tests {
-    use super::*;
-
-    #[test]
-    #[should_panic(expected = "Flask cookies, which carry no creation time")]
-    fn an_absolute_timeout_on_flask_cookies_is_refused() {
-        let codec = crate::codec::FlaskCodec::new(b"a Flask SECRET_KEY of some length").unwrap();
-        let _ = SessionLayer::flask(codec).absolute_timeout(Duration::from_secs(60));
     }
 }

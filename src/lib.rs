@@ -70,8 +70,10 @@
 //! (the memory store); every other store and codec sits behind its own
 //! feature.
 
+mod backend;
 mod config;
-mod cookies;
+mod cookie;
+mod data;
 mod error;
 #[cfg(feature = "axum")]
 mod extract;
@@ -79,6 +81,7 @@ mod future;
 mod id;
 mod key;
 mod layer;
+mod load;
 mod service;
 mod session;
 
@@ -91,11 +94,13 @@ pub mod store;
 pub mod testing;
 
 pub use config::SameSite;
+pub use cookie::MAX_CHUNKS;
+pub use data::SessionData;
 pub use error::{DefaultErrorHandler, Error, ErrorHandler, ErrorKind};
 #[cfg(feature = "axum")]
 pub use extract::SessionRejection;
 pub use future::ResponseFuture;
 pub use key::{Key, Keyring, MIN_KEY_LEN};
-pub use layer::SessionLayer;
+pub use layer::{Flask, Keyed, SessionLayer};
 pub use service::SessionService;
 pub use session::Session;

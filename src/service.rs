@@ -6,10 +6,10 @@ use std::task::{Context, Poll};
 use http::{Request, Response};
 use tower_service::Service;
 
+use crate::backend::Shared;
 use crate::error::{DefaultErrorHandler, ErrorHandler};
 use crate::future::ResponseFuture;
-use crate::layer::Shared;
-use crate::session::SessionHandle;
+use crate::load::SessionHandle;
 
 /// The service [`SessionLayer`](crate::SessionLayer) wraps around another:
 /// it hands each request a session and saves it from the response.

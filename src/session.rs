@@ -3,20 +3,15 @@
 
 use std::collections::BTreeSet;
 use std::fmt;
-use std::sync::{Arc, Mutex, MutexGuard, OnceLock, PoisonError};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
-use http::HeaderMap;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use serde_json::Value;
 
-use crate::codec::{Decoded, SessionData, Tags};
-use crate::cookies::{self, Family};
+use crate::data::SessionData;
 use crate::error::{Error, ErrorKind};
-use crate::id::{self, SessionId};
-use crate::key::Keyring;
-use crate::layer::{Backend, Shared};
-use crate::store::{Changes, SessionStore};
+use crate::store::Changes;
 
 /// The session of the current request.
 ///
@@ -44,8 +39,6 @@ pub(crate) struct State {
     pub(crate) permanent: bool,
     pub(crate) accessed: bool,
     pub(crate) modified: bool,
-    /// What the codec remembers of the cookie (Python types, for Flask).
-    pub(crate) tags: Option<Tags>,
     /// Per-key changes, for stores (see `Changes`).
     pub(crate) changed: BTreeSet<String>,
     pub(crate) removed: BTreeSet<String>,
@@ -113,40 +106,10 @@ impl State {
 }
 
 impl Session {
-    fn from_state(state: State) -> Self {
+    pub(crate) fn from_state(state: State) -> Self {
         Self {
             state: Arc::new(Mutex::new(state)),
         }
-    }
-
-    /// The session a [`SessionLayer`](crate::SessionLayer) prepared for this
-    /// request, for Tower services without Axum (Axum handlers take
-    /// `Session` as an extractor instead).
-    ///
-    /// # Errors
-    /// [`ErrorKind::LayerMissing`] when no `SessionLayer` ran for this
-    /// request or its path is skipped; [`ErrorKind::Store`] when the
-    /// session store could not be read.
-    pub async fn from_parts(parts: &http::request::Parts) -> Result<Self, Error> {
-        Self::load(&parts.headers, &parts.extensions).await
-    }
-
-    /// Like [`from_parts`](Self::from_parts), from a whole request.
-    ///
-    /// # Errors
-    /// As [`from_parts`](Self::from_parts).
-    pub async fn from_request<B>(request: &http::Request<B>) -> Result<Self, Error> {
-        Self::load(request.headers(), request.extensions()).await
-    }
-
-    pub(crate) async fn load(
-        headers: &HeaderMap,
-        extensions: &http::Extensions,
-    ) -> Result<Self, Error> {
-        let handle = extensions
-            .get::<SessionHandle>()
-            .ok_or_else(|| Error::new(ErrorKind::LayerMissing))?;
-        Ok(handle.load(headers).await?.session.clone())
     }
 
     fn lock(&self) -> MutexGuard<'_, State> {
@@ -409,222 +372,6 @@ impl fmt::Debug for Session {
             .field("permanent", &state.permanent)
             .field("accessed", &state.accessed)
             .field("modified", &state.modified)
-            .finish()
-    }
-}
-
-/// What the layer puts in the request extensions: the way from the
-/// request to its session, read on first use so that routes which never
-/// touch the session never pay for it (no decoding, no store round trip).
-#[derive(Clone)]
-pub(crate) struct SessionHandle {
-    inner: Arc<HandleInner>,
-}
-
-struct HandleInner {
-    shared: Arc<Shared>,
-    loaded: OnceLock<Loaded>,
-}
-
-/// A session as read from the request, with what the response needs to
-/// know about where it came from.
-pub(crate) struct Loaded {
-    pub(crate) session: Session,
-    /// The request carried a cookie of the session's name, valid or not.
-    pub(crate) had_cookie: bool,
-    /// The chunk indices (`name.1`, ...) the request carried, valid or not:
-    /// the response expires those the new value no longer uses.
-    pub(crate) chunks: Vec<usize>,
-    /// The verified cookie, if any.
-    pub(crate) origin: Option<Origin>,
-    /// Server-side: the record the verified id named, if it exists.
-    pub(crate) record: Option<Stored>,
-}
-
-/// Facts about a verified cookie.
-pub(crate) struct Origin {
-    pub(crate) issued_at: u64,
-    /// When the session began (client-side; the issue time where the
-    /// cookie does not say).
-    pub(crate) created_at: u64,
-    pub(crate) by_fallback_key: bool,
-}
-
-/// Facts about a loaded server-side record.
-pub(crate) struct Stored {
-    pub(crate) id: SessionId,
-    pub(crate) created_at: u64,
-    pub(crate) expires_at: u64,
-}
-
-impl SessionHandle {
-    pub(crate) fn new(shared: Arc<Shared>) -> Self {
-        Self {
-            inner: Arc::new(HandleInner {
-                shared,
-                loaded: OnceLock::new(),
-            }),
-        }
-    }
-
-    pub(crate) fn shared(&self) -> &Arc<Shared> {
-        &self.inner.shared
-    }
-
-    /// The session, reading the request's cookie (and the store) the first
-    /// time. A failed store read is not remembered: the next call retries.
-    pub(crate) async fn load(&self, headers: &HeaderMap) -> Result<&Loaded, Error> {
-        if let Some(loaded) = self.inner.loaded.get() {
-            return Ok(loaded);
-        }
-        let shared = self.shared();
-        let family = cookies::family(headers, &shared.config.name);
-        let loaded = match &shared.backend {
-            Backend::Cookie(_) => self.decode(&family),
-            Backend::Store { store, keys } => self.fetch(&family, &**store, keys).await?,
-        };
-        // Two extractions racing in one request both read; the first wins.
-        Ok(self.inner.loaded.get_or_init(|| loaded))
-    }
-
-    /// The session if a handler asked for it.
-    pub(crate) fn loaded(&self) -> Option<&Loaded> {
-        self.inner.loaded.get()
-    }
-
-    fn empty(family: &Family<'_>, track_changes: bool) -> Loaded {
-        Loaded {
-            session: Session::from_state(State {
-                track_changes,
-                ..State::default()
-            }),
-            had_cookie: !family.firsts.is_empty(),
-            chunks: family.chunk_indices(),
-            origin: None,
-            record: None,
-        }
-    }
-
-    /// Client-side: the session is the cookie.
-    fn decode(&self, family: &Family<'_>) -> Loaded {
-        let shared = self.shared();
-        let name = &*shared.config.name;
-        let mut loaded = Self::empty(family, false);
-        if family.overflow {
-            tracing::debug!(cookie = name, "too many session chunk cookies; refused");
-            return loaded;
-        }
-        for first in &family.firsts {
-            match shared.decode_cookie(first, &family.chunks) {
-                Ok(Decoded {
-                    data, issued_at, ..
-                }) if shared.config.revoked(&data, issued_at) => {
-                    tracing::debug!(
-                        cookie = name,
-                        "session cookie revoked by the not_before hook"
-                    );
-                }
-                Ok(Decoded {
-                    issued_at,
-                    created_at,
-                    ..
-                }) if shared.config.cookie_timed_out(
-                    issued_at,
-                    created_at,
-                    shared.config.now(),
-                ) =>
-                {
-                    tracing::debug!(
-                        cookie = name,
-                        "session cookie past the idle or absolute timeout"
-                    );
-                }
-                Ok(Decoded {
-                    data,
-                    permanent,
-                    issued_at,
-                    created_at,
-                    by_fallback_key,
-                    tags,
-                    ..
-                }) => {
-                    loaded.session = Session::from_state(State {
-                        data,
-                        permanent,
-                        tags,
-                        ..State::default()
-                    });
-                    loaded.origin = Some(Origin {
-                        issued_at,
-                        created_at,
-                        by_fallback_key,
-                    });
-                    break;
-                }
-                Err(reason) => {
-                    tracing::debug!(cookie = name, %reason, "session cookie refused");
-                }
-            }
-        }
-        loaded
-    }
-
-    /// Server-side: the cookie names a record. Only an id whose signature
-    /// verifies reaches the store; an id the store does not know (or whose
-    /// record expired) is never adopted: the session starts empty and gets
-    /// a fresh id when first written.
-    async fn fetch(
-        &self,
-        family: &Family<'_>,
-        store: &dyn SessionStore,
-        keys: &Keyring,
-    ) -> Result<Loaded, Error> {
-        let config = &self.shared().config;
-        let name = &*config.name;
-        let mut loaded = Self::empty(family, true);
-        for first in &family.firsts {
-            let Some((id, by_fallback_key)) = id::verify(keys, name, first) else {
-                tracing::debug!(cookie = name, "session id cookie refused");
-                continue;
-            };
-            let now = config.now();
-            match store.load(&id).await? {
-                Some(record) if config.revoked(&record.data, record.created_at) => {
-                    tracing::debug!(
-                        cookie = name,
-                        "session revoked by the not_before hook; not adopted"
-                    );
-                }
-                Some(record) if !config.record_expired(&record, now) => {
-                    loaded.session = Session::from_state(State {
-                        data: record.data,
-                        permanent: record.permanent,
-                        track_changes: true,
-                        ..State::default()
-                    });
-                    loaded.origin = Some(Origin {
-                        issued_at: now,
-                        created_at: record.created_at,
-                        by_fallback_key,
-                    });
-                    loaded.record = Some(Stored {
-                        id,
-                        created_at: record.created_at,
-                        expires_at: record.expires_at,
-                    });
-                    break;
-                }
-                _ => tracing::debug!(cookie = name, "session id unknown or expired; not adopted"),
-            }
-        }
-        Ok(loaded)
-    }
-}
-
-impl fmt::Debug for SessionHandle {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("SessionHandle")
-            .field("loaded", &self.inner.loaded.get().is_some())
             .finish()
     }
 }

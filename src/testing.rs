@@ -19,7 +19,7 @@ use std::time::Duration;
 
 use serde_json::{Value, json};
 
-use crate::codec::SessionData;
+use crate::data::SessionData;
 use crate::store::{Changes, Record, SessionId, SessionStore};
 
 /// Runs every check against `store`. Takes a few seconds: one check waits

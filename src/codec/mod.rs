@@ -1,7 +1,6 @@
 //! Cookie formats. Each codec turns a session's data into one cookie value
 //! and back; it knows nothing of HTTP or stores.
 
-pub(crate) mod chunk;
 #[cfg(feature = "flask")]
 mod flask;
 mod private;
@@ -9,23 +8,22 @@ mod signed;
 
 use std::fmt;
 
-pub use chunk::MAX_CHUNKS;
 #[cfg(feature = "flask")]
 pub use flask::FlaskCodec;
-#[cfg(feature = "flask")]
-pub(crate) use flask::Tags;
-
-/// What a codec remembers of a decoded cookie to write it back faithfully:
-/// for the flask codec, the Python types of the values. Nothing for the
-/// others.
-#[cfg(not(feature = "flask"))]
-#[derive(Debug, Clone, Default, PartialEq)]
-pub(crate) struct Tags;
 pub use private::PrivateCodec;
 pub use signed::SignedCodec;
 
-/// A session's data: JSON values by string key, kept in key order.
-pub type SessionData = serde_json::Map<String, serde_json::Value>;
+use crate::data::SessionData;
+
+/// What a codec remembers of a cookie it decoded, to write the session
+/// back faithfully: for the flask codec, the Python types of the values;
+/// nothing for the others. Opaque outside the codecs: the layer only
+/// carries it from a decode to the next encode.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub(crate) struct Memory {
+    #[cfg(feature = "flask")]
+    tags: Option<flask::Tags>,
+}
 
 /// How far in the future an issue time may lie before a cookie is refused:
 /// enough for clocks of servers behind one load balancer to disagree.
@@ -48,8 +46,8 @@ pub struct Decoded {
     /// Whether a fallback key, not the current one, verified it; the layer
     /// then re-signs it with the current key.
     pub by_fallback_key: bool,
-    /// The Python types of the values, for the flask codec.
-    pub(crate) tags: Option<Tags>,
+    /// What the codec needs to write the session back as it came.
+    pub(crate) memory: Memory,
 }
 
 /// Why a cookie value was refused. The layer treats each as "no session"
@@ -163,7 +161,7 @@ fn read_content(
         issued_at,
         created_at,
         by_fallback_key,
-        tags: None,
+        memory: Memory::default(),
     })
 }
 
@@ -197,24 +195,15 @@ impl Codec {
         permanent: bool,
         now: u64,
         created_at: Option<u64>,
-        tags: Option<&Tags>,
+        memory: &Memory,
     ) -> String {
         #[cfg(not(feature = "flask"))]
-        let _ = tags;
+        let _ = memory;
         match self {
             Self::Signed(codec) => codec.encode_since(name, data, permanent, now, created_at),
             Self::Private(codec) => codec.encode_since(name, data, permanent, now, created_at),
             #[cfg(feature = "flask")]
-            Self::Flask(codec) => codec.encode_tagged(data, permanent, now, tags),
-        }
-    }
-
-    /// Whether the format can carry a session's creation time.
-    pub(crate) fn carries_creation_time(&self) -> bool {
-        match self {
-            Self::Signed(_) | Self::Private(_) => true,
-            #[cfg(feature = "flask")]
-            Self::Flask(_) => false,
+            Self::Flask(codec) => codec.encode_tagged(data, permanent, now, memory.tags.as_ref()),
         }
     }
 

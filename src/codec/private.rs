@@ -7,7 +7,8 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use chacha20poly1305::aead::inout::InOutBuf;
 use chacha20poly1305::{AeadInOut, Tag, XNonce};
 
-use super::{CONTENT_HEADER_LEN, DecodeError, Decoded, SessionData, read_content, write_content};
+use super::{CONTENT_HEADER_LEN, DecodeError, Decoded, read_content, write_content};
+use crate::data::SessionData;
 use crate::key::Keyring;
 
 const VERSION: u8 = 1;
@@ -44,10 +45,6 @@ impl PrivateCodec {
     /// with any of them.
     pub fn new(keys: Keyring) -> Self {
         Self { keys }
-    }
-
-    pub(crate) fn keys(&self) -> &Keyring {
-        &self.keys
     }
 
     /// Encrypts `data` as the value of the cookie `name`, issued at `now`.

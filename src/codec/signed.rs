@@ -5,7 +5,8 @@ use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use hmac::Mac;
 
-use super::{CONTENT_HEADER_LEN, DecodeError, Decoded, SessionData, read_content, write_content};
+use super::{CONTENT_HEADER_LEN, DecodeError, Decoded, read_content, write_content};
+use crate::data::SessionData;
 use crate::key::{HmacSha256, Keyring};
 
 /// Envelope version 1; a new layout gets a new number, and this one stays
@@ -40,10 +41,6 @@ impl SignedCodec {
     /// any of them.
     pub fn new(keys: Keyring) -> Self {
         Self { keys }
-    }
-
-    pub(crate) fn keys(&self) -> &Keyring {
-        &self.keys
     }
 
     /// Encodes `data` as the value of the cookie `name`, issued at `now`

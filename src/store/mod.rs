@@ -48,7 +48,7 @@ pub use redis_store::RedisStore;
 ))]
 pub use sql::SqlStore;
 
-use crate::codec::SessionData;
+use crate::data::SessionData;
 use crate::error::Error;
 pub use crate::id::SessionId;
 
@@ -86,6 +86,13 @@ impl Record {
     /// Whether the record has expired at `now`.
     pub fn is_expired(&self, now: u64) -> bool {
         self.expires_at <= now
+    }
+
+    /// Whether the record is dead at `now`: expired, or older than an
+    /// absolute timeout configured since it was written.
+    pub(crate) fn outlived(&self, now: u64, absolute_timeout: Option<std::time::Duration>) -> bool {
+        self.is_expired(now)
+            || absolute_timeout.is_some_and(|a| self.created_at.saturating_add(a.as_secs()) <= now)
     }
 }
 

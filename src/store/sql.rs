@@ -7,7 +7,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 
 use super::{Changes, Record, SessionId, SessionStore, now};
-use crate::codec::SessionData;
+use crate::data::SessionData;
 use crate::error::Error;
 
 /// The default bound on every database call.

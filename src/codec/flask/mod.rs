@@ -18,9 +18,10 @@ use hmac::{Hmac, KeyInit, Mac};
 use serde_json::Value;
 use sha1::Sha1;
 
-pub(crate) use tag::Tags;
+pub(super) use tag::Tags;
 
-use super::{DecodeError, Decoded, SessionData};
+use super::{DecodeError, Decoded};
+use crate::data::SessionData;
 use crate::error::{Error, ErrorKind};
 
 type HmacSha1 = Hmac<Sha1>;
@@ -170,7 +171,7 @@ impl FlaskCodec {
             issued_at,
             created_at: issued_at,
             by_fallback_key: key_index > 0,
-            tags: Some(tags),
+            memory: super::Memory { tags: Some(tags) },
         })
     }
 }

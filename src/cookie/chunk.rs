@@ -1,7 +1,7 @@
 //! Splitting a cookie value too large for one cookie over several, and
-//! joining them back. Used by every client-side codec; the codec signs or
-//! encrypts the whole joined value, so chunks cannot be mixed or reordered
-//! without the check failing.
+//! joining them back. Codecs never see chunks: they sign or encrypt the
+//! whole joined value, so chunks cannot be mixed or reordered without the
+//! check failing.
 //!
 //! Layout (`docs/cookie-format.md`): a value that fits is stored as is
 //! under the cookie name. One that does not is cut into `N` pieces (2 to
@@ -12,8 +12,8 @@
 
 use std::borrow::Cow;
 
-use super::DecodeError;
-use crate::cookies::MAX_COOKIE_LEN;
+use super::MAX_COOKIE_LEN;
+use crate::codec::DecodeError;
 
 /// The most chunks a layer may be configured to write.
 pub const MAX_CHUNKS: usize = 64;

@@ -7,12 +7,7 @@
 use http::HeaderMap;
 use http::header::COOKIE;
 
-use crate::codec::MAX_CHUNKS;
-use crate::codec::chunk;
-
-/// The largest cookie value the layer tries to decode: browsers store at
-/// most 4096 bytes of name, value and attributes per cookie.
-pub(crate) const MAX_COOKIE_LEN: usize = 4096;
+use super::chunk::{self, MAX_CHUNKS};
 
 /// How many cookies of the session's name are tried, in the order the
 /// browser sent them (more specific Path first), before giving up: two are
@@ -27,7 +22,7 @@ const MAX_CHUNK_COOKIES: usize = 2 * MAX_CHUNKS;
 #[derive(Debug, Default)]
 pub(crate) struct Family<'a> {
     /// Values of the cookies called `name`, in the order sent.
-    pub(crate) firsts: Vec<&'a [u8]>,
+    pub(crate) candidates: Vec<&'a [u8]>,
     /// `(index, value)` of every chunk cookie, in the order sent.
     pub(crate) chunks: Vec<(usize, &'a [u8])>,
     /// More chunk cookies than any valid session has.
@@ -57,8 +52,8 @@ pub(crate) fn family<'a>(headers: &'a HeaderMap, name: &str) -> Family<'a> {
             continue;
         }
         if cookie.len() == name.len() {
-            if family.firsts.len() < MAX_CANDIDATES {
-                family.firsts.push(value);
+            if family.candidates.len() < MAX_CANDIDATES {
+                family.candidates.push(value);
             }
         } else if let Some(index) = chunk::chunk_index(cookie, name) {
             if family.chunks.len() < MAX_CHUNK_COOKIES {
@@ -100,26 +95,26 @@ mod tests {
         map
     }
 
-    fn firsts<'a>(map: &'a HeaderMap, name: &str) -> Vec<&'a [u8]> {
-        family(map, name).firsts
+    fn candidates<'a>(map: &'a HeaderMap, name: &str) -> Vec<&'a [u8]> {
+        family(map, name).candidates
     }
 
     #[test]
     fn finds_the_named_cookie_among_others() {
         let map = headers(&[b"a=1; session=abc ;b=2", b"session=\"def\""]);
         assert_eq!(
-            firsts(&map, "session"),
+            candidates(&map, "session"),
             [b"abc".as_slice(), b"def".as_slice()]
         );
-        assert!(firsts(&map, "sess").is_empty());
-        assert_eq!(firsts(&map, "b"), [b"2".as_slice()]);
+        assert!(candidates(&map, "sess").is_empty());
+        assert_eq!(candidates(&map, "b"), [b"2".as_slice()]);
     }
 
     #[test]
     fn collects_chunks_and_ignores_lookalikes() {
         let map = headers(&[b"session.2=c; session=!3!a; sessionx=no; session.1=b; session.01=no; session.x=no; session.2=d"]);
         let found = family(&map, "session");
-        assert_eq!(found.firsts, [b"!3!a".as_slice()]);
+        assert_eq!(found.candidates, [b"!3!a".as_slice()]);
         assert_eq!(
             found.chunks,
             [
@@ -135,13 +130,13 @@ mod tests {
     #[test]
     fn tolerates_junk_and_non_utf8_neighbours() {
         let map = headers(&[b"\xff\xfe=\x80; noequals; =v; session=ok; ;;"]);
-        assert_eq!(firsts(&map, "session"), [b"ok".as_slice()]);
+        assert_eq!(candidates(&map, "session"), [b"ok".as_slice()]);
     }
 
     #[test]
     fn values_may_contain_equals() {
         let map = headers(&[b"session=a=b=="]);
-        assert_eq!(firsts(&map, "session"), [b"a=b==".as_slice()]);
+        assert_eq!(candidates(&map, "session"), [b"a=b==".as_slice()]);
     }
 
     #[test]
@@ -149,7 +144,7 @@ mod tests {
         let line = "session=x; session.1=y; ".repeat(200);
         let map = headers(&[line.as_bytes()]);
         let found = family(&map, "session");
-        assert_eq!(found.firsts.len(), MAX_CANDIDATES);
+        assert_eq!(found.candidates.len(), MAX_CANDIDATES);
         assert_eq!(found.chunks.len(), MAX_CHUNK_COOKIES);
         assert!(found.overflow);
     }

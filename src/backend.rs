@@ -1,0 +1,81 @@
+//! The runtime side a layer builds: the configuration every request of the
+//! layer shares, and where its sessions live, in the cookie itself
+//! (through a codec) or in a store (the cookie then carries a signed id).
+//! Each kind has only the operations that make sense for it.
+
+use std::sync::Arc;
+
+use crate::codec::{Codec, DecodeError, Decoded, Memory};
+use crate::config::Config;
+use crate::cookie::{self, MAX_COOKIE_LEN, chunk};
+use crate::data::SessionData;
+use crate::error::Error;
+use crate::key::Keyring;
+use crate::store::SessionStore;
+
+/// What every request of one layer shares.
+#[derive(Debug, Clone)]
+pub(crate) struct Shared {
+    pub(crate) config: Config,
+    pub(crate) backend: Backend,
+}
+
+/// Where sessions live.
+#[derive(Debug, Clone)]
+pub(crate) enum Backend {
+    Cookie(CookieBackend),
+    Store(StoreBackend),
+}
+
+/// Client-side sessions: the data travels in the cookie, through a codec.
+#[derive(Debug, Clone)]
+pub(crate) struct CookieBackend {
+    pub(crate) codec: Codec,
+}
+
+/// Server-side sessions: the data lives in `store`; the cookie carries the
+/// id, signed with `keys`.
+#[derive(Debug, Clone)]
+pub(crate) struct StoreBackend {
+    pub(crate) store: Arc<dyn SessionStore>,
+    pub(crate) keys: Keyring,
+}
+
+impl CookieBackend {
+    /// Verifies the request's session cookie: `candidate` is the value of a
+    /// cookie named after the session, `chunks` the chunk cookies.
+    pub(crate) fn decode(
+        &self,
+        config: &Config,
+        candidate: &[u8],
+        chunks: &[(usize, &[u8])],
+        now: u64,
+    ) -> Result<Decoded, DecodeError> {
+        if candidate.len() > MAX_COOKIE_LEN {
+            return Err(DecodeError::TooLarge);
+        }
+        let joined = chunk::join(candidate, chunks, config.max_chunks)?;
+        let value = std::str::from_utf8(&joined).map_err(|_| DecodeError::Encoding)?;
+        self.codec
+            .decode(&config.name, value, now, config.lifetime.as_secs())
+    }
+
+    /// The Set-Cookie lines that store `data`: one cookie when it fits,
+    /// chunks when it does not, or an error when even the chunk budget is
+    /// too small.
+    pub(crate) fn encode(
+        &self,
+        config: &Config,
+        data: &SessionData,
+        permanent: bool,
+        now: u64,
+        created_at: Option<u64>,
+        memory: &Memory,
+    ) -> Result<Vec<String>, Error> {
+        let value = self
+            .codec
+            .encode(&config.name, data, permanent, now, created_at, memory);
+        let expires = config.cookie_expiry(permanent, now);
+        cookie::session_cookies(config, &value, expires, now)
+    }
+}

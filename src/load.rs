@@ -1,0 +1,257 @@
+//! Loading a request's session, lazily and once: the cookie verified (and,
+//! server-side, the store read) the first time a handler asks for it.
+
+use std::fmt;
+use std::sync::{Arc, OnceLock};
+
+use http::HeaderMap;
+
+use crate::backend::{Backend, CookieBackend, Shared, StoreBackend};
+use crate::codec::{Decoded, Memory};
+use crate::cookie::{self, Family};
+use crate::error::{Error, ErrorKind};
+use crate::id::{self, SessionId};
+use crate::session::{Session, State};
+
+impl Session {
+    /// The session a [`SessionLayer`](crate::SessionLayer) prepared for this
+    /// request, for Tower services without Axum (Axum handlers take
+    /// `Session` as an extractor instead).
+    ///
+    /// # Errors
+    /// [`ErrorKind::LayerMissing`] when no `SessionLayer` ran for this
+    /// request or its path is skipped; [`ErrorKind::Store`] when the
+    /// session store could not be read.
+    pub async fn from_parts(parts: &http::request::Parts) -> Result<Self, Error> {
+        Self::load(&parts.headers, &parts.extensions).await
+    }
+
+    /// Like [`from_parts`](Self::from_parts), from a whole request.
+    ///
+    /// # Errors
+    /// As [`from_parts`](Self::from_parts).
+    pub async fn from_request<B>(request: &http::Request<B>) -> Result<Self, Error> {
+        Self::load(request.headers(), request.extensions()).await
+    }
+
+    pub(crate) async fn load(
+        headers: &HeaderMap,
+        extensions: &http::Extensions,
+    ) -> Result<Self, Error> {
+        let handle = extensions
+            .get::<SessionHandle>()
+            .ok_or_else(|| Error::new(ErrorKind::LayerMissing))?;
+        Ok(handle.load(headers).await?.session.clone())
+    }
+}
+
+/// What the layer puts in the request extensions: the way from the
+/// request to its session, read on first use so that routes which never
+/// touch the session never pay for it (no decoding, no store round trip).
+#[derive(Clone)]
+pub(crate) struct SessionHandle {
+    inner: Arc<HandleInner>,
+}
+
+struct HandleInner {
+    shared: Arc<Shared>,
+    loaded: OnceLock<Loaded>,
+}
+
+/// A session as read from the request, with what the response needs to
+/// know about where it came from.
+pub(crate) struct Loaded {
+    pub(crate) session: Session,
+    /// The request carried a cookie of the session's name, valid or not.
+    pub(crate) had_cookie: bool,
+    /// The chunk indices (`name.1`, ...) the request carried, valid or not:
+    /// the response expires those the new value no longer uses.
+    pub(crate) chunks: Vec<usize>,
+    /// The verified cookie, if any.
+    pub(crate) origin: Option<Origin>,
+    /// Server-side: the record the verified id named, if it exists.
+    pub(crate) record: Option<LoadedRecord>,
+}
+
+/// Facts about a verified cookie.
+pub(crate) struct Origin {
+    pub(crate) issued_at: u64,
+    /// When the session began (client-side; the issue time where the
+    /// cookie does not say).
+    pub(crate) created_at: u64,
+    pub(crate) by_fallback_key: bool,
+    /// What the codec needs to write the session back as it came.
+    pub(crate) memory: Memory,
+}
+
+/// The id and times of the server-side record a request loaded (its data
+/// went into the session).
+pub(crate) struct LoadedRecord {
+    pub(crate) id: SessionId,
+    pub(crate) created_at: u64,
+    pub(crate) expires_at: u64,
+}
+
+impl SessionHandle {
+    pub(crate) fn new(shared: Arc<Shared>) -> Self {
+        Self {
+            inner: Arc::new(HandleInner {
+                shared,
+                loaded: OnceLock::new(),
+            }),
+        }
+    }
+
+    pub(crate) fn shared(&self) -> &Arc<Shared> {
+        &self.inner.shared
+    }
+
+    /// The session, reading the request's cookie (and the store) the first
+    /// time. A failed store read is not remembered: the next call retries.
+    pub(crate) async fn load(&self, headers: &HeaderMap) -> Result<&Loaded, Error> {
+        if let Some(loaded) = self.inner.loaded.get() {
+            return Ok(loaded);
+        }
+        let shared = self.shared();
+        let family = cookie::family(headers, &shared.config.name);
+        let loaded = match &shared.backend {
+            Backend::Cookie(backend) => decode(shared, backend, &family),
+            Backend::Store(backend) => fetch(shared, backend, &family).await?,
+        };
+        // Two extractions racing in one request both read; the first wins.
+        Ok(self.inner.loaded.get_or_init(|| loaded))
+    }
+
+    /// The session if a handler asked for it.
+    pub(crate) fn loaded(&self) -> Option<&Loaded> {
+        self.inner.loaded.get()
+    }
+}
+
+fn empty(family: &Family<'_>, track_changes: bool) -> Loaded {
+    Loaded {
+        session: Session::from_state(State {
+            track_changes,
+            ..State::default()
+        }),
+        had_cookie: !family.candidates.is_empty(),
+        chunks: family.chunk_indices(),
+        origin: None,
+        record: None,
+    }
+}
+
+/// Client-side: the session is the cookie. The first candidate that
+/// verifies, is not revoked and has not timed out wins.
+fn decode(shared: &Shared, backend: &CookieBackend, family: &Family<'_>) -> Loaded {
+    let config = &shared.config;
+    let name = &*config.name;
+    let mut loaded = empty(family, false);
+    if family.overflow {
+        tracing::debug!(cookie = name, "too many session chunk cookies; refused");
+        return loaded;
+    }
+    let now = config.now();
+    for candidate in &family.candidates {
+        let decoded = match backend.decode(config, candidate, &family.chunks, now) {
+            Ok(decoded) => decoded,
+            Err(reason) => {
+                tracing::debug!(cookie = name, %reason, "session cookie refused");
+                continue;
+            }
+        };
+        let Decoded {
+            data,
+            permanent,
+            issued_at,
+            created_at,
+            by_fallback_key,
+            memory,
+            ..
+        } = decoded;
+        if config.revoked(&data, issued_at) {
+            tracing::debug!(
+                cookie = name,
+                "session cookie revoked by the not_before hook"
+            );
+        } else if config.cookie_timed_out(issued_at, created_at, now) {
+            tracing::debug!(
+                cookie = name,
+                "session cookie past the idle or absolute timeout"
+            );
+        } else {
+            loaded.session = Session::from_state(State {
+                data,
+                permanent,
+                ..State::default()
+            });
+            loaded.origin = Some(Origin {
+                issued_at,
+                created_at,
+                by_fallback_key,
+                memory,
+            });
+            break;
+        }
+    }
+    loaded
+}
+
+/// Server-side: the cookie names a record. Only an id whose signature
+/// verifies reaches the store; an id the store does not know (or whose
+/// record expired) is never adopted: the session starts empty and gets a
+/// fresh id when first written.
+async fn fetch(
+    shared: &Shared,
+    backend: &StoreBackend,
+    family: &Family<'_>,
+) -> Result<Loaded, Error> {
+    let config = &shared.config;
+    let name = &*config.name;
+    let mut loaded = empty(family, true);
+    for candidate in &family.candidates {
+        let Some((id, by_fallback_key)) = id::verify(&backend.keys, name, candidate) else {
+            tracing::debug!(cookie = name, "session id cookie refused");
+            continue;
+        };
+        let now = config.now();
+        match backend.store.load(&id).await? {
+            Some(record) if config.revoked(&record.data, record.created_at) => {
+                tracing::debug!(
+                    cookie = name,
+                    "session revoked by the not_before hook; not adopted"
+                );
+            }
+            Some(record) if !record.outlived(now, config.absolute_timeout) => {
+                loaded.session = Session::from_state(State {
+                    data: record.data,
+                    permanent: record.permanent,
+                    track_changes: true,
+                    ..State::default()
+                });
+                loaded.origin = Some(Origin {
+                    issued_at: now,
+                    created_at: record.created_at,
+                    by_fallback_key,
+                    memory: Memory::default(),
+                });
+                loaded.record = Some(LoadedRecord {
+                    id,
+                    created_at: record.created_at,
+                    expires_at: record.expires_at,
+                });
+                break;
+            }
+            _ => tracing::debug!(cookie = name, "session id unknown or expired; not adopted"),
+        }
+    }
+    Ok(loaded)
+}
+
+impl fmt::Debug for SessionHandle {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SessionHandle")
+            .field("loaded", &self.inner.loaded.get().is_some())
+            .finish()
+    }
+}
