@@ -12,7 +12,8 @@ use criterion::{BenchmarkId, Criterion, criterion_group, criterion_main};
 use hmac::{Hmac, Mac};
 use serde_json::{Map, Value};
 use session_layer::Key;
-use session_layer::codec::{FlaskCodec, PrivateCodec, SessionData, SignedCodec};
+use session_layer::SessionData;
+use session_layer::codec::{FlaskCodec, PrivateCodec, SignedCodec};
 use std::hint::black_box;
 
 const NOW: u64 = 1_800_000_000;

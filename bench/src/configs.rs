@@ -8,7 +8,7 @@ use axum::routing::get;
 use axum_extra::extract::cookie::{Cookie, Key as CookieKey, SignedCookieJar};
 use session_layer::codec::FlaskCodec;
 use session_layer::store::SessionStore;
-use session_layer::{Key, Session, SessionLayer};
+use session_layer::{DefaultErrorHandler, Key, Session, SessionLayer};
 
 /// A configuration under test.
 pub struct Config {
@@ -43,7 +43,7 @@ pub fn ours_router(layer: SessionLayer) -> Router {
     ours(layer)
 }
 
-fn ours(layer: SessionLayer) -> Router {
+fn ours<K: Clone + Send + Sync + 'static>(layer: SessionLayer<DefaultErrorHandler, K>) -> Router {
     Router::new()
         .route("/rmw", get(ours_rmw))
         .route("/read", get(ours_read))

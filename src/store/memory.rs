@@ -29,15 +29,22 @@ const DEFAULT_MAX_SESSIONS: usize = 100_000;
 ///   and by [`delete_expired`](SessionStore::delete_expired) (run it with
 ///   [`spawn_cleanup`](super::spawn_cleanup)).
 /// - Memory is bounded: at most [`max_sessions`](Self::max_sessions)
-///   sessions (100,000 by default). Like a cache, a full store makes room
-///   for a new session by evicting one: in the new session's shard, the
-///   oldest session not used (loaded or changed) since the sweep last
-///   passed it. The sweep is a clock over the creation order, constant
-///   time per session created; an expired record it meets goes whether
-///   used or not. A flood of new sessions therefore logs out the users
-///   least recently seen; it never makes new sessions fail and never
-///   scans the store. Each session costs its JSON data plus about 135
-///   bytes of bookkeeping.
+///   sessions (100,000 by default). A full store makes room for a new
+///   session by evicting one, in the new session's shard, in constant
+///   time, never by a scan:
+///   1. first the oldest session that was never loaded again after it
+///      was created: a browser that came back has loaded its session, a
+///      flood of requests that start sessions and drop the cookie has
+///      not, so such a flood only ever pushes out its own sessions;
+///   2. only when there is none, the least recently used of the rest (a
+///      clock over the order they were first loaded); an expired record
+///      the clock meets goes whether used or not.
+///
+///   New sessions never fail. A flood that also sends every cookie back
+///   once (two requests per session) competes with real users in step
+///   2 and logs out those least recently seen: bound it at the proxy.
+///   Each session costs its JSON data plus about 150 bytes of
+///   bookkeeping.
 pub struct MemoryStore {
     shards: Box<[Mutex<Shard>]>,
     hasher: RandomState,
@@ -60,18 +67,25 @@ fn split(id: &SessionId) -> (Half, Half) {
     )
 }
 
-/// One shard's records and the order they were created in.
+/// One shard's records, in two queues: sessions not yet loaded again
+/// since their creation, and the rest.
 #[derive(Default)]
 struct Shard {
     records: HashMap<Half, Slot>,
-    /// Every key in `records`, oldest first; the clock's hand is the front.
-    /// Keys deleted meanwhile are skipped when met, or compacted away.
+    /// Keys in creation order, oldest first: evicted first while they
+    /// were never loaded again. Keys loaded since (now in `order`) or
+    /// removed meanwhile are skipped when met, or compacted away.
+    fresh: VecDeque<Half>,
+    /// Keys of sessions loaded at least once, in the order they first
+    /// were; the clock's hand is the front.
     order: VecDeque<Half>,
 }
 
 struct Slot {
     tail: Half,
     record: Record,
+    /// Loaded at least once since it was created (its key is in `order`).
+    proven: bool,
     /// Used (loaded or changed) since the clock's hand last passed.
     used: bool,
 }
@@ -81,6 +95,7 @@ impl Slot {
         Self {
             tail,
             record: record.clone(),
+            proven: false,
             used: false,
         }
     }
@@ -92,18 +107,38 @@ impl Shard {
         self.records.get_mut(head).filter(|slot| slot.tail == *tail)
     }
 
-    /// Evicts records until one more fits under `capacity`. The hand
-    /// takes the oldest key: a record used since the hand last passed is
-    /// spared once and goes to the back; the first one that was not, or
-    /// that expired, is evicted. Each call is constant time amortized:
-    /// a record is spared at most once per use.
+    /// Marks the session loaded: used, and out of the fresh queue's reach.
+    fn loaded(&mut self, head: Half) {
+        if let Some(slot) = self.records.get_mut(&head) {
+            slot.used = true;
+            if !slot.proven {
+                slot.proven = true;
+                self.order.push_back(head);
+            }
+        }
+    }
+
+    /// Evicts records until one more fits under `capacity`: the oldest
+    /// never loaded again first; then, by the clock, a record used since
+    /// the hand last passed is spared once and goes to the back, and the
+    /// first one that was not, or that expired, is evicted. Each call is
+    /// constant time amortized: a key is met at most once in `fresh`, and
+    /// spared at most once per use in `order`.
     fn make_room(&mut self, capacity: usize, now: u64) {
         while self.records.len() >= capacity {
+            if let Some(key) = self.fresh.pop_front() {
+                if self.records.get(&key).is_some_and(|slot| !slot.proven) {
+                    self.records.remove(&key);
+                }
+                continue;
+            }
             let Some(key) = self.order.pop_front() else {
                 return;
             };
             match self.records.get_mut(&key) {
+                // Removed, or a fresh session reusing an expired one's id.
                 None => {}
+                Some(slot) if !slot.proven => {}
                 Some(slot) if slot.used && !slot.record.is_expired(now) => {
                     slot.used = false;
                     self.order.push_back(key);
@@ -115,13 +150,16 @@ impl Shard {
         }
     }
 
-    /// Drops the order's keys of removed records once they outnumber the
-    /// live ones, so that records deleted or expired before the hand met
-    /// them cannot grow it without bound (constant time amortized).
+    /// Drops the queues' keys of removed (or, in `fresh`, since loaded)
+    /// records once they outnumber the live ones, so that they cannot grow
+    /// without bound (constant time amortized).
     fn compact(&mut self) {
-        if self.order.len() > 2 * self.records.len() + 64 {
-            let records = &self.records;
-            self.order.retain(|key| records.contains_key(key));
+        let records = &self.records;
+        if self.fresh.len() + self.order.len() > 2 * records.len() + 64 {
+            self.fresh
+                .retain(|key| records.get(key).is_some_and(|slot| !slot.proven));
+            self.order
+                .retain(|key| records.get(key).is_some_and(|slot| slot.proven));
         }
     }
 }
@@ -218,8 +256,9 @@ impl SessionStore for MemoryStore {
                 Ok(None)
             }
             Some(slot) => {
-                slot.used = true;
-                Ok(Some(slot.record.clone()))
+                let record = slot.record.clone();
+                shard.loaded(head);
+                Ok(Some(record))
             }
             None => Ok(None),
         }
@@ -233,16 +272,18 @@ impl SessionStore for MemoryStore {
             // Taken: by this id, or (one chance in 2^128 for random ids) by
             // another sharing its first half; the layer then draws anew.
             Some(slot) if !slot.record.is_expired(now) => Ok(false),
-            // An expired record's id is free again; its key is in the order.
+            // An expired record's id is free again; the new session starts
+            // fresh (a key of the old one left in `order` is skipped).
             Some(slot) => {
                 *slot = Slot::new(tail, record);
+                shard.fresh.push_back(head);
                 Ok(true)
             }
             None => {
                 shard.make_room(capacity, now);
                 shard.compact();
                 shard.records.insert(head, Slot::new(tail, record));
-                shard.order.push_back(head);
+                shard.fresh.push_back(head);
                 Ok(true)
             }
         }
@@ -362,6 +403,22 @@ mod tests {
             }
         }
         assert_eq!(kept, [0, 4, 5, 6]);
+    }
+
+    /// A flood of sessions that are created and never come back (requests
+    /// that drop the cookie) pushes out only its own kind: a user whose
+    /// browser came back once keeps the session, however long the flood.
+    #[tokio::test]
+    async fn a_flood_of_sessions_never_loaded_again_logs_nobody_out() {
+        let store = MemoryStore::new().max_sessions(4 * SHARDS);
+        let ann = SessionId::generate();
+        store.create(&ann, &live()).await.unwrap();
+        assert!(store.load(&ann).await.unwrap().is_some(), "ann came back");
+        for _ in 0..200 * SHARDS {
+            assert!(store.create(&SessionId::generate(), &live()).await.unwrap());
+        }
+        assert!(store.load(&ann).await.unwrap().is_some(), "ann is still in");
+        assert!(store.len() <= 4 * SHARDS);
     }
 
     #[tokio::test]
