@@ -160,6 +160,8 @@ where
 fn fail<B, H: ErrorHandler<B>>(error_handler: &H, error: Error) -> Response<B> {
     tracing::error!(%error, source = ?std::error::Error::source(&error), "session could not be loaded or saved");
     let mut replacement = error_handler.handle(&error);
+    // It answers for the request's session, whatever the hook built.
+    add_vary_cookie(replacement.headers_mut());
     replacement.extensions_mut().insert(error);
     replacement
 }
@@ -183,19 +185,23 @@ fn save_cookie(
         return Ok(());
     }
     let origin = loaded.origin.as_ref();
+    // A permanent session's cookie expiry, and any session's idle timeout
+    // (counted from the issue time), move forward on use.
+    let refreshes = state.permanent || config.idle_timeout.is_some();
     let reissue = origin.is_some_and(|origin| {
         origin.by_fallback_key
-            || (state.permanent
+            || (refreshes
                 && config.refresh_each_request
                 && now.saturating_sub(origin.issued_at) >= config.refresh_interval.as_secs())
     });
     if !state.modified && !reissue {
         return Ok(());
     }
-    // The absolute timeout counts from the session's start; a cleared or
-    // cycled session starts again now.
+    // The absolute timeout counts from the session's start, as a record's
+    // does: a cycled or flushed session starts again now, a cleared one
+    // does not.
     let created_at = origin
-        .filter(|_| config.absolute_timeout.is_some() && !state.cleared && !state.cycle)
+        .filter(|_| config.absolute_timeout.is_some() && !state.flushed && !state.cycle)
         .map(|origin| origin.created_at)
         .filter(|&created_at| created_at < now);
     let fresh = Memory::default();

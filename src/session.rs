@@ -248,7 +248,12 @@ impl Session {
     /// the cookie.
     pub fn clear(&self) {
         let mut state = self.read();
-        if !state.is_empty() {
+        if state.is_empty() {
+            // Nothing to delete, but a later write starts from nothing:
+            // the store clears what others may have written meanwhile, and
+            // `cycle_id` carries none of it.
+            state.cleared = true;
+        } else {
             state.clear();
         }
     }

@@ -287,7 +287,7 @@ pub async fn concurrent_writes_to_distinct_keys_all_survive<S: SessionStore + ?S
 /// is either in the taken record or told it found no record: never
 /// acknowledged and then lost.
 pub async fn writes_racing_a_delete_never_resurrect<S: SessionStore + ?Sized>(store: Arc<S>) {
-    for attempt in 0..6 {
+    for attempt in 0..20 {
         let cycle = attempt % 2 == 1;
         let original = record(json!({"user": "ann"}));
         let id = created(&*store, &original).await;

@@ -72,6 +72,13 @@ fn routes() -> Router<()> {
             "/extract-only",
             get(|_session: Session| async { "took it" }),
         )
+        .route(
+            "/clear-and-count",
+            post(|session: Session| async move {
+                session.clear();
+                count(session).await
+            }),
+        )
 }
 
 fn app_with(layer: SessionLayer) -> Router {
@@ -320,6 +327,38 @@ async fn idle_and_absolute_timeouts_hold_for_cookies_too() {
         clock.advance(600);
         assert_eq!(jar.get_text(&app, "/read").await.1, "0", "{codec}: idle");
     }
+}
+
+/// With an idle timeout, a browser-session (not permanent) cookie that is
+/// only read is re-issued too (throttled), so an active user stays in; and
+/// clearing the session does not restart the absolute timeout.
+#[tokio::test]
+async fn the_idle_timeout_moves_on_use_for_any_cookie_and_clear_keeps_the_start() {
+    let clock = TestClock::at(T0);
+    let app = app_with(
+        layer(&clock)
+            .idle_timeout(Duration::from_secs(600))
+            .absolute_timeout(Duration::from_secs(3600))
+            .refresh_interval(Duration::from_secs(60)),
+    );
+    let mut jar = Jar::new();
+    jar.send(&app, get_req("/count")).await;
+    for _ in 0..5 {
+        clock.advance(300);
+        assert_eq!(jar.get_text(&app, "/read").await.1, "1", "active");
+    }
+    // Cleared and written again: still the same session for the timeout.
+    jar.send(&app, post_req("/clear-and-count")).await;
+    for _ in 0..6 {
+        clock.advance(300);
+        assert_eq!(jar.get_text(&app, "/read").await.1, "1", "active");
+    }
+    clock.advance(300);
+    assert_eq!(
+        jar.get_text(&app, "/read").await.1,
+        "0",
+        "an hour after it began, clear or not"
+    );
 }
 
 /// A cookie written without a creation time (before the absolute timeout

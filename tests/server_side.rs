@@ -77,6 +77,10 @@ impl SessionStore for Probe {
         self.deletes.fetch_add(1, Ordering::SeqCst);
         self.inner.delete(id).await
     }
+    async fn take(&self, id: &SessionId) -> Result<Option<Record>, Error> {
+        self.deletes.fetch_add(1, Ordering::SeqCst);
+        self.inner.take(id).await
+    }
 }
 
 async fn read(session: Session) -> Result<String, Error> {

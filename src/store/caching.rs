@@ -1,5 +1,6 @@
 //! `CachingStore`: an in-process cache in front of any store.
 
+use std::future::Future;
 use std::hash::{BuildHasher, RandomState};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
@@ -15,13 +16,16 @@ use crate::error::Error;
 /// backend round trip only when the cache misses.
 ///
 /// Writes go through: `create`, `apply`, `delete` and `take` reach the
-/// backend first, then drop the cached copy, so this process never reads
-/// its own write stale and per-key atomicity is the backend's. A load that
-/// raced a write (it read the backend before the write landed and would
-/// cache the old record after the write dropped the copy) does not keep
-/// its result: every write counts a generation, and a load whose
-/// generation moved while it read drops what it cached. So a logged-out
-/// session never comes back from this process's cache.
+/// backend first, and per-key atomicity is the backend's. This process
+/// never reads its own write stale, nor a session it logged out: every
+/// write counts a generation once it is done (or abandoned: the count is
+/// taken when the write's future is dropped, so a request cancelled
+/// mid-write counts too), and a cached record is served only while the
+/// generation it was read under is still current. A load that raced a
+/// write therefore never serves what it read once the write has counted.
+/// (A write abandoned by a timeout but still in flight at the backend can
+/// land after its count: such a late write may be missed here for up to
+/// the TTL.)
 ///
 /// **Staleness bound.** When several processes share the backend, a change
 /// made through another process is seen here at most [`ttl`](Self::ttl)
@@ -31,14 +35,16 @@ use crate::error::Error;
 #[derive(Debug)]
 pub struct CachingStore<S> {
     inner: S,
-    cache: Cache<SessionId, Record>,
+    /// Each record with the generation of its stripe when it was read.
+    cache: Cache<SessionId, (Record, u64)>,
     generations: Generations,
 }
 
-/// Write counters, one per stripe of ids: a load compares its stripe's
-/// count before and after reading the backend. Striped rather than per id
-/// so the counters take fixed memory; a write to another id of the same
-/// stripe only costs a load its caching, never correctness.
+/// Write counters, one per stripe of ids: a cached record is good while
+/// its stripe's count is what it was before the record was read. Striped
+/// rather than per id so the counters take fixed memory; a write to
+/// another id of the same stripe only costs a cached record, never
+/// correctness.
 #[derive(Debug)]
 struct Generations {
     stripes: Box<[AtomicU64]>,
@@ -68,6 +74,19 @@ impl Generations {
 
     fn bump(&self, id: &SessionId) {
         self.stripe(id).fetch_add(1, Ordering::SeqCst);
+    }
+}
+
+/// Counts a write when dropped: after the write returns, or when its
+/// future is dropped mid-way (a cancelled request), whichever comes first.
+struct Counted<'a> {
+    generations: &'a Generations,
+    id: &'a SessionId,
+}
+
+impl Drop for Counted<'_> {
+    fn drop(&mut self) {
+        self.generations.bump(self.id);
     }
 }
 
@@ -104,47 +123,46 @@ impl<S: SessionStore> CachingStore<S> {
 #[async_trait]
 impl<S: SessionStore> SessionStore for CachingStore<S> {
     async fn load(&self, id: &SessionId) -> Result<Option<Record>, Error> {
-        if let Some(record) = self.cache.get(id).await {
-            if !record.is_expired(now()) {
+        let generation = self.generations.current(id);
+        if let Some((record, read_under)) = self.cache.get(id).await {
+            if read_under == generation && !record.is_expired(now()) {
                 return Ok(Some(record));
             }
             self.cache.invalidate(id).await;
         }
-        let generation = self.generations.current(id);
+        // Read under `generation`, taken before the backend is asked: a
+        // write that lands after this read counts after it, so the copy
+        // below is never served once that write has counted.
         let record = self.inner.load(id).await?;
         if let Some(record) = &record {
-            self.cache.insert(id.clone(), record.clone()).await;
-            // A write landed while we read: what we cached may predate it.
-            // The writer bumps before it invalidates, so either we see the
-            // bump here, or its invalidation comes after our insert.
-            if self.generations.current(id) != generation {
-                self.cache.invalidate(id).await;
-            }
+            self.cache
+                .insert(id.clone(), (record.clone(), generation))
+                .await;
         }
         Ok(record)
     }
 
     async fn create(&self, id: &SessionId, record: &Record) -> Result<bool, Error> {
-        let created = self.inner.create(id, record).await;
-        self.written(id).await;
+        let created = self.write(id, self.inner.create(id, record)).await;
+        self.cache.invalidate(id).await;
         created
     }
 
     async fn apply(&self, id: &SessionId, changes: &Changes) -> Result<bool, Error> {
-        let applied = self.inner.apply(id, changes).await;
-        self.written(id).await;
+        let applied = self.write(id, self.inner.apply(id, changes)).await;
+        self.cache.invalidate(id).await;
         applied
     }
 
     async fn delete(&self, id: &SessionId) -> Result<(), Error> {
-        let deleted = self.inner.delete(id).await;
-        self.written(id).await;
+        let deleted = self.write(id, self.inner.delete(id)).await;
+        self.cache.invalidate(id).await;
         deleted
     }
 
     async fn take(&self, id: &SessionId) -> Result<Option<Record>, Error> {
-        let taken = self.inner.take(id).await;
-        self.written(id).await;
+        let taken = self.write(id, self.inner.take(id)).await;
+        self.cache.invalidate(id).await;
         taken
     }
 
@@ -154,11 +172,15 @@ impl<S: SessionStore> SessionStore for CachingStore<S> {
 }
 
 impl<S> CachingStore<S> {
-    /// After a write reached the backend (or failed there, which may still
-    /// have changed it): no cached copy, and no load in flight keeps one.
-    async fn written(&self, id: &SessionId) {
-        self.generations.bump(id);
-        self.cache.invalidate(id).await;
+    /// Runs a backend write and counts it, even if this future is dropped
+    /// before the write returns. (Dropping the cached copy afterwards only
+    /// frees memory: a copy read under an older count is never served.)
+    async fn write<T>(&self, id: &SessionId, write: impl Future<Output = T>) -> T {
+        let _counted = Counted {
+            generations: &self.generations,
+            id,
+        };
+        write.await
     }
 }
 
@@ -244,6 +266,60 @@ mod tests {
         async fn delete(&self, id: &SessionId) -> Result<(), Error> {
             self.inner.delete(id).await
         }
+        async fn take(&self, id: &SessionId) -> Result<Option<Record>, Error> {
+            self.inner.take(id).await
+        }
+    }
+
+    /// A backend whose deletes land at once but answer late: a request
+    /// dropped in between (a client gone, a tower timeout) must still not
+    /// leave the deleted session in the cache.
+    #[derive(Debug, Default)]
+    struct SlowToAnswer {
+        inner: MemoryStore,
+    }
+
+    #[async_trait]
+    impl SessionStore for SlowToAnswer {
+        async fn load(&self, id: &SessionId) -> Result<Option<Record>, Error> {
+            self.inner.load(id).await
+        }
+        async fn create(&self, id: &SessionId, record: &Record) -> Result<bool, Error> {
+            self.inner.create(id, record).await
+        }
+        async fn apply(&self, id: &SessionId, changes: &Changes) -> Result<bool, Error> {
+            self.inner.apply(id, changes).await
+        }
+        async fn delete(&self, id: &SessionId) -> Result<(), Error> {
+            self.inner.delete(id).await?;
+            std::future::pending::<()>().await;
+            Ok(())
+        }
+        async fn take(&self, id: &SessionId) -> Result<Option<Record>, Error> {
+            self.inner.take(id).await
+        }
+    }
+
+    #[tokio::test]
+    async fn a_delete_cancelled_after_it_landed_never_leaves_the_session_cached() {
+        let store = CachingStore::new(SlowToAnswer::default());
+        let id = SessionId::generate();
+        let record = Record::new(
+            json!({"user": "ann"}).as_object().unwrap().clone(),
+            false,
+            now(),
+            now() + 60,
+        );
+        assert!(store.create(&id, &record).await.unwrap());
+        assert_eq!(store.load(&id).await.unwrap(), Some(record), "cached");
+        let cancelled = tokio::time::timeout(Duration::from_millis(20), store.delete(&id)).await;
+        assert!(cancelled.is_err(), "the delete never answered");
+        assert_eq!(store.inner().inner.load(&id).await.unwrap(), None);
+        assert_eq!(
+            store.load(&id).await.unwrap(),
+            None,
+            "the logged-out session came back from the cache"
+        );
     }
 
     /// A load that read the record before a logout deleted it must not put

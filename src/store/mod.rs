@@ -182,14 +182,10 @@ pub trait SessionStore: Debug + Send + Sync + 'static {
     /// returned true before the take is in the returned record, and one
     /// that comes after it returns false. Then a write racing a login is
     /// either carried to the new id or answered with an error, never
-    /// acknowledged and then lost. The default, a load then a delete, is
-    /// not atomic: every store of this crate overrides it, and a store of
-    /// your own should too (the conformance suite checks it).
-    async fn take(&self, id: &SessionId) -> Result<Option<Record>, Error> {
-        let record = self.load(id).await?;
-        self.delete(id).await?;
-        Ok(record)
-    }
+    /// acknowledged and then lost. (There is no default: a load followed by
+    /// a delete would quietly lose such writes. The conformance suite
+    /// checks it.)
+    async fn take(&self, id: &SessionId) -> Result<Option<Record>, Error>;
 
     /// Removes expired records, returning how many; stores whose backend
     /// expires records itself need not override it.

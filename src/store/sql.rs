@@ -324,13 +324,41 @@ impl SqlStore {
     ///
     /// # Errors
     /// [`ErrorKind::Store`](crate::ErrorKind::Store) when the statements fail.
+    ///
+    /// On MySQL/MariaDB it also checks that an existing table's `data`
+    /// column is `utf8mb4` (a table an earlier version created on a
+    /// `latin1` database is not), and fails with the statement that fixes
+    /// it rather than let sessions be refused or mangled.
     pub async fn migrate(&self) -> Result<(), Error> {
         for statement in self.migration_sql() {
             by_backend!(self, pool => {
                 bounded(self.timeout, sqlx::query(&statement).execute(pool)).await?;
             });
         }
+        #[cfg(feature = "mysql-store")]
+        if let Pool::MySql(pool) = &self.pool {
+            self.check_mysql_charset(pool).await?;
+        }
         Ok(())
+    }
+
+    #[cfg(feature = "mysql-store")]
+    async fn check_mysql_charset(&self, pool: &sqlx::MySqlPool) -> Result<(), Error> {
+        let query = sqlx::query_scalar(
+            "SELECT CHARACTER_SET_NAME FROM information_schema.COLUMNS \
+             WHERE TABLE_SCHEMA = DATABASE() AND TABLE_NAME = ? AND COLUMN_NAME = 'data'",
+        )
+        .bind(&self.sql.table);
+        let charset: Option<Option<String>> =
+            bounded(self.timeout, query.fetch_optional(pool)).await?;
+        match charset.flatten() {
+            Some(charset) if charset != "utf8mb4" => Err(Error::store(format!(
+                "the data column of {t} is {charset}, which cannot hold every character a \
+                 session may; run: ALTER TABLE {t} MODIFY data LONGTEXT CHARACTER SET utf8mb4 NOT NULL",
+                t = self.sql.table
+            ))),
+            _ => Ok(()),
+        }
     }
 
     /// The statements [`migrate`](Self::migrate) runs, for your own
