@@ -247,8 +247,9 @@ fn append_cookies(headers: &mut HeaderMap, lines: impl IntoIterator<Item = Strin
     }
 }
 
-/// What a server-side session needs done after the handler.
+/// What a server-side session needs done after the handler, at `now`.
 struct StorePlan {
+    now: u64,
     op: StoreOp,
     /// Whether the id cookie is (re)written, and until when.
     cookie: CookieAction,
@@ -287,18 +288,20 @@ enum CookieAction {
 /// Decides, under the session's lock, what the store and the cookie need;
 /// `None` when nothing does.
 fn plan_store(shared: &Shared, loaded: &Loaded, state: &State) -> Option<StorePlan> {
+    let now = shared.config.now();
     if state.modified && state.is_empty() {
-        return Some(plan_emptied(loaded));
+        return Some(plan_emptied(loaded, now));
     }
     if state.modified {
-        return Some(plan_modified(shared, loaded, state));
+        return Some(plan_modified(shared, loaded, state, now));
     }
-    plan_refresh(shared, loaded, state)
+    plan_refresh(shared, loaded, state, now)
 }
 
 /// Emptied: the record and the cookie go.
-fn plan_emptied(loaded: &Loaded) -> StorePlan {
+fn plan_emptied(loaded: &Loaded, now: u64) -> StorePlan {
     StorePlan {
+        now,
         op: (loaded.record.as_ref()).map_or(StoreOp::None, |r| StoreOp::Delete(r.id.clone())),
         cookie: if loaded.had_cookie {
             CookieAction::Remove
@@ -310,9 +313,8 @@ fn plan_emptied(loaded: &Loaded) -> StorePlan {
 
 /// Changed: a new record (first write, cycle, or a write after a flush,
 /// which starts over under a new id), or the changes applied per key.
-fn plan_modified(shared: &Shared, loaded: &Loaded, state: &State) -> StorePlan {
+fn plan_modified(shared: &Shared, loaded: &Loaded, state: &State, now: u64) -> StorePlan {
     let config = &shared.config;
-    let now = config.now();
     let fresh = || {
         let expires = config.record_expiry(now, now);
         let record = Record::new(state.data.clone(), state.permanent, now, expires);
@@ -322,6 +324,7 @@ fn plan_modified(shared: &Shared, loaded: &Loaded, state: &State) -> StorePlan {
         None => {
             let (record, cookie_expires) = fresh();
             StorePlan {
+                now,
                 op: StoreOp::Create {
                     record,
                     cookie_expires,
@@ -336,6 +339,7 @@ fn plan_modified(shared: &Shared, loaded: &Loaded, state: &State) -> StorePlan {
                 keys: state.changed.union(&state.removed).cloned().collect(),
             };
             StorePlan {
+                now,
                 op: StoreOp::Cycle {
                     record,
                     old: r.id.clone(),
@@ -350,7 +354,8 @@ fn plan_modified(shared: &Shared, loaded: &Loaded, state: &State) -> StorePlan {
             let by_fallback = loaded.origin.as_ref().is_some_and(|o| o.by_fallback_key);
             let rewrite = state.permanent || state.permanent_changed || by_fallback;
             StorePlan {
-                op: StoreOp::Apply(r.id.clone(), state.changes(expires)),
+                now,
+                op: StoreOp::Apply(r.id.clone(), state.changes(now, expires)),
                 cookie: if rewrite {
                     keep(r, state.permanent, expires)
                 } else {
@@ -362,11 +367,11 @@ fn plan_modified(shared: &Shared, loaded: &Loaded, state: &State) -> StorePlan {
 }
 
 /// Unchanged: refresh the expiry (throttled), re-sign a fallback id.
-fn plan_refresh(shared: &Shared, loaded: &Loaded, state: &State) -> Option<StorePlan> {
+fn plan_refresh(shared: &Shared, loaded: &Loaded, state: &State, now: u64) -> Option<StorePlan> {
     let config = &shared.config;
     let r = loaded.record.as_ref()?;
     let by_fallback = loaded.origin.as_ref().is_some_and(|o| o.by_fallback_key);
-    let expires = config.record_expiry(r.created_at, config.now());
+    let expires = config.record_expiry(r.created_at, now);
     let refresh = config.refresh_each_request
         && expires.saturating_sub(r.expires_at) >= config.refresh_interval.as_secs()
         && expires > r.expires_at;
@@ -375,8 +380,9 @@ fn plan_refresh(shared: &Shared, loaded: &Loaded, state: &State) -> Option<Store
     }
     let expires = if refresh { expires } else { r.expires_at };
     Some(StorePlan {
+        now,
         op: if refresh {
-            StoreOp::Apply(r.id.clone(), Changes::expiry(expires))
+            StoreOp::Apply(r.id.clone(), Changes::expiry(now, expires))
         } else {
             StoreOp::None
         },
@@ -422,7 +428,8 @@ impl Touched {
         let Some(taken) = taken else {
             return Carry::Ended;
         };
-        let mut changes = Changes::expiry(new.expires_at);
+        // The new record was made at the request's now.
+        let mut changes = Changes::expiry(new.created_at, new.expires_at);
         let untouched = |key: &String| !self.keys.contains(key);
         changes.removed = (new.data.keys())
             .filter(|&key| untouched(key) && !taken.data.contains_key(key))
@@ -463,7 +470,7 @@ async fn run_store(
             cookie_expires,
         } => {
             let id = create(backend, &record).await?;
-            let taken = store.take(&old).await?;
+            let taken = store.take(&old, plan.now).await?;
             match touched.carry(taken, &record) {
                 Carry::Nothing => {}
                 Carry::Changes(changes) => {

@@ -209,13 +209,13 @@ async fn fetch(
     let config = &shared.config;
     let name = &*config.name;
     let mut loaded = empty(family, true);
+    let now = config.now();
     for candidate in &family.candidates {
         let Some((id, by_fallback_key)) = id::verify(&backend.keys, name, candidate) else {
             tracing::debug!(cookie = name, "session id cookie refused");
             continue;
         };
-        let now = config.now();
-        match backend.store.load(&id).await? {
+        match backend.store.load(&id, now).await? {
             Some(record) if config.revoked(&record.data, record.created_at) => {
                 tracing::debug!(
                     cookie = name,

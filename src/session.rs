@@ -85,8 +85,8 @@ impl State {
     }
 
     /// The request's changes, for [`SessionStore::apply`](crate::store::SessionStore::apply).
-    pub(crate) fn changes(&self, expires_at: u64) -> Changes {
-        let mut changes = Changes::expiry(expires_at);
+    pub(crate) fn changes(&self, now: u64, expires_at: u64) -> Changes {
+        let mut changes = Changes::expiry(now, expires_at);
         changes.cleared = self.cleared;
         changes.removed = self.removed.iter().cloned().collect();
         changes.set = self

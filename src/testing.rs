@@ -64,7 +64,7 @@ async fn created<S: SessionStore + ?Sized>(store: &S, record: &Record) -> Sessio
 }
 
 async fn load<S: SessionStore + ?Sized>(store: &S, id: &SessionId) -> Option<Record> {
-    store.load(id).await.expect("load")
+    store.load(id, now()).await.expect("load")
 }
 
 /// A created record loads back whole.
@@ -80,7 +80,7 @@ pub async fn missing_records<S: SessionStore + ?Sized>(store: &S) {
     let id = SessionId::generate();
     assert_eq!(load(store, &id).await, None, "unknown id loads nothing");
     let applied = store
-        .apply(&id, &Changes::expiry(now() + 60))
+        .apply(&id, &Changes::expiry(now(), now() + 60))
         .await
         .expect("apply");
     assert!(!applied, "apply to an unknown id must report false");
@@ -116,6 +116,7 @@ pub async fn apply_is_per_key<S: SessionStore + ?Sized>(store: &S) {
     let id = created(store, &record(json!({"a": 1, "b": 2, "c": 3}))).await;
     let expires = now() + 7200;
     let changes = Changes {
+        now: now(),
         removed: vec!["b".into()],
         set: vec![("c".into(), json!(30)), ("d".into(), json!([4]))],
         permanent: Some(true),
@@ -132,6 +133,7 @@ pub async fn apply_is_per_key<S: SessionStore + ?Sized>(store: &S) {
     assert_eq!(loaded.expires_at, expires, "expiry applied");
 
     let clear = Changes {
+        now: now(),
         cleared: true,
         set: vec![("fresh".into(), json!(true))],
         expires_at: expires,
@@ -153,7 +155,7 @@ pub async fn delete_removes<S: SessionStore + ?Sized>(store: &S) {
     store.delete(&id).await.expect("delete");
     assert_eq!(load(store, &id).await, None, "deleted record must not load");
     let applied = store
-        .apply(&id, &Changes::expiry(now() + 60))
+        .apply(&id, &Changes::expiry(now(), now() + 60))
         .await
         .expect("apply");
     assert!(!applied, "apply after delete must report false");
@@ -174,11 +176,11 @@ pub async fn expired_records_are_absent<S: SessionStore + ?Sized>(store: &S) {
     let _ = store.create(&id, &expired).await.expect("create");
     assert_eq!(load(store, &id).await, None, "expired record must not load");
     let applied = store
-        .apply(&id, &Changes::expiry(now() + 60))
+        .apply(&id, &Changes::expiry(now(), now() + 60))
         .await
         .expect("apply");
     assert!(!applied, "apply must not revive an expired record");
-    store.delete_expired().await.expect("delete_expired");
+    store.delete_expired(now()).await.expect("delete_expired");
     assert!(
         load(store, &live).await.is_some(),
         "delete_expired keeps live records"
@@ -198,13 +200,13 @@ pub async fn cycle_moves_the_data<S: SessionStore + ?Sized>(store: &S) {
     let old = created(store, &original).await;
     let new = created(store, &original).await;
     assert_eq!(
-        store.take(&old).await.expect("take"),
+        store.take(&old, now()).await.expect("take"),
         Some(original.clone()),
         "take returns the record"
     );
     assert_eq!(load(store, &old).await, None, "old id gone after a cycle");
     assert_eq!(
-        store.take(&old).await.expect("take"),
+        store.take(&old, now()).await.expect("take"),
         None,
         "nothing to take twice"
     );
@@ -259,6 +261,7 @@ pub async fn concurrent_writes_to_distinct_keys_all_survive<S: SessionStore + ?S
         let (store, id) = (store.clone(), id.clone());
         async move {
             let changes = Changes {
+                now: now(),
                 set: vec![(format!("key{i}"), json!(i))],
                 expires_at: expires,
                 ..Changes::default()
@@ -297,7 +300,7 @@ pub async fn writes_racing_a_delete_never_resurrect<S: SessionStore + ?Sized>(st
             async move {
                 if i == 10 {
                     let taken = if cycle {
-                        store.take(&id).await.expect("take")
+                        store.take(&id, now()).await.expect("take")
                     } else {
                         store.delete(&id).await.expect("delete");
                         None
@@ -305,6 +308,7 @@ pub async fn writes_racing_a_delete_never_resurrect<S: SessionStore + ?Sized>(st
                     Outcome::Ended(taken)
                 } else {
                     let changes = Changes {
+                        now: now(),
                         set: vec![(format!("k{i}"), json!(i))],
                         expires_at: expires,
                         ..Changes::default()
@@ -341,7 +345,11 @@ pub async fn writes_racing_a_delete_never_resurrect<S: SessionStore + ?Sized>(st
                 );
             }
         }
-        assert_eq!(store.take(&id).await.expect("take"), None, "taken once");
+        assert_eq!(
+            store.take(&id, now()).await.expect("take"),
+            None,
+            "taken once"
+        );
     }
 }
 

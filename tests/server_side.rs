@@ -17,9 +17,10 @@ use session_layer::store::{Changes, MemoryStore, Record, SessionId, SessionStore
 use session_layer::{Error, ErrorKind, Key, Session, SessionLayer};
 use tower::ServiceExt;
 
-/// Far enough ahead of the system clock that the store's own expiry checks
-/// (system time) never interfere with the layer's (test clock).
-const T0: u64 = 4_000_000_000;
+/// The test clock's start (2033). The stores judge expiry by the layer's
+/// clock, so any time would do for them; the test's cookie jar judges
+/// `Expires` by the system clock, so cookies must not be dated in its past.
+const T0: u64 = 2_000_000_000;
 
 /// A store that counts calls and fails on demand, around a MemoryStore.
 #[derive(Debug, Default)]
@@ -49,12 +50,12 @@ impl Probe {
 
 #[async_trait]
 impl SessionStore for Probe {
-    async fn load(&self, id: &SessionId) -> Result<Option<Record>, Error> {
+    async fn load(&self, id: &SessionId, now: u64) -> Result<Option<Record>, Error> {
         self.loads.fetch_add(1, Ordering::SeqCst);
         if self.fail_loads.load(Ordering::SeqCst) {
             return Err(self.down());
         }
-        self.inner.load(id).await
+        self.inner.load(id, now).await
     }
     async fn create(&self, id: &SessionId, record: &Record) -> Result<bool, Error> {
         self.creates.fetch_add(1, Ordering::SeqCst);
@@ -77,9 +78,9 @@ impl SessionStore for Probe {
         self.deletes.fetch_add(1, Ordering::SeqCst);
         self.inner.delete(id).await
     }
-    async fn take(&self, id: &SessionId) -> Result<Option<Record>, Error> {
+    async fn take(&self, id: &SessionId, now: u64) -> Result<Option<Record>, Error> {
         self.deletes.fetch_add(1, Ordering::SeqCst);
-        self.inner.take(id).await
+        self.inner.take(id, now).await
     }
 }
 
@@ -243,7 +244,7 @@ async fn an_unknown_id_is_never_adopted() {
     let issued = jar.get("session").unwrap();
     assert_ne!(issued, planted, "a fresh id is issued");
     assert!(
-        store.inner.load(&id).await.unwrap().is_none(),
+        store.inner.load(&id, T0).await.unwrap().is_none(),
         "the planted id stays unknown"
     );
 }
@@ -533,7 +534,7 @@ async fn permanent_sessions_get_a_cookie_expiring_with_the_record() {
     let line = &set_cookies(&response)[0];
     assert!(line.contains("Max-Age=7200"), "{line}");
     let id = SessionId::parse(jar.get("session").unwrap().split_once('.').unwrap().0).unwrap();
-    let record = store.inner.load(&id).await.unwrap().unwrap();
+    let record = store.inner.load(&id, T0).await.unwrap().unwrap();
     assert!(record.permanent);
     assert_eq!(record.expires_at, T0 + 7200);
 }

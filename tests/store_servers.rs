@@ -90,7 +90,7 @@ mod sql {
     async fn conforms(url: &str, what: &str) {
         if let Some(store) = store(url, what).await {
             session_layer::testing::check_store(Arc::new(store.clone())).await;
-            let swept = session_layer::store::SessionStore::delete_expired(&store).await;
+            let swept = session_layer::store::SessionStore::delete_expired(&store, u64::MAX).await;
             assert!(swept.is_ok(), "{swept:?}");
             drop_table(url).await;
         }
@@ -176,7 +176,7 @@ mod sql {
         let id = SessionId::generate();
         let record = Record::new(data, false, now, now + 600);
         let created = store.create(&id, &record).await;
-        let loaded = store.load(&id).await;
+        let loaded = store.load(&id, now).await;
         sqlx::query(&format!("DROP DATABASE {database}"))
             .execute(&admin)
             .await
@@ -202,7 +202,7 @@ mod sql {
         // Nothing was created behind our back: using it before migrate fails.
         let id = session_layer::store::SessionId::generate();
         assert!(
-            session_layer::store::SessionStore::load(&store, &id)
+            session_layer::store::SessionStore::load(&store, &id, 0)
                 .await
                 .is_err()
         );

@@ -8,7 +8,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use moka::future::Cache;
 
-use super::{Changes, Record, SessionId, SessionStore, now};
+use super::{Changes, Record, SessionId, SessionStore};
 use crate::error::Error;
 
 /// A cache of loaded records (moka, a concurrent LRU with time-to-live) in
@@ -122,10 +122,10 @@ impl<S: SessionStore> CachingStore<S> {
 
 #[async_trait]
 impl<S: SessionStore> SessionStore for CachingStore<S> {
-    async fn load(&self, id: &SessionId) -> Result<Option<Record>, Error> {
+    async fn load(&self, id: &SessionId, now: u64) -> Result<Option<Record>, Error> {
         let generation = self.generations.current(id);
         if let Some((record, read_under)) = self.cache.get(id).await {
-            if read_under == generation && !record.is_expired(now()) {
+            if read_under == generation && !record.is_expired(now) {
                 return Ok(Some(record));
             }
             self.cache.invalidate(id).await;
@@ -133,7 +133,7 @@ impl<S: SessionStore> SessionStore for CachingStore<S> {
         // Read under `generation`, taken before the backend is asked: a
         // write that lands after this read counts after it, so the copy
         // below is never served once that write has counted.
-        let record = self.inner.load(id).await?;
+        let record = self.inner.load(id, now).await?;
         if let Some(record) = &record {
             self.cache
                 .insert(id.clone(), (record.clone(), generation))
@@ -160,14 +160,14 @@ impl<S: SessionStore> SessionStore for CachingStore<S> {
         deleted
     }
 
-    async fn take(&self, id: &SessionId) -> Result<Option<Record>, Error> {
-        let taken = self.write(id, self.inner.take(id)).await;
+    async fn take(&self, id: &SessionId, now: u64) -> Result<Option<Record>, Error> {
+        let taken = self.write(id, self.inner.take(id, now)).await;
         self.cache.invalidate(id).await;
         taken
     }
 
-    async fn delete_expired(&self) -> Result<u64, Error> {
-        self.inner.delete_expired().await
+    async fn delete_expired(&self, now: u64) -> Result<u64, Error> {
+        self.inner.delete_expired(now).await
     }
 }
 
@@ -190,6 +190,7 @@ mod tests {
 
     use super::*;
     use crate::store::MemoryStore;
+    use crate::store::now;
     use serde_json::json;
 
     /// Two processes sharing one backend, each with its own cache.
@@ -207,7 +208,7 @@ mod tests {
             now() + 60,
         );
         assert!(a.create(&id, &record).await.unwrap());
-        assert_eq!(b.load(&id).await.unwrap().unwrap().data["v"], 1);
+        assert_eq!(b.load(&id, now()).await.unwrap().unwrap().data["v"], 1);
 
         let change = Changes {
             set: vec![("v".into(), json!(2))],
@@ -216,24 +217,24 @@ mod tests {
         };
         assert!(a.apply(&id, &change).await.unwrap());
         assert_eq!(
-            a.load(&id).await.unwrap().unwrap().data["v"],
+            a.load(&id, now()).await.unwrap().unwrap().data["v"],
             2,
             "own writes are never stale"
         );
         assert_eq!(
-            b.load(&id).await.unwrap().unwrap().data["v"],
+            b.load(&id, now()).await.unwrap().unwrap().data["v"],
             1,
             "b may be stale..."
         );
         tokio::time::sleep(ttl + Duration::from_millis(100)).await;
         assert_eq!(
-            b.load(&id).await.unwrap().unwrap().data["v"],
+            b.load(&id, now()).await.unwrap().unwrap().data["v"],
             2,
             "...but not past the TTL"
         );
 
         a.delete(&id).await.unwrap();
-        assert_eq!(a.load(&id).await.unwrap(), None);
+        assert_eq!(a.load(&id, now()).await.unwrap(), None);
         assert_eq!(a.ttl(), Some(ttl));
     }
 
@@ -249,8 +250,8 @@ mod tests {
 
     #[async_trait]
     impl SessionStore for Gated {
-        async fn load(&self, id: &SessionId) -> Result<Option<Record>, Error> {
-            let record = self.inner.load(id).await;
+        async fn load(&self, id: &SessionId, now: u64) -> Result<Option<Record>, Error> {
+            let record = self.inner.load(id, now).await;
             if self.hold.swap(false, Ordering::SeqCst) {
                 self.read.notify_one();
                 self.release.notified().await;
@@ -266,8 +267,8 @@ mod tests {
         async fn delete(&self, id: &SessionId) -> Result<(), Error> {
             self.inner.delete(id).await
         }
-        async fn take(&self, id: &SessionId) -> Result<Option<Record>, Error> {
-            self.inner.take(id).await
+        async fn take(&self, id: &SessionId, now: u64) -> Result<Option<Record>, Error> {
+            self.inner.take(id, now).await
         }
     }
 
@@ -281,8 +282,8 @@ mod tests {
 
     #[async_trait]
     impl SessionStore for SlowToAnswer {
-        async fn load(&self, id: &SessionId) -> Result<Option<Record>, Error> {
-            self.inner.load(id).await
+        async fn load(&self, id: &SessionId, now: u64) -> Result<Option<Record>, Error> {
+            self.inner.load(id, now).await
         }
         async fn create(&self, id: &SessionId, record: &Record) -> Result<bool, Error> {
             self.inner.create(id, record).await
@@ -295,8 +296,8 @@ mod tests {
             std::future::pending::<()>().await;
             Ok(())
         }
-        async fn take(&self, id: &SessionId) -> Result<Option<Record>, Error> {
-            self.inner.take(id).await
+        async fn take(&self, id: &SessionId, now: u64) -> Result<Option<Record>, Error> {
+            self.inner.take(id, now).await
         }
     }
 
@@ -311,12 +312,16 @@ mod tests {
             now() + 60,
         );
         assert!(store.create(&id, &record).await.unwrap());
-        assert_eq!(store.load(&id).await.unwrap(), Some(record), "cached");
+        assert_eq!(
+            store.load(&id, now()).await.unwrap(),
+            Some(record),
+            "cached"
+        );
         let cancelled = tokio::time::timeout(Duration::from_millis(20), store.delete(&id)).await;
         assert!(cancelled.is_err(), "the delete never answered");
-        assert_eq!(store.inner().inner.load(&id).await.unwrap(), None);
+        assert_eq!(store.inner().inner.load(&id, now()).await.unwrap(), None);
         assert_eq!(
-            store.load(&id).await.unwrap(),
+            store.load(&id, now()).await.unwrap(),
             None,
             "the logged-out session came back from the cache"
         );
@@ -338,7 +343,7 @@ mod tests {
         store.inner().hold.store(true, Ordering::SeqCst);
         let slow_load = tokio::spawn({
             let (store, id) = (store.clone(), id.clone());
-            async move { store.load(&id).await.unwrap() }
+            async move { store.load(&id, now()).await.unwrap() }
         });
         store.inner().read.notified().await;
         store.delete(&id).await.unwrap();
@@ -349,7 +354,7 @@ mod tests {
             "the racing load read before the delete"
         );
         assert_eq!(
-            store.load(&id).await.unwrap(),
+            store.load(&id, now()).await.unwrap(),
             None,
             "the deleted session came back from the cache"
         );

@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 
-use super::{Changes, Record, SessionId, SessionStore, now};
+use super::{Changes, Record, SessionId, SessionStore};
 use crate::error::Error;
 
 /// Sessions as files: `ROOT/ab/ab12…ef.json`, named by the id's 64 hex
@@ -172,8 +172,8 @@ fn read(file: &Path) -> io::Result<Option<Record>> {
     }
 }
 
-fn read_live(file: &Path) -> io::Result<Option<Record>> {
-    Ok(read(file)?.filter(|record| !record.is_expired(now())))
+fn read_live(file: &Path, now: u64) -> io::Result<Option<Record>> {
+    Ok(read(file)?.filter(|record| !record.is_expired(now)))
 }
 
 /// Replaces `file` with `record` atomically.
@@ -195,10 +195,10 @@ fn write(dir: &Path, file: &Path, record: &Record) -> io::Result<()> {
 
 #[async_trait]
 impl SessionStore for FileStore {
-    async fn load(&self, id: &SessionId) -> Result<Option<Record>, Error> {
+    async fn load(&self, id: &SessionId, now: u64) -> Result<Option<Record>, Error> {
         let id = id.clone();
         // No lock: rename makes every read see a whole record.
-        self.blocking(move |root| read_live(&paths(root, &id).1))
+        self.blocking(move |root| read_live(&paths(root, &id).1, now))
             .await
     }
 
@@ -207,7 +207,7 @@ impl SessionStore for FileStore {
         self.blocking(move |root| {
             let (dir, file) = paths(root, &id);
             locked(&dir, || {
-                if read_live(&file)?.is_some() {
+                if read_live(&file, record.created_at)?.is_some() {
                     return Ok(false);
                 }
                 write(&dir, &file, &record)?;
@@ -222,7 +222,7 @@ impl SessionStore for FileStore {
         self.blocking(move |root| {
             let (dir, file) = paths(root, &id);
             locked(&dir, || {
-                let Some(mut record) = read_live(&file)? else {
+                let Some(mut record) = read_live(&file, changes.now)? else {
                     return Ok(false);
                 };
                 changes.apply_to(&mut record);
@@ -247,12 +247,12 @@ impl SessionStore for FileStore {
 
     /// Read and removed under the shard's lock, as `apply` runs: atomic
     /// with it.
-    async fn take(&self, id: &SessionId) -> Result<Option<Record>, Error> {
+    async fn take(&self, id: &SessionId, now: u64) -> Result<Option<Record>, Error> {
         let id = id.clone();
         self.blocking(move |root| {
             let (dir, file) = paths(root, &id);
             locked(&dir, || {
-                let record = read_live(&file)?;
+                let record = read_live(&file, now)?;
                 match fs::remove_file(&file) {
                     Err(e) if e.kind() != io::ErrorKind::NotFound => Err(e),
                     _ => Ok(record),
@@ -262,9 +262,8 @@ impl SessionStore for FileStore {
         .await
     }
 
-    async fn delete_expired(&self) -> Result<u64, Error> {
-        self.blocking(|root| {
-            let now = now();
+    async fn delete_expired(&self, now: u64) -> Result<u64, Error> {
+        self.blocking(move |root| {
             let mut removed = 0;
             for shard in fs::read_dir(root)? {
                 let dir = shard?.path();
@@ -300,6 +299,7 @@ impl SessionStore for FileStore {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::store::now;
     use serde_json::json;
 
     fn record(expires_at: u64) -> Record {
@@ -341,10 +341,10 @@ mod tests {
         let (shard, file) = paths(dir.path(), &dead);
         write(&shard, &file, &record(now() - 1)).unwrap();
         fs::write(shard.join(".tmp-deadbeef"), b"{half a rec").unwrap();
-        assert_eq!(store.delete_expired().await.unwrap(), 1);
+        assert_eq!(store.delete_expired(now()).await.unwrap(), 1);
         assert!(!file.exists());
         assert!(!shard.join(".tmp-deadbeef").exists());
-        assert!(store.load(&live).await.unwrap().is_some());
+        assert!(store.load(&live, now()).await.unwrap().is_some());
     }
 
     #[tokio::test]
@@ -359,7 +359,7 @@ mod tests {
         fs::rename(shard.join(".lock"), shard.join(".lock.moved")).unwrap();
         fs::rename(shard.join(".lock.blocked"), shard.join(".lock")).unwrap();
         let error = store
-            .apply(&id, &Changes::expiry(now() + 120))
+            .apply(&id, &Changes::expiry(now(), now() + 120))
             .await
             .unwrap_err();
         assert_eq!(error.kind(), crate::ErrorKind::Store);
@@ -368,7 +368,7 @@ mod tests {
             "the io error is kept"
         );
         assert_eq!(
-            store.load(&id).await.unwrap().unwrap().expires_at,
+            store.load(&id, now()).await.unwrap().unwrap().expires_at,
             record(now() + 60).expires_at
         );
         assert!(file.exists());
@@ -427,7 +427,7 @@ mod tests {
         assert_eq!(mode(&file), "600", "a record");
         assert_eq!(mode(&shard.join(".lock")), "600", "a lock file");
         store
-            .apply(&id, &Changes::expiry(now() + 120))
+            .apply(&id, &Changes::expiry(now(), now() + 120))
             .await
             .unwrap();
         assert_eq!(mode(&file), "600", "a rewritten record");
@@ -476,6 +476,6 @@ mod tests {
         let (shard, file) = paths(dir.path(), &id);
         fs::create_dir_all(&shard).unwrap();
         fs::write(&file, b"not json").unwrap();
-        assert!(store.load(&id).await.is_err());
+        assert!(store.load(&id, now()).await.is_err());
     }
 }

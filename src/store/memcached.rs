@@ -10,7 +10,7 @@ use async_trait::async_trait;
 use tokio::sync::{Mutex, MutexGuard};
 use tokio::time::Instant;
 
-use super::{Changes, Record, SessionId, SessionStore, now};
+use super::{Changes, Record, SessionId, SessionStore};
 use crate::error::Error;
 
 /// The default bound on every Memcached call.
@@ -184,7 +184,12 @@ impl MemcachedStore {
     }
 
     /// The item's record and CAS token.
-    async fn get(&self, deadline: Instant, key: &str) -> Result<Option<(Record, u64)>, Error> {
+    async fn get(
+        &self,
+        deadline: Instant,
+        key: &str,
+        now: u64,
+    ) -> Result<Option<(Record, u64)>, Error> {
         let key = key.to_owned();
         let value = self
             .with_client(deadline, move |c| {
@@ -198,7 +203,7 @@ impl MemcachedStore {
             ));
         };
         let record: Record = serde_json::from_slice(&data).map_err(Error::store)?;
-        Ok((!record.is_expired(now())).then_some((record, cas)))
+        Ok((!record.is_expired(now)).then_some((record, cas)))
     }
 }
 
@@ -231,8 +236,8 @@ fn is_status(error: &Error, status: &Status) -> bool {
 
 #[async_trait]
 impl SessionStore for MemcachedStore {
-    async fn load(&self, id: &SessionId) -> Result<Option<Record>, Error> {
-        let found = self.get(self.deadline(), &self.key(id)).await?;
+    async fn load(&self, id: &SessionId, now: u64) -> Result<Option<Record>, Error> {
+        let found = self.get(self.deadline(), &self.key(id), now).await?;
         Ok(found.map(|(record, _)| record))
     }
 
@@ -263,7 +268,7 @@ impl SessionStore for MemcachedStore {
         let deadline = self.deadline();
         for attempt in 0..CAS_ATTEMPTS {
             backoff(attempt).await;
-            let Some((mut record, cas)) = self.get(deadline, &key).await? else {
+            let Some((mut record, cas)) = self.get(deadline, &key, changes.now).await? else {
                 return Ok(false);
             };
             changes.apply_to(&mut record);
@@ -295,12 +300,12 @@ impl SessionStore for MemcachedStore {
 
     /// Read, then deleted only if the item is still what was read (its CAS
     /// token): atomic with `apply`, whose writes change the token.
-    async fn take(&self, id: &SessionId) -> Result<Option<Record>, Error> {
+    async fn take(&self, id: &SessionId, now: u64) -> Result<Option<Record>, Error> {
         let key = self.key(id);
         let deadline = self.deadline();
         for attempt in 0..CAS_ATTEMPTS {
             backoff(attempt).await;
-            let Some((record, cas)) = self.get(deadline, &key).await? else {
+            let Some((record, cas)) = self.get(deadline, &key, now).await? else {
                 return Ok(None);
             };
             let (key, cas) = (key.clone(), format!("C{cas}"));
@@ -350,6 +355,7 @@ mod tests {
     use tokio::sync::Notify;
 
     use super::*;
+    use crate::store::now;
 
     /// A stand-in for Memcached that answers every `mg` with a miss (`EN`),
     /// but only while `answering` is set; until then it holds requests
@@ -431,7 +437,7 @@ mod tests {
         let mut loads = tokio::task::JoinSet::new();
         for _ in 0..80 {
             let store = store.clone();
-            loads.spawn(async move { (store.load(&id()).await, started.elapsed()) });
+            loads.spawn(async move { (store.load(&id(), now()).await, started.elapsed()) });
         }
         let mut slowest = Duration::ZERO;
         while let Some(joined) = loads.join_next().await {
@@ -460,14 +466,14 @@ mod tests {
         // Open every connection first, so the calls below are cut in the
         // middle of the protocol rather than while connecting.
         for _ in 0..8 {
-            assert_eq!(store.load(&id()).await.unwrap(), None);
+            assert_eq!(store.load(&id(), now()).await.unwrap(), None);
         }
         server.stall();
         let before = server.received.load(Ordering::SeqCst);
         let mut cancelled = tokio::task::JoinSet::new();
         for _ in 0..4 {
             let store = store.clone();
-            cancelled.spawn(async move { store.load(&id()).await });
+            cancelled.spawn(async move { store.load(&id(), now()).await });
         }
         // Cut them once the server holds all four requests unanswered.
         tokio::time::timeout(Duration::from_secs(30), async {
@@ -481,7 +487,7 @@ mod tests {
         while cancelled.join_next().await.is_some() {}
         server.answer();
         for call in 0..8 {
-            let loaded = store.load(&id()).await;
+            let loaded = store.load(&id(), now()).await;
             assert!(
                 loaded.is_ok(),
                 "call {call} after the cancellations: {loaded:?}"

@@ -7,7 +7,7 @@ use std::sync::{Mutex, MutexGuard, PoisonError};
 
 use async_trait::async_trait;
 
-use super::{Changes, Record, SessionId, SessionStore, now};
+use super::{Changes, Record, SessionId, SessionStore};
 use crate::error::Error;
 
 /// Shards of the map: requests for different sessions rarely wait on one
@@ -227,8 +227,7 @@ impl MemoryStore {
         lock(&self.shards[self.shard_index(id)])
     }
 
-    fn purge_expired(&self) -> u64 {
-        let now = now();
+    fn purge_expired(&self, now: u64) -> u64 {
         let mut removed = 0;
         for shard in &*self.shards {
             let mut shard = lock(shard);
@@ -247,11 +246,11 @@ fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
 
 #[async_trait]
 impl SessionStore for MemoryStore {
-    async fn load(&self, id: &SessionId) -> Result<Option<Record>, Error> {
+    async fn load(&self, id: &SessionId, now: u64) -> Result<Option<Record>, Error> {
         let (head, tail) = split(id);
         let mut shard = self.shard(id);
         match shard.find(&head, &tail) {
-            Some(slot) if slot.record.is_expired(now()) => {
+            Some(slot) if slot.record.is_expired(now) => {
                 shard.records.remove(&head);
                 Ok(None)
             }
@@ -265,7 +264,7 @@ impl SessionStore for MemoryStore {
     }
 
     async fn create(&self, id: &SessionId, record: &Record) -> Result<bool, Error> {
-        let ((head, tail), now) = (split(id), now());
+        let ((head, tail), now) = (split(id), record.created_at);
         let capacity = self.max_sessions.div_ceil(SHARDS);
         let mut shard = self.shard(id);
         match shard.records.get_mut(&head) {
@@ -293,7 +292,7 @@ impl SessionStore for MemoryStore {
         let (head, tail) = split(id);
         let mut shard = self.shard(id);
         match shard.find(&head, &tail) {
-            Some(slot) if !slot.record.is_expired(now()) => {
+            Some(slot) if !slot.record.is_expired(changes.now) => {
                 changes.apply_to(&mut slot.record);
                 slot.used = true;
                 Ok(true)
@@ -316,24 +315,25 @@ impl SessionStore for MemoryStore {
     }
 
     /// Under the shard's lock, as `apply` is: atomic with it.
-    async fn take(&self, id: &SessionId) -> Result<Option<Record>, Error> {
+    async fn take(&self, id: &SessionId, now: u64) -> Result<Option<Record>, Error> {
         let (head, tail) = split(id);
         let mut shard = self.shard(id);
         if shard.find(&head, &tail).is_none() {
             return Ok(None);
         }
         let slot = shard.records.remove(&head).expect("found just now");
-        Ok((!slot.record.is_expired(now())).then_some(slot.record))
+        Ok((!slot.record.is_expired(now)).then_some(slot.record))
     }
 
-    async fn delete_expired(&self) -> Result<u64, Error> {
-        Ok(self.purge_expired())
+    async fn delete_expired(&self, now: u64) -> Result<u64, Error> {
+        Ok(self.purge_expired(now))
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::store::now;
     use serde_json::json;
 
     fn record(expires_at: u64) -> Record {
@@ -379,7 +379,7 @@ mod tests {
         }
         for id in &ids {
             let kept = newest[store.shard_index(id)].contains(&id);
-            assert_eq!(store.load(id).await.unwrap().is_some(), kept);
+            assert_eq!(store.load(id, now()).await.unwrap().is_some(), kept);
         }
     }
 
@@ -392,13 +392,13 @@ mod tests {
         }
         // The oldest one is used; three more sessions then push the three
         // idle ones out.
-        assert!(store.load(&ids[0]).await.unwrap().is_some());
+        assert!(store.load(&ids[0], now()).await.unwrap().is_some());
         for id in &ids[4..] {
             assert!(store.create(id, &live()).await.unwrap());
         }
         let mut kept = Vec::new();
         for (i, id) in ids.iter().enumerate() {
-            if store.load(id).await.unwrap().is_some() {
+            if store.load(id, now()).await.unwrap().is_some() {
                 kept.push(i);
             }
         }
@@ -413,11 +413,17 @@ mod tests {
         let store = MemoryStore::new().max_sessions(4 * SHARDS);
         let ann = SessionId::generate();
         store.create(&ann, &live()).await.unwrap();
-        assert!(store.load(&ann).await.unwrap().is_some(), "ann came back");
+        assert!(
+            store.load(&ann, now()).await.unwrap().is_some(),
+            "ann came back"
+        );
         for _ in 0..200 * SHARDS {
             assert!(store.create(&SessionId::generate(), &live()).await.unwrap());
         }
-        assert!(store.load(&ann).await.unwrap().is_some(), "ann is still in");
+        assert!(
+            store.load(&ann, now()).await.unwrap().is_some(),
+            "ann is still in"
+        );
         assert!(store.len() <= 4 * SHARDS);
     }
 
@@ -437,9 +443,9 @@ mod tests {
         store.create(&a, &record(now() - 1)).await.unwrap();
         store.create(&b, &record(now() - 1)).await.unwrap();
         assert_eq!(store.len(), 2);
-        assert_eq!(store.load(&a).await.unwrap(), None);
+        assert_eq!(store.load(&a, now()).await.unwrap(), None);
         assert_eq!(store.len(), 1, "evicted on access");
-        assert_eq!(store.delete_expired().await.unwrap(), 1);
+        assert_eq!(store.delete_expired(now()).await.unwrap(), 1);
         assert!(store.is_empty());
     }
 

@@ -112,13 +112,17 @@ pub struct Changes {
     pub permanent: Option<bool>,
     /// The record's new expiry, in seconds since the Unix epoch.
     pub expires_at: u64,
+    /// The layer's time of the request, in seconds since the Unix epoch: a
+    /// record that expired by then is gone, and `apply` returns false.
+    pub now: u64,
 }
 
 impl Changes {
-    /// Changes that only move the expiry (a refresh).
-    pub fn expiry(expires_at: u64) -> Self {
+    /// Changes made at `now` that only move the expiry (a refresh).
+    pub fn expiry(now: u64, expires_at: u64) -> Self {
         Self {
             expires_at,
+            now,
             ..Self::default()
         }
     }
@@ -158,16 +162,19 @@ impl Changes {
 #[async_trait]
 pub trait SessionStore: Debug + Send + Sync + 'static {
     /// The record under `id`, or `None` when there is none or it has
-    /// expired.
-    async fn load(&self, id: &SessionId) -> Result<Option<Record>, Error>;
+    /// expired at `now` (the layer's clock, in seconds since the Unix
+    /// epoch).
+    async fn load(&self, id: &SessionId, now: u64) -> Result<Option<Record>, Error>;
 
-    /// Stores `record` under `id` if no record has that id; returns false,
-    /// changing nothing, if one does (the layer then draws another id).
+    /// Stores `record` under `id` if no live record has that id; returns
+    /// false, changing nothing, if one does (the layer then draws another
+    /// id). A record expired at `record.created_at` (the layer's now) no
+    /// longer counts.
     async fn create(&self, id: &SessionId, record: &Record) -> Result<bool, Error>;
 
     /// Applies `changes` to the record under `id`, atomically per key.
     /// Returns false, changing nothing, when there is no such record (it
-    /// expired or was deleted meanwhile).
+    /// expired by `changes.now` or was deleted meanwhile).
     async fn apply(&self, id: &SessionId, changes: &Changes) -> Result<bool, Error>;
 
     /// Removes the record under `id`; removing a missing record is not an
@@ -175,8 +182,8 @@ pub trait SessionStore: Debug + Send + Sync + 'static {
     async fn delete(&self, id: &SessionId) -> Result<(), Error>;
 
     /// Removes the record under `id` and returns it as it was at that
-    /// moment (`None` when there was none, or it had expired): what
-    /// `cycle_id` moves to the new id.
+    /// moment (`None` when there was none, or it had expired at `now`):
+    /// what `cycle_id` moves to the new id.
     ///
     /// It must be atomic with [`apply`](Self::apply): an apply that
     /// returned true before the take is in the returned record, and one
@@ -185,19 +192,20 @@ pub trait SessionStore: Debug + Send + Sync + 'static {
     /// acknowledged and then lost. (There is no default: a load followed by
     /// a delete would quietly lose such writes. The conformance suite
     /// checks it.)
-    async fn take(&self, id: &SessionId) -> Result<Option<Record>, Error>;
+    async fn take(&self, id: &SessionId, now: u64) -> Result<Option<Record>, Error>;
 
-    /// Removes expired records, returning how many; stores whose backend
-    /// expires records itself need not override it.
-    async fn delete_expired(&self) -> Result<u64, Error> {
+    /// Removes the records expired at `now`, returning how many; stores
+    /// whose backend expires records itself need not override it.
+    async fn delete_expired(&self, now: u64) -> Result<u64, Error> {
+        let _ = now;
         Ok(0)
     }
 }
 
 #[async_trait]
 impl<S: SessionStore + ?Sized> SessionStore for Arc<S> {
-    async fn load(&self, id: &SessionId) -> Result<Option<Record>, Error> {
-        (**self).load(id).await
+    async fn load(&self, id: &SessionId, now: u64) -> Result<Option<Record>, Error> {
+        (**self).load(id, now).await
     }
 
     async fn create(&self, id: &SessionId, record: &Record) -> Result<bool, Error> {
@@ -212,25 +220,18 @@ impl<S: SessionStore + ?Sized> SessionStore for Arc<S> {
         (**self).delete(id).await
     }
 
-    async fn take(&self, id: &SessionId) -> Result<Option<Record>, Error> {
-        (**self).take(id).await
+    async fn take(&self, id: &SessionId, now: u64) -> Result<Option<Record>, Error> {
+        (**self).take(id, now).await
     }
 
-    async fn delete_expired(&self) -> Result<u64, Error> {
-        (**self).delete_expired().await
+    async fn delete_expired(&self, now: u64) -> Result<u64, Error> {
+        (**self).delete_expired(now).await
     }
 }
 
-/// Seconds since the Unix epoch by the system clock.
-#[cfg_attr(
-    not(any(
-        feature = "memory-store",
-        feature = "file-store",
-        feature = "caching-store",
-        feature = "testing"
-    )),
-    allow(dead_code)
-)]
+/// Seconds since the Unix epoch by the system clock: for the sweep, which
+/// runs outside any layer, and the conformance suite.
+#[cfg_attr(not(any(feature = "tokio", feature = "testing")), allow(dead_code))]
 pub(crate) fn now() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -253,7 +254,7 @@ pub fn spawn_cleanup<S: SessionStore + ?Sized>(
         ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             ticks.tick().await;
-            match store.delete_expired().await {
+            match store.delete_expired(now()).await {
                 Ok(0) => {}
                 Ok(removed) => tracing::debug!(removed, "expired sessions removed"),
                 Err(error) => tracing::warn!(%error, "removing expired sessions failed"),
@@ -297,6 +298,6 @@ mod tests {
         };
         cleared.apply_to(&mut record);
         assert_eq!(Value::Object(record.data), json!({"z": 0}));
-        assert!(Changes::expiry(5).is_expiry_only());
+        assert!(Changes::expiry(1, 5).is_expiry_only());
     }
 }

@@ -11,7 +11,7 @@ use redis::aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig};
 use redis::cluster_async::ClusterConnection;
 use redis::{Cmd, Pipeline, RedisFuture, Script, Value};
 
-use super::{Changes, Record, SessionId, SessionStore, now};
+use super::{Changes, Record, SessionId, SessionStore};
 use crate::error::Error;
 
 /// Stores a record if its key is free: one round trip.
@@ -193,7 +193,7 @@ fn field(key: &str) -> Vec<u8> {
 }
 
 /// A record from the fields `HGETALL` returned.
-fn parse(fields: HashMap<String, Vec<u8>>) -> Result<Option<Record>, Error> {
+fn parse(fields: HashMap<String, Vec<u8>>, now: u64) -> Result<Option<Record>, Error> {
     if fields.is_empty() {
         return Ok(None);
     }
@@ -218,7 +218,7 @@ fn parse(fields: HashMap<String, Vec<u8>>) -> Result<Option<Record>, Error> {
             record.data.insert(key.to_owned(), value);
         }
     }
-    Ok((!record.is_expired(now())).then_some(record))
+    Ok((!record.is_expired(now)).then_some(record))
 }
 
 fn create_args(record: &Record) -> Vec<Vec<u8>> {
@@ -267,10 +267,10 @@ fn apply_args(changes: &Changes) -> Vec<Vec<u8>> {
 
 #[async_trait]
 impl SessionStore for RedisStore {
-    async fn load(&self, id: &SessionId) -> Result<Option<Record>, Error> {
+    async fn load(&self, id: &SessionId, now: u64) -> Result<Option<Record>, Error> {
         let fields: HashMap<String, Vec<u8>> =
             self.run(redis::cmd("HGETALL").arg(self.key(id))).await?;
-        parse(fields)
+        parse(fields, now)
     }
 
     async fn create(&self, id: &SessionId, record: &Record) -> Result<bool, Error> {
@@ -293,10 +293,10 @@ impl SessionStore for RedisStore {
             .map(drop)
     }
 
-    async fn take(&self, id: &SessionId) -> Result<Option<Record>, Error> {
+    async fn take(&self, id: &SessionId, now: u64) -> Result<Option<Record>, Error> {
         let fields: HashMap<String, Vec<u8>> =
             self.script(&TAKE_SCRIPT, &self.key(id), Vec::new()).await?;
-        parse(fields)
+        parse(fields, now)
     }
 }
 

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 
-use super::{Changes, Record, SessionId, SessionStore, now};
+use super::{Changes, Record, SessionId, SessionStore};
 use crate::data::SessionData;
 use crate::error::Error;
 
@@ -409,9 +409,9 @@ fn dialect(pool: &Pool) -> Dialect {
 
 #[async_trait]
 impl SessionStore for SqlStore {
-    async fn load(&self, id: &SessionId) -> Result<Option<Record>, Error> {
+    async fn load(&self, id: &SessionId, now: u64) -> Result<Option<Record>, Error> {
         let row: Option<Row> = by_backend!(self, pool => {
-            let query = sqlx::query_as(&self.sql.load).bind(id.as_str()).bind(to_i64(now()));
+            let query = sqlx::query_as(&self.sql.load).bind(id.as_str()).bind(to_i64(now));
             bounded(self.timeout, query.fetch_optional(pool)).await?
         });
         record_from_row(row)
@@ -421,7 +421,7 @@ impl SessionStore for SqlStore {
         let data = json(&record.data);
         let inserted = by_backend!(self, pool => {
             // An expired row with this id no longer counts as taken.
-            let clear = sqlx::query(&self.sql.clear_expired_id).bind(id.as_str()).bind(to_i64(now()));
+            let clear = sqlx::query(&self.sql.clear_expired_id).bind(id.as_str()).bind(to_i64(record.created_at));
             bounded(self.timeout, clear.execute(pool)).await?;
             let insert = sqlx::query(&self.sql.insert)
                 .bind(id.as_str())
@@ -460,13 +460,13 @@ impl SessionStore for SqlStore {
 
     /// One transaction: the row locked and read, then deleted, so an
     /// `apply` waiting on the lock finds no row afterwards.
-    async fn take(&self, id: &SessionId) -> Result<Option<Record>, Error> {
+    async fn take(&self, id: &SessionId, now: u64) -> Result<Option<Record>, Error> {
         let row: Option<Row> = by_backend!(self, pool => {
             bounded(self.timeout, async {
                 let mut tx = pool.begin_with(self.sql.begin).await?;
                 let row = sqlx::query_as(&self.sql.take)
                     .bind(id.as_str())
-                    .bind(to_i64(now()))
+                    .bind(to_i64(now))
                     .fetch_optional(&mut *tx)
                     .await?;
                 sqlx::query(&self.sql.delete).bind(id.as_str()).execute(&mut *tx).await?;
@@ -478,9 +478,9 @@ impl SessionStore for SqlStore {
         record_from_row(row)
     }
 
-    async fn delete_expired(&self) -> Result<u64, Error> {
+    async fn delete_expired(&self, now: u64) -> Result<u64, Error> {
         let done = by_backend!(self, pool => {
-            let query = sqlx::query(&self.sql.delete_expired).bind(to_i64(now()));
+            let query = sqlx::query(&self.sql.delete_expired).bind(to_i64(now));
             bounded(self.timeout, query.execute(pool)).await?.rows_affected()
         });
         Ok(done)
@@ -493,7 +493,7 @@ macro_rules! read_modify_write {
     ($tx:ident, $sql:expr, $id:expr, $changes:expr) => {{
         let row: Option<(String, bool)> = sqlx::query_as(&$sql.lock)
             .bind($id.as_str())
-            .bind(to_i64(now()))
+            .bind(to_i64($changes.now))
             .fetch_optional(&mut *$tx)
             .await?;
         match row {
