@@ -5,7 +5,7 @@
 
 use std::sync::Arc;
 
-use crate::codec::{Codec, DecodeError, Decoded, Memory};
+use crate::codec::{Codec, Content, DecodeError, Decoded, Memory};
 use crate::config::Config;
 use crate::cookie::{self, MAX_COOKIE_LEN, chunk};
 use crate::data::SessionData;
@@ -72,9 +72,13 @@ impl CookieBackend {
         created_at: Option<u64>,
         memory: &Memory,
     ) -> Result<Vec<String>, Error> {
-        let value = self
-            .codec
-            .encode(&config.name, data, permanent, now, created_at, memory);
+        let content = Content {
+            data,
+            permanent,
+            now,
+            created_at,
+        };
+        let value = self.codec.encode(&config.name, &content, memory);
         let expires = config.cookie_expiry(permanent, now);
         cookie::session_cookies(config, &value, expires, now)
     }

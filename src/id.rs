@@ -103,12 +103,12 @@ pub(crate) fn verify(keys: &Keyring, name: &str, value: &[u8]) -> Option<(Sessio
     if tag.len() != TAG_BYTES {
         return None;
     }
-    let index = keys.keys().iter().position(|key| {
+    let by_fallback_key = keys.verify(|key| {
         mac(key.id_signing(), name, &id)
             .verify_truncated_left(&tag)
             .is_ok()
     })?;
-    Some((id, index > 0))
+    Some((id, by_fallback_key))
 }
 
 fn tag(key: &HmacSha256, name: &str, id: &SessionId) -> [u8; 32] {

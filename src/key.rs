@@ -155,6 +155,13 @@ pub struct Keyring {
     keys: Arc<[Key]>,
 }
 
+/// The first of `keys` (the current one first) for which `verifies` holds:
+/// `Some(true)` when it was a fallback key. Every decoder that tries a
+/// keyring (the codecs, signed ids) asks it the same way.
+pub(crate) fn verifying<K>(keys: &[K], verifies: impl FnMut(&K) -> bool) -> Option<bool> {
+    keys.iter().position(verifies).map(|index| index > 0)
+}
+
 impl Keyring {
     /// A keyring whose only key is `current`.
     pub fn new(current: Key) -> Self {
@@ -179,9 +186,11 @@ impl Keyring {
         &self.keys[0]
     }
 
-    /// Every key, current first.
-    pub(crate) fn keys(&self) -> &[Key] {
-        &self.keys
+    /// Which key verifies a value, tried current first: `Some(false)` for
+    /// the current key, `Some(true)` for a fallback (the caller re-signs),
+    /// `None` for none.
+    pub(crate) fn verify(&self, verifies: impl FnMut(&Key) -> bool) -> Option<bool> {
+        verifying(&self.keys, verifies)
     }
 
     /// How many keys, current and fallbacks.
@@ -261,6 +270,6 @@ mod tests {
         let current = Key::from_bytes(&[1; 32]).unwrap();
         let ring = Keyring::new(current).fallback(Key::from_bytes(&[2; 32]).unwrap());
         assert_eq!(ring.len(), 2);
-        assert!(Arc::ptr_eq(&ring.current().inner, &ring.keys()[0].inner));
+        assert!(Arc::ptr_eq(&ring.current().inner, &ring.keys[0].inner));
     }
 }

@@ -282,6 +282,25 @@ async fn every_response_that_sets_the_cookie_varies_on_cookie() {
     assert!(vary(&untouched).is_empty());
 }
 
+/// A layer with a 10-minute idle and a 1-hour absolute timeout, refreshed
+/// at most once a minute.
+fn with_timeouts(layer: SessionLayer) -> Router {
+    app_with(
+        layer
+            .idle_timeout(Duration::from_secs(600))
+            .absolute_timeout(Duration::from_secs(3600))
+            .refresh_interval(Duration::from_secs(60)),
+    )
+}
+
+/// Reads the session `times` times, 5 minutes apart, each time alive.
+async fn active(jar: &mut Jar, app: &Router, clock: &TestClock, times: usize, what: &str) {
+    for _ in 0..times {
+        clock.advance(300);
+        assert_eq!(jar.get_text(app, "/read").await.1, "1", "{what}: active");
+    }
+}
+
 /// Client-side sessions honour the idle timeout from the cookie's signed
 /// issue time, and the absolute timeout from the creation time the cookie
 /// carries: refreshing a stolen cookie cannot keep it alive for ever.
@@ -289,33 +308,21 @@ async fn every_response_that_sets_the_cookie_varies_on_cookie() {
 async fn idle_and_absolute_timeouts_hold_for_cookies_too() {
     for codec in ["signed", "private"] {
         let clock = TestClock::at(T0);
-        let configure = |layer: SessionLayer| {
-            layer
-                .clock(clock.source())
-                .idle_timeout(Duration::from_secs(600))
-                .absolute_timeout(Duration::from_secs(3600))
-                .refresh_interval(Duration::from_secs(60))
-        };
-        let app = app_with(configure(if codec == "signed" {
+        let layer = if codec == "signed" {
             SessionLayer::signed(key(1))
         } else {
             SessionLayer::private(key(1))
-        }));
+        };
+        let app = with_timeouts(layer.clock(clock.source()));
         let mut jar = Jar::new();
         jar.send(&app, post_req("/permanent")).await;
         jar.send(&app, get_req("/count")).await;
-        // Active every 5 minutes: each read refreshes the cookie...
-        for _ in 0..11 {
-            clock.advance(300);
-            assert_eq!(jar.get_text(&app, "/read").await.1, "1", "{codec}");
-        }
-        // ...until an hour after the session began, however fresh the cookie.
+        // Each read refreshes the cookie, until an hour after the session
+        // began, however fresh the cookie.
+        active(&mut jar, &app, &clock, 11, codec).await;
         clock.advance(300);
-        assert_eq!(
-            jar.get_text(&app, "/read").await.1,
-            "0",
-            "{codec}: absolute"
-        );
+        let (_, body) = jar.get_text(&app, "/read").await;
+        assert_eq!(body, "0", "{codec}: absolute");
 
         // Idle for longer than the idle timeout: gone, though the cookie's
         // Max-Age (the lifetime) has not run out.
@@ -335,30 +342,16 @@ async fn idle_and_absolute_timeouts_hold_for_cookies_too() {
 #[tokio::test]
 async fn the_idle_timeout_moves_on_use_for_any_cookie_and_clear_keeps_the_start() {
     let clock = TestClock::at(T0);
-    let app = app_with(
-        layer(&clock)
-            .idle_timeout(Duration::from_secs(600))
-            .absolute_timeout(Duration::from_secs(3600))
-            .refresh_interval(Duration::from_secs(60)),
-    );
+    let app = with_timeouts(layer(&clock));
     let mut jar = Jar::new();
     jar.send(&app, get_req("/count")).await;
-    for _ in 0..5 {
-        clock.advance(300);
-        assert_eq!(jar.get_text(&app, "/read").await.1, "1", "active");
-    }
+    active(&mut jar, &app, &clock, 5, "before the clear").await;
     // Cleared and written again: still the same session for the timeout.
     jar.send(&app, post_req("/clear-and-count")).await;
-    for _ in 0..6 {
-        clock.advance(300);
-        assert_eq!(jar.get_text(&app, "/read").await.1, "1", "active");
-    }
+    active(&mut jar, &app, &clock, 6, "after the clear").await;
     clock.advance(300);
-    assert_eq!(
-        jar.get_text(&app, "/read").await.1,
-        "0",
-        "an hour after it began, clear or not"
-    );
+    let (_, body) = jar.get_text(&app, "/read").await;
+    assert_eq!(body, "0", "an hour after it began, clear or not");
 }
 
 /// A cookie written without a creation time (before the absolute timeout

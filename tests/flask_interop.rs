@@ -259,20 +259,7 @@ fn values_from_flask_keep_their_python_type_through_rust() {
         SessionLayer::flask(codec("dev"))
             .clock(|| std::time::UNIX_EPOCH + std::time::Duration::from_secs(T0)),
     );
-    let written = rt().block_on(async {
-        let response = app
-            .oneshot(with_cookie("/", &format!("session={cookie}")))
-            .await
-            .unwrap();
-        assert_eq!(response.status(), 200);
-        let line = common::set_cookies(&response)[0].clone();
-        line.split(';')
-            .next()
-            .unwrap()
-            .strip_prefix("session=")
-            .unwrap()
-            .to_owned()
-    });
+    let written = rust_rewrites(app, &cookie);
     let (seen, _) = flask.loads("dev", &[], &written, T0, MONTH).unwrap();
     let mut expected = typed;
     expected["tuple"] = json!({"$tuple": [1, "two", {"$tuple": [3]}, 4]});

@@ -83,6 +83,17 @@ async fn count(session: Session) -> Result<String, Error> {
         .to_string())
 }
 
+/// A redis-server of the test's own on a free port, and the app on it
+/// with a store bounded by `timeout`.
+async fn own_redis(timeout: Duration) -> Option<(RedisServer, Router)> {
+    let server = RedisServer::start(free_port())?;
+    let store = RedisStore::connect(&server.url())
+        .await
+        .unwrap()
+        .timeout(timeout);
+    Some((server, app(store)))
+}
+
 fn app(store: RedisStore) -> Router {
     Router::new()
         .route("/", get(count))
@@ -92,19 +103,14 @@ fn app(store: RedisStore) -> Router {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn redis_going_down_and_coming_back() {
-    let port = free_port();
-    let Some(server) = RedisServer::start(port) else {
+    let Some((server, app)) = own_redis(Duration::from_millis(500)).await else {
         return;
     };
-    let store = RedisStore::connect(&server.url())
-        .await
-        .unwrap()
-        .timeout(Duration::from_millis(500));
-    let app = app(store);
     let mut jar = Jar::new();
     assert_eq!(jar.get_text(&app, "/").await, (StatusCode::OK, "1".into()));
     assert_eq!(jar.get_text(&app, "/").await, (StatusCode::OK, "2".into()));
 
+    let server_port = server.port;
     server.stop();
     // Load fails: 503 through the hook, the error in the extensions.
     let response = jar.send(&app, get_req("/")).await;
@@ -125,7 +131,7 @@ async fn redis_going_down_and_coming_back() {
 
     // Redis comes back (empty: it keeps nothing on disk); the same app
     // object serves again without a restart.
-    let _server = RedisServer::start(port).unwrap();
+    let _server = RedisServer::start(server_port).unwrap();
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
         let (status, body) = jar.get_text(&app, "/").await;
@@ -147,15 +153,9 @@ async fn redis_going_down_and_coming_back() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stalled_redis_times_out_quickly() {
-    let port = free_port();
-    let Some(server) = RedisServer::start(port) else {
+    let Some((server, app)) = own_redis(Duration::from_millis(200)).await else {
         return;
     };
-    let store = RedisStore::connect(&server.url())
-        .await
-        .unwrap()
-        .timeout(Duration::from_millis(200));
-    let app = app(store);
     let mut jar = Jar::new();
     assert_eq!(jar.get_text(&app, "/").await.0, StatusCode::OK);
 
@@ -193,15 +193,9 @@ async fn pause(url: &str, millis: u64) {
 /// still succeed, so the store's timeout is the only bound.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_slow_redis_within_the_timeout_still_answers() {
-    let port = free_port();
-    let Some(server) = RedisServer::start(port) else {
+    let Some((server, app)) = own_redis(Duration::from_secs(10)).await else {
         return;
     };
-    let store = RedisStore::connect(&server.url())
-        .await
-        .unwrap()
-        .timeout(Duration::from_secs(10));
-    let app = app(store);
     let mut jar = Jar::new();
     assert_eq!(jar.get_text(&app, "/").await, (StatusCode::OK, "1".into()));
     pause(&server.url(), 3000).await;

@@ -102,27 +102,44 @@ const CONTENT_HEADER_LEN: usize = 8 + 1;
 const FLAG_PERMANENT: u8 = 0b0000_0001;
 const FLAG_CREATED: u8 = 0b0000_0010;
 
-/// Appends the content part to `out`; `created_at` only when the session
-/// began before `now` and the layer enforces an absolute timeout.
-fn write_content(
-    out: &mut Vec<u8>,
-    data: &SessionData,
-    permanent: bool,
-    now: u64,
-    created_at: Option<u64>,
-) {
-    out.extend_from_slice(&now.to_be_bytes());
-    let permanent = if permanent { FLAG_PERMANENT } else { 0 };
-    let created = if created_at.is_some() {
-        FLAG_CREATED
-    } else {
-        0
-    };
-    out.push(permanent | created);
-    if let Some(created_at) = created_at {
-        out.extend_from_slice(&created_at.to_be_bytes());
+/// What a codec writes: the session and its times.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Content<'a> {
+    pub(crate) data: &'a SessionData,
+    pub(crate) permanent: bool,
+    /// The issue time, seconds since the Unix epoch.
+    pub(crate) now: u64,
+    /// When the session began: only when it began before `now` and the
+    /// layer enforces an absolute timeout.
+    pub(crate) created_at: Option<u64>,
+}
+
+impl<'a> Content<'a> {
+    /// `data` issued at `now`, with no creation time.
+    pub(crate) fn new(data: &'a SessionData, permanent: bool, now: u64) -> Self {
+        Self {
+            data,
+            permanent,
+            now,
+            created_at: None,
+        }
     }
-    serde_json::to_writer(out, data).expect("a JSON map always serializes");
+
+    /// Appends the content part of the signed and private envelopes.
+    fn write(&self, out: &mut Vec<u8>) {
+        out.extend_from_slice(&self.now.to_be_bytes());
+        let permanent = if self.permanent { FLAG_PERMANENT } else { 0 };
+        let created = if self.created_at.is_some() {
+            FLAG_CREATED
+        } else {
+            0
+        };
+        out.push(permanent | created);
+        if let Some(created_at) = self.created_at {
+            out.extend_from_slice(&created_at.to_be_bytes());
+        }
+        serde_json::to_writer(out, self.data).expect("a JSON map always serializes");
+    }
 }
 
 /// Reads an authenticated content part: the age checks, the flags, the
@@ -186,24 +203,16 @@ pub(crate) enum Codec {
 }
 
 impl Codec {
-    /// `created_at`: when the session began, for a layer that enforces an
-    /// absolute timeout; Flask's format has no place for it.
-    pub(crate) fn encode(
-        &self,
-        name: &str,
-        data: &SessionData,
-        permanent: bool,
-        now: u64,
-        created_at: Option<u64>,
-        memory: &Memory,
-    ) -> String {
+    /// The cookie value for `content` (Flask's format has no place for a
+    /// creation time).
+    pub(crate) fn encode(&self, name: &str, content: &Content<'_>, memory: &Memory) -> String {
         #[cfg(not(feature = "flask"))]
         let _ = memory;
         match self {
-            Self::Signed(codec) => codec.encode_since(name, data, permanent, now, created_at),
-            Self::Private(codec) => codec.encode_since(name, data, permanent, now, created_at),
+            Self::Signed(codec) => codec.seal(name, content),
+            Self::Private(codec) => codec.seal(name, content),
             #[cfg(feature = "flask")]
-            Self::Flask(codec) => codec.encode_tagged(data, permanent, now, memory.tags.as_ref()),
+            Self::Flask(codec) => codec.encode_tagged(content, memory.tags.as_ref()),
         }
     }
 

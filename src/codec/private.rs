@@ -7,7 +7,7 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use chacha20poly1305::aead::inout::InOutBuf;
 use chacha20poly1305::{AeadInOut, Tag, XNonce};
 
-use super::{CONTENT_HEADER_LEN, DecodeError, Decoded, read_content, write_content};
+use super::{CONTENT_HEADER_LEN, Content, DecodeError, Decoded, read_content};
 use crate::data::SessionData;
 use crate::key::Keyring;
 
@@ -53,26 +53,19 @@ impl PrivateCodec {
     /// When the operating system cannot provide random bytes for the
     /// nonce: writing without a fresh nonce would be unsafe.
     pub fn encode(&self, name: &str, data: &SessionData, permanent: bool, now: u64) -> String {
-        self.encode_since(name, data, permanent, now, None)
+        let content = Content::new(data, permanent, now);
+        self.seal(name, &content)
     }
 
-    /// [`encode`](Self::encode), carrying the session's creation time for
-    /// the layer's absolute timeout.
-    pub(crate) fn encode_since(
-        &self,
-        name: &str,
-        data: &SessionData,
-        permanent: bool,
-        now: u64,
-        created_at: Option<u64>,
-    ) -> String {
+    /// The envelope around `content`, for the cookie `name`.
+    pub(crate) fn seal(&self, name: &str, content: &Content<'_>) -> String {
         let mut bytes = Vec::with_capacity(1 + NONCE_LEN + INNER_HEADER_LEN + 64 + TAG_LEN);
         bytes.push(VERSION);
         let mut nonce = [0u8; NONCE_LEN];
         getrandom::fill(&mut nonce).expect("the OS random number generator failed");
         bytes.extend_from_slice(&nonce);
         let plaintext_start = bytes.len();
-        write_content(&mut bytes, data, permanent, now, created_at);
+        content.write(&mut bytes);
         let tag = self
             .keys
             .current()
@@ -114,18 +107,16 @@ impl PrivateCodec {
         let tag = Tag::try_from(tag).expect("16 bytes");
         let aad = associated_data(name);
         let mut plaintext = vec![0u8; ciphertext.len()];
-        let key_index = self
+        let by_fallback_key = self
             .keys
-            .keys()
-            .iter()
-            .position(|key| {
+            .verify(|key| {
                 let buffer = InOutBuf::new(ciphertext, &mut plaintext).expect("equal lengths");
                 key.encryption()
                     .decrypt_inout_detached(&nonce, &aad, buffer, &tag)
                     .is_ok()
             })
             .ok_or(DecodeError::BadSignature)?;
-        read_content(&plaintext, now, max_age, key_index > 0)
+        read_content(&plaintext, now, max_age, by_fallback_key)
     }
 }
 

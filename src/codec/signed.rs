@@ -5,7 +5,7 @@ use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use hmac::Mac;
 
-use super::{CONTENT_HEADER_LEN, DecodeError, Decoded, read_content, write_content};
+use super::{CONTENT_HEADER_LEN, Content, DecodeError, Decoded, read_content};
 use crate::data::SessionData;
 use crate::key::{HmacSha256, Keyring};
 
@@ -46,22 +46,15 @@ impl SignedCodec {
     /// Encodes `data` as the value of the cookie `name`, issued at `now`
     /// (seconds since the Unix epoch).
     pub fn encode(&self, name: &str, data: &SessionData, permanent: bool, now: u64) -> String {
-        self.encode_since(name, data, permanent, now, None)
+        let content = Content::new(data, permanent, now);
+        self.seal(name, &content)
     }
 
-    /// [`encode`](Self::encode), carrying the session's creation time for
-    /// the layer's absolute timeout.
-    pub(crate) fn encode_since(
-        &self,
-        name: &str,
-        data: &SessionData,
-        permanent: bool,
-        now: u64,
-        created_at: Option<u64>,
-    ) -> String {
+    /// The envelope around `content`, for the cookie `name`.
+    pub(crate) fn seal(&self, name: &str, content: &Content<'_>) -> String {
         let mut bytes = Vec::with_capacity(HEADER_LEN + 64 + TAG_LEN);
         bytes.push(VERSION);
-        write_content(&mut bytes, data, permanent, now, created_at);
+        content.write(&mut bytes);
         let tag = mac(self.keys.current().signing(), name, &bytes).finalize();
         bytes.extend_from_slice(&tag.into_bytes());
         URL_SAFE_NO_PAD.encode(bytes)
@@ -91,13 +84,11 @@ impl SignedCodec {
         if body[0] != VERSION {
             return Err(DecodeError::UnknownVersion);
         }
-        let key_index = self
+        let by_fallback_key = self
             .keys
-            .keys()
-            .iter()
-            .position(|key| mac(key.signing(), name, body).verify_slice(tag).is_ok())
+            .verify(|key| mac(key.signing(), name, body).verify_slice(tag).is_ok())
             .ok_or(DecodeError::BadSignature)?;
-        read_content(&body[1..], now, max_age, key_index > 0)
+        read_content(&body[1..], now, max_age, by_fallback_key)
     }
 }
 

@@ -238,14 +238,17 @@ mod tests {
         assert_eq!(a.ttl(), Some(ttl));
     }
 
-    /// A backend whose next load stops, after reading, until released: the
-    /// window in which a delete can overtake it.
+    /// A backend with two faults on demand: its next load stops, after
+    /// reading, until released (the window in which a delete can overtake
+    /// it); its deletes land at once and then never answer (a request
+    /// dropped in between, by a client gone or a tower timeout).
     #[derive(Debug, Default)]
     struct Gated {
         inner: MemoryStore,
         hold: std::sync::atomic::AtomicBool,
         read: tokio::sync::Notify,
         release: tokio::sync::Notify,
+        hang_deletes: std::sync::atomic::AtomicBool,
     }
 
     #[async_trait]
@@ -265,35 +268,10 @@ mod tests {
             self.inner.apply(id, changes).await
         }
         async fn delete(&self, id: &SessionId) -> Result<(), Error> {
-            self.inner.delete(id).await
-        }
-        async fn take(&self, id: &SessionId, now: u64) -> Result<Option<Record>, Error> {
-            self.inner.take(id, now).await
-        }
-    }
-
-    /// A backend whose deletes land at once but answer late: a request
-    /// dropped in between (a client gone, a tower timeout) must still not
-    /// leave the deleted session in the cache.
-    #[derive(Debug, Default)]
-    struct SlowToAnswer {
-        inner: MemoryStore,
-    }
-
-    #[async_trait]
-    impl SessionStore for SlowToAnswer {
-        async fn load(&self, id: &SessionId, now: u64) -> Result<Option<Record>, Error> {
-            self.inner.load(id, now).await
-        }
-        async fn create(&self, id: &SessionId, record: &Record) -> Result<bool, Error> {
-            self.inner.create(id, record).await
-        }
-        async fn apply(&self, id: &SessionId, changes: &Changes) -> Result<bool, Error> {
-            self.inner.apply(id, changes).await
-        }
-        async fn delete(&self, id: &SessionId) -> Result<(), Error> {
             self.inner.delete(id).await?;
-            std::future::pending::<()>().await;
+            if self.hang_deletes.load(Ordering::SeqCst) {
+                std::future::pending::<()>().await;
+            }
             Ok(())
         }
         async fn take(&self, id: &SessionId, now: u64) -> Result<Option<Record>, Error> {
@@ -301,16 +279,20 @@ mod tests {
         }
     }
 
-    #[tokio::test]
-    async fn a_delete_cancelled_after_it_landed_never_leaves_the_session_cached() {
-        let store = CachingStore::new(SlowToAnswer::default());
-        let id = SessionId::generate();
-        let record = Record::new(
+    fn ann() -> Record {
+        Record::new(
             json!({"user": "ann"}).as_object().unwrap().clone(),
             false,
             now(),
             now() + 60,
-        );
+        )
+    }
+
+    #[tokio::test]
+    async fn a_delete_cancelled_after_it_landed_never_leaves_the_session_cached() {
+        let store = CachingStore::new(Gated::default());
+        store.inner().hang_deletes.store(true, Ordering::SeqCst);
+        let (id, record) = (SessionId::generate(), ann());
         assert!(store.create(&id, &record).await.unwrap());
         assert_eq!(
             store.load(&id, now()).await.unwrap(),
@@ -332,13 +314,7 @@ mod tests {
     #[tokio::test]
     async fn a_load_racing_a_delete_never_caches_the_old_record() {
         let store = Arc::new(CachingStore::new(Gated::default()));
-        let id = SessionId::generate();
-        let record = Record::new(
-            json!({"user": "ann"}).as_object().unwrap().clone(),
-            false,
-            now(),
-            now() + 60,
-        );
+        let (id, record) = (SessionId::generate(), ann());
         assert!(store.create(&id, &record).await.unwrap());
         store.inner().hold.store(true, Ordering::SeqCst);
         let slow_load = tokio::spawn({

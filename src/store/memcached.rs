@@ -10,6 +10,7 @@ use async_trait::async_trait;
 use tokio::sync::{Mutex, MutexGuard};
 use tokio::time::Instant;
 
+use super::net::{KeyPrefix, prefix_and_timeout};
 use super::{Changes, Record, SessionId, SessionStore};
 use crate::error::Error;
 
@@ -46,7 +47,7 @@ pub struct MemcachedStore {
     dsn: String,
     pool: Box<[Mutex<Option<Client>>]>,
     next: AtomicUsize,
-    prefix: String,
+    prefix: KeyPrefix,
     timeout: Duration,
 }
 
@@ -83,7 +84,7 @@ impl MemcachedStore {
             dsn,
             pool: (0..8).map(|_| Mutex::new(None)).collect(),
             next: AtomicUsize::new(0),
-            prefix: "session:".into(),
+            prefix: KeyPrefix::default(),
             timeout: DEFAULT_TIMEOUT,
         };
         *store.pool[0].lock().await = Some(first);
@@ -101,23 +102,13 @@ impl MemcachedStore {
         self
     }
 
-    /// The prefix of every key (default `session:`).
-    #[must_use]
-    pub fn prefix(mut self, prefix: impl Into<String>) -> Self {
-        self.prefix = prefix.into();
-        self
-    }
-
-    /// The longest a store call may take before it fails (default 2 s),
-    /// waiting for a free connection and reconnecting included.
-    #[must_use]
-    pub fn timeout(mut self, timeout: Duration) -> Self {
-        self.timeout = timeout;
-        self
-    }
+    prefix_and_timeout!(
+        "The longest a store call may take before it fails (default 2 s), \
+         waiting for a free connection and reconnecting included."
+    );
 
     fn key(&self, id: &SessionId) -> String {
-        format!("{}{}", self.prefix, id.as_str())
+        self.prefix.key(id)
     }
 
     /// Runs `op` on a pooled connection, connecting first if needed. All

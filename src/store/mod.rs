@@ -14,6 +14,14 @@ mod file;
 mod memcached;
 #[cfg(feature = "memory-store")]
 mod memory;
+#[cfg(any(
+    feature = "redis-store",
+    feature = "postgres-store",
+    feature = "mysql-store",
+    feature = "sqlite-store",
+    feature = "memcached-store"
+))]
+mod net;
 #[cfg(feature = "redis-store")]
 mod redis_store;
 #[cfg(any(

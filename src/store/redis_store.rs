@@ -2,7 +2,6 @@
 
 use std::collections::HashMap;
 use std::fmt;
-use std::future::Future;
 use std::sync::LazyLock;
 use std::time::Duration;
 
@@ -11,6 +10,7 @@ use redis::aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig};
 use redis::cluster_async::ClusterConnection;
 use redis::{Cmd, Pipeline, RedisFuture, Script, Value};
 
+use super::net::{KeyPrefix, bounded, prefix_and_timeout};
 use super::{Changes, Record, SessionId, SessionStore};
 use crate::error::Error;
 
@@ -77,7 +77,7 @@ const DEFAULT_TIMEOUT: Duration = Duration::from_secs(2);
 #[derive(Clone)]
 pub struct RedisStore {
     conn: Conn,
-    prefix: String,
+    prefix: KeyPrefix,
     timeout: Duration,
 }
 
@@ -128,30 +128,19 @@ impl RedisStore {
     fn with_connection(conn: Conn) -> Self {
         Self {
             conn,
-            prefix: "session:".into(),
+            prefix: KeyPrefix::default(),
             timeout: DEFAULT_TIMEOUT,
         }
     }
 
-    /// The prefix of every key (default `session:`), to share a Redis with
-    /// other data or other apps.
-    #[must_use]
-    pub fn prefix(mut self, prefix: impl Into<String>) -> Self {
-        self.prefix = prefix.into();
-        self
-    }
-
-    /// The longest a Redis call may take before it fails (default 2 s). It
-    /// is the only bound on a call: the redis crate's own response timeout
-    /// is switched off, so a slow reply within this bound still succeeds.
-    #[must_use]
-    pub fn timeout(mut self, timeout: Duration) -> Self {
-        self.timeout = timeout;
-        self
-    }
+    prefix_and_timeout!(
+        "The longest a Redis call may take before it fails (default 2 s). It \
+         is the only bound on a call: the redis crate's own response timeout \
+         is switched off, so a slow reply within this bound still succeeds."
+    );
 
     fn key(&self, id: &SessionId) -> String {
-        format!("{}{}", self.prefix, id.as_str())
+        self.prefix.key(id)
     }
 
     async fn run<T: redis::FromRedisValue>(&self, cmd: &Cmd) -> Result<T, Error> {
@@ -171,16 +160,6 @@ impl RedisStore {
             invocation.arg(arg);
         }
         bounded(self.timeout, invocation.invoke_async(&mut conn)).await
-    }
-}
-
-async fn bounded<T>(
-    timeout: Duration,
-    call: impl Future<Output = redis::RedisResult<T>>,
-) -> Result<T, Error> {
-    match tokio::time::timeout(timeout, call).await {
-        Ok(result) => result.map_err(Error::store),
-        Err(elapsed) => Err(Error::store(elapsed)),
     }
 }
 

@@ -1,11 +1,11 @@
 //! `SqlStore`: sessions in PostgreSQL, MySQL/MariaDB or SQLite, via sqlx.
 
 use std::fmt;
-use std::future::Future;
 use std::time::Duration;
 
 use async_trait::async_trait;
 
+use super::net::bounded;
 use super::{Changes, Record, SessionId, SessionStore};
 use crate::data::SessionData;
 use crate::error::Error;
@@ -197,16 +197,6 @@ fn record_from_row(row: Option<Row>) -> Result<Option<Record>, Error> {
         ))
     })
     .transpose()
-}
-
-async fn bounded<T>(
-    timeout: Duration,
-    call: impl Future<Output = Result<T, sqlx::Error>>,
-) -> Result<T, Error> {
-    match tokio::time::timeout(timeout, call).await {
-        Ok(result) => result.map_err(Error::store),
-        Err(elapsed) => Err(Error::store(elapsed)),
-    }
 }
 
 fn is_unique_violation(error: &sqlx::Error) -> bool {
@@ -445,7 +435,7 @@ impl SessionStore for SqlStore {
                 let mut tx = pool.begin_with(self.sql.begin).await?;
                 let applied = read_modify_write!(tx, self.sql, id, changes);
                 tx.commit().await?;
-                Ok(applied)
+                Ok::<_, sqlx::Error>(applied)
             })
             .await
         })
@@ -471,7 +461,7 @@ impl SessionStore for SqlStore {
                     .await?;
                 sqlx::query(&self.sql.delete).bind(id.as_str()).execute(&mut *tx).await?;
                 tx.commit().await?;
-                Ok(row)
+                Ok::<_, sqlx::Error>(row)
             })
             .await?
         });

@@ -20,9 +20,10 @@ use sha1::Sha1;
 
 pub(super) use tag::Tags;
 
-use super::{DecodeError, Decoded};
+use super::{Content, DecodeError, Decoded};
 use crate::data::SessionData;
 use crate::error::{Error, ErrorKind};
+use crate::key::verifying;
 
 type HmacSha1 = Hmac<Sha1>;
 
@@ -97,16 +98,19 @@ impl FlaskCodec {
     /// The cookie value Flask would write for `data` at `now`; a permanent
     /// session carries `"_permanent": true`, as in Flask.
     pub fn encode(&self, data: &SessionData, permanent: bool, now: u64) -> String {
-        self.encode_tagged(data, permanent, now, None)
+        let content = Content::new(data, permanent, now);
+        self.encode_tagged(&content, None)
     }
 
-    pub(crate) fn encode_tagged(
-        &self,
-        data: &SessionData,
-        permanent: bool,
-        now: u64,
-        tags: Option<&Tags>,
-    ) -> String {
+    /// `content` in Flask's format, each value with the Python type `tags`
+    /// remembers for it while it is unchanged.
+    pub(crate) fn encode_tagged(&self, content: &Content<'_>, tags: Option<&Tags>) -> String {
+        let Content {
+            data,
+            permanent,
+            now,
+            ..
+        } = *content;
         let mut tagged = tag::tag_session(data, tags);
         if permanent {
             tagged.insert(PERMANENT_KEY.to_owned(), Value::Bool(true));
@@ -142,15 +146,12 @@ impl FlaskCodec {
         let (signed, signature) = value.rsplit_once('.').ok_or(DecodeError::Malformed)?;
         let (payload, ts) = signed.rsplit_once('.').ok_or(DecodeError::Malformed)?;
         let signature = unbase64(signature)?;
-        let key_index = self
-            .keys
-            .iter()
-            .position(|key| {
-                let mut mac = key.clone();
-                mac.update(signed.as_bytes());
-                mac.verify_slice(&signature).is_ok()
-            })
-            .ok_or(DecodeError::BadSignature)?;
+        let by_fallback_key = verifying(&self.keys, |key| {
+            let mut mac = key.clone();
+            mac.update(signed.as_bytes());
+            mac.verify_slice(&signature).is_ok()
+        })
+        .ok_or(DecodeError::BadSignature)?;
         let ts = unbase64(ts)?;
         if ts.len() > 8 {
             return Err(DecodeError::Malformed);
@@ -170,7 +171,7 @@ impl FlaskCodec {
             permanent,
             issued_at,
             created_at: issued_at,
-            by_fallback_key: key_index > 0,
+            by_fallback_key,
             memory: super::Memory { tags: Some(tags) },
         })
     }
