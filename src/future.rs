@@ -111,22 +111,26 @@ where
     H: ErrorHandler<B>,
     B: Send + 'static,
 {
-    // The extractor could not read the store: answer through the hook.
+    // 1. The extractor could not read the store: answer through the hook.
     if let Some(LoadFailed(error)) = response.extensions_mut().remove::<LoadFailed>() {
         return Next::Ready(fail(&error_handler, error));
     }
-    // A session no handler asked for was neither read nor changed.
+    // 2. A session no handler asked for was neither read nor changed.
     let Some(loaded) = handle.loaded() else {
         return Next::Ready(response);
     };
     let shared = handle.shared();
     let state = loaded.session.state();
+    // 3. A session that was read varies the response.
     if state.accessed {
         add_vary_cookie(response.headers_mut());
     }
+    // 4. A failed request leaves no half of its changes behind.
     if response.status().is_server_error() && !shared.config.persist_on_server_error {
         return Next::Ready(response);
     }
+    // 5. Client-side, 6. server-side; 7. every Set-Cookie varies on
+    //    Cookie (`append_cookies`), every failure goes through `fail`.
     match &shared.backend {
         Backend::Cookie(backend) => {
             let saved = save_cookie(shared, backend, loaded, &state, response.headers_mut());

@@ -21,8 +21,10 @@ const TAG_BYTES: usize = 16;
 ///
 /// An id can only be made by [`generate`](Self::generate) or by
 /// [`parse`](Self::parse), which accepts exactly that shape, so a store
-/// never builds a key or a file name from unchecked input. `Debug` and
-/// `Display` print `SessionId(REDACTED)`: an id is a bearer secret.
+/// never builds a key or a file name from unchecked input. An id is a
+/// bearer secret: `Debug` prints `SessionId(REDACTED)`, and there is no
+/// `Display`, so it never lands in a log line by accident
+/// ([`as_str`](Self::as_str) is the deliberate way to the text).
 #[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct SessionId(Box<str>);
 

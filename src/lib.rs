@@ -70,6 +70,8 @@
 //! (the memory store); every other store and codec sits behind its own
 //! feature.
 
+#![cfg_attr(docsrs, feature(doc_cfg))]
+
 mod backend;
 mod config;
 mod cookie;

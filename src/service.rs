@@ -28,6 +28,21 @@ impl<S, H> SessionService<S, H> {
             error_handler,
         }
     }
+
+    /// The wrapped service.
+    pub fn get_ref(&self) -> &S {
+        &self.inner
+    }
+
+    /// The wrapped service, mutably.
+    pub fn get_mut(&mut self) -> &mut S {
+        &mut self.inner
+    }
+
+    /// The wrapped service, unwrapped.
+    pub fn into_inner(self) -> S {
+        self.inner
+    }
 }
 
 impl<S, H, ReqBody, ResBody> Service<Request<ReqBody>> for SessionService<S, H>
