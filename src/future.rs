@@ -208,8 +208,13 @@ fn save_cookie(
         .filter(|_| config.absolute_timeout.is_some() && !state.flushed && !state.cycle)
         .map(|origin| origin.created_at)
         .filter(|&created_at| created_at < now);
+    // What the codec remembered of the old cookie (Flask's Python types)
+    // is for values carried over from it, never for a session started
+    // anew by `clear` or `flush`.
     let fresh = Memory::default();
-    let memory = origin.map_or(&fresh, |origin| &origin.memory);
+    let memory = origin
+        .filter(|_| !state.cleared)
+        .map_or(&fresh, |origin| &origin.memory);
     let lines = backend.encode(
         config,
         &state.data,

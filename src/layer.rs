@@ -158,7 +158,8 @@ impl<H> SessionLayer<H, Keyed> {
     }
 
     /// Sessions end this long after they were created (or their id last
-    /// cycled, or they were cleared), however active (default: none), so
+    /// cycled, or they were flushed and written again), however active
+    /// (default: none), so
     /// a stolen session cannot be kept alive by refreshing it. Server-side,
     /// checked from the record; client-side, signed and private cookies
     /// carry the creation time (a cookie written before this setting
@@ -279,16 +280,20 @@ impl<H, K> SessionLayer<H, K> {
     /// Whether a permanent session that was read but not changed is
     /// re-issued, so that it expires a lifetime after the user's last
     /// visit rather than after the last change (default true, as Flask's
-    /// `SESSION_REFRESH_EACH_REQUEST`). Re-issuing is throttled by
+    /// `SESSION_REFRESH_EACH_REQUEST`). With an
+    /// [`idle_timeout`](Self::idle_timeout), any session is (its idle
+    /// timeout counts from the last write). Server-side, the record's
+    /// expiry moves instead. Re-issuing is throttled by
     /// [`refresh_interval`](Self::refresh_interval).
     pub fn refresh_each_request(mut self, refresh: bool) -> Self {
         self.config().refresh_each_request = refresh;
         self
     }
 
-    /// The least time between two refreshes of an unchanged permanent
-    /// session (default 60 seconds), so a busy user is not sent a new
-    /// cookie on every request. Zero refreshes on every request.
+    /// The least time between two refreshes of an unchanged session
+    /// (default 60 seconds), so a busy user is not sent a new cookie, or
+    /// cost a store write, on every request. Zero refreshes on every
+    /// request.
     pub fn refresh_interval(mut self, interval: Duration) -> Self {
         self.config().refresh_interval = interval;
         self

@@ -39,6 +39,7 @@ pub async fn check_store<S: SessionStore + ?Sized>(store: Arc<S>) {
     large_and_unicode_values(&*store).await;
     concurrent_writes_to_distinct_keys_all_survive(store.clone()).await;
     writes_racing_a_delete_never_resurrect(store.clone()).await;
+    the_layers_clock_rules(&*store).await;
     records_expire_in_time(&*store).await;
 }
 
@@ -116,12 +117,10 @@ pub async fn apply_is_per_key<S: SessionStore + ?Sized>(store: &S) {
     let id = created(store, &record(json!({"a": 1, "b": 2, "c": 3}))).await;
     let expires = now() + 7200;
     let changes = Changes {
-        now: now(),
         removed: vec!["b".into()],
         set: vec![("c".into(), json!(30)), ("d".into(), json!([4]))],
         permanent: Some(true),
-        expires_at: expires,
-        ..Changes::default()
+        ..Changes::expiry(now(), expires)
     };
     assert!(store.apply(&id, &changes).await.expect("apply"));
     let loaded = load(store, &id).await.expect("record");
@@ -133,11 +132,9 @@ pub async fn apply_is_per_key<S: SessionStore + ?Sized>(store: &S) {
     assert_eq!(loaded.expires_at, expires, "expiry applied");
 
     let clear = Changes {
-        now: now(),
         cleared: true,
         set: vec![("fresh".into(), json!(true))],
-        expires_at: expires,
-        ..Changes::default()
+        ..Changes::expiry(now(), expires)
     };
     assert!(store.apply(&id, &clear).await.expect("apply"));
     let loaded = load(store, &id).await.expect("record");
@@ -261,10 +258,8 @@ pub async fn concurrent_writes_to_distinct_keys_all_survive<S: SessionStore + ?S
         let (store, id) = (store.clone(), id.clone());
         async move {
             let changes = Changes {
-                now: now(),
                 set: vec![(format!("key{i}"), json!(i))],
-                expires_at: expires,
-                ..Changes::default()
+                ..Changes::expiry(now(), expires)
             };
             store.apply(&id, &changes).await.expect("apply")
         }
@@ -308,10 +303,8 @@ pub async fn writes_racing_a_delete_never_resurrect<S: SessionStore + ?Sized>(st
                     Outcome::Ended(taken)
                 } else {
                     let changes = Changes {
-                        now: now(),
                         set: vec![(format!("k{i}"), json!(i))],
-                        expires_at: expires,
-                        ..Changes::default()
+                        ..Changes::expiry(now(), expires)
                     };
                     Outcome::Applied(i, store.apply(&id, &changes).await.expect("apply"))
                 }
@@ -356,6 +349,46 @@ pub async fn writes_racing_a_delete_never_resurrect<S: SessionStore + ?Sized>(st
 enum Outcome {
     Applied(usize, bool),
     Ended(Option<Record>),
+}
+
+/// Every time a store is handed is the layer's (a test clock, say): a record
+/// that is live by the system clock but expired at the `now` the store is
+/// given is gone for `load`, `apply` and `take`, and its id is free for a
+/// record created at that time.
+pub async fn the_layers_clock_rules<S: SessionStore + ?Sized>(store: &S) {
+    let value = record(json!({"clock": "the layer's"}));
+    let later = value.expires_at + 60;
+    let id = created(store, &value).await;
+    assert_eq!(
+        store.load(&id, later).await.expect("load"),
+        None,
+        "load judges expiry at the now it is given"
+    );
+    let changes = Changes {
+        set: vec![("revived".into(), json!(true))],
+        ..Changes::expiry(later, later + 3600)
+    };
+    assert!(
+        !store.apply(&id, &changes).await.expect("apply"),
+        "apply judges expiry at changes.now: an expired record is not revived"
+    );
+    assert_eq!(
+        store.take(&id, later).await.expect("take"),
+        None,
+        "take judges expiry at the now it is given"
+    );
+    let id = created(store, &value).await;
+    let again = Record::new(data(json!({"again": true})), false, later, later + 3600);
+    assert!(
+        store.create(&id, &again).await.expect("create"),
+        "an id whose record expired by the new record's creation is free"
+    );
+    assert_eq!(
+        store.load(&id, later).await.expect("load"),
+        Some(again),
+        "the new record, not the old one"
+    );
+    store.delete(&id).await.expect("delete");
 }
 
 /// A record expires when its time comes (native TTLs included).

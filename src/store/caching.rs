@@ -212,8 +212,7 @@ mod tests {
 
         let change = Changes {
             set: vec![("v".into(), json!(2))],
-            expires_at: now() + 60,
-            ..Changes::default()
+            ..Changes::expiry(now(), now() + 60)
         };
         assert!(a.apply(&id, &change).await.unwrap());
         assert_eq!(

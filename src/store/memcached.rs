@@ -181,6 +181,12 @@ impl MemcachedStore {
         key: &str,
         now: u64,
     ) -> Result<Option<(Record, u64)>, Error> {
+        let found = self.get_any(deadline, key).await?;
+        Ok(found.filter(|(record, _)| !record.is_expired(now)))
+    }
+
+    /// The item's record and CAS token, expired by the layer's clock or not.
+    async fn get_any(&self, deadline: Instant, key: &str) -> Result<Option<(Record, u64)>, Error> {
         let key = key.to_owned();
         let value = self
             .with_client(deadline, move |c| {
@@ -194,7 +200,28 @@ impl MemcachedStore {
             ));
         };
         let record: Record = serde_json::from_slice(&data).map_err(Error::store)?;
-        Ok((!record.is_expired(now)).then_some((record, cas)))
+        Ok(Some((record, cas)))
+    }
+
+    /// Stores `value` under `key` with the meta-set `flags` (mode, CAS
+    /// token, expiry).
+    async fn set(
+        &self,
+        deadline: Instant,
+        key: &str,
+        value: Vec<u8>,
+        flags: [String; 2],
+    ) -> Result<(), Error> {
+        let key = key.to_owned();
+        self.with_client(deadline, move |c| {
+            Box::pin(async move {
+                let flags = flags.each_ref().map(String::as_str);
+                c.meta_set(&key, value.as_slice(), false, None, Some(&flags))
+                    .await
+                    .map(drop)
+            })
+        })
+        .await
     }
 }
 
@@ -232,25 +259,42 @@ impl SessionStore for MemcachedStore {
         Ok(found.map(|(record, _)| record))
     }
 
+    /// Added if the key is free; an item the layer's clock says expired
+    /// (Memcached's own clock has not dropped it yet) is replaced by
+    /// compare-and-swap, since its id is free again.
     async fn create(&self, id: &SessionId, record: &Record) -> Result<bool, Error> {
         let (key, value) = (
             self.key(id),
             serde_json::to_vec(record).map_err(Error::store)?,
         );
         let ttl = format!("T{}", record.expires_at);
-        let result = self
-            .with_client(self.deadline(), move |c| {
-                Box::pin(async move {
-                    c.meta_set(&key, value.as_slice(), false, None, Some(&["ME", &ttl]))
-                        .await
-                })
-            })
-            .await;
-        match result {
-            Ok(_) => Ok(true),
-            Err(error) if is_status(&error, &Status::NotStored) => Ok(false),
-            Err(error) => Err(error),
+        let deadline = self.deadline();
+        for attempt in 0..CAS_ATTEMPTS {
+            backoff(attempt).await;
+            let add = [String::from("ME"), ttl.clone()];
+            match self.set(deadline, &key, value.clone(), add).await {
+                Ok(()) => return Ok(true),
+                Err(error) if is_status(&error, &Status::NotStored) => {}
+                Err(error) => return Err(error),
+            }
+            let cas = match self.get_any(deadline, &key).await? {
+                Some((existing, _)) if !existing.is_expired(record.created_at) => return Ok(false),
+                Some((_, cas)) => cas,
+                // Gone since the add: add again.
+                None => continue,
+            };
+            let replace = [format!("C{cas}"), ttl.clone()];
+            match self.set(deadline, &key, value.clone(), replace).await {
+                Ok(()) => return Ok(true),
+                Err(error)
+                    if is_status(&error, &Status::Exists)
+                        || is_status(&error, &Status::NotFound) => {}
+                Err(error) => return Err(error),
+            }
         }
+        Err(Error::store(
+            "memcached: too many concurrent writes to one session",
+        ))
     }
 
     async fn apply(&self, id: &SessionId, changes: &Changes) -> Result<bool, Error> {
@@ -264,21 +308,9 @@ impl SessionStore for MemcachedStore {
             };
             changes.apply_to(&mut record);
             let value = serde_json::to_vec(&record).map_err(Error::store)?;
-            let (key, cas, ttl) = (
-                key.clone(),
-                format!("C{cas}"),
-                format!("T{}", record.expires_at),
-            );
-            let result = self
-                .with_client(deadline, move |c| {
-                    Box::pin(async move {
-                        c.meta_set(&key, value.as_slice(), false, None, Some(&[&cas, &ttl]))
-                            .await
-                    })
-                })
-                .await;
-            match result {
-                Ok(_) => return Ok(true),
+            let flags = [format!("C{cas}"), format!("T{}", record.expires_at)];
+            match self.set(deadline, &key, value, flags).await {
+                Ok(()) => return Ok(true),
                 Err(error) if is_status(&error, &Status::Exists) => continue,
                 Err(error) if is_status(&error, &Status::NotFound) => return Ok(false),
                 Err(error) => return Err(error),

@@ -32,13 +32,15 @@ const DEFAULT_MAX_SESSIONS: usize = 100_000;
 ///   sessions (100,000 by default). A full store makes room for a new
 ///   session by evicting one, in the new session's shard, in constant
 ///   time, never by a scan:
-///   1. first the oldest session that was never loaded again after it
-///      was created: a browser that came back has loaded its session, a
-///      flood of requests that start sessions and drop the cookie has
-///      not, so such a flood only ever pushes out its own sessions;
-///   2. only when there is none, the least recently used of the rest (a
-///      clock over the order they were first loaded); an expired record
-///      the clock meets goes whether used or not.
+///   1. while sessions never loaded again since their creation hold a
+///      fifth of the shard or more, the oldest of them: a browser that
+///      came back has loaded its session, a flood of requests that start
+///      sessions and drop the cookie has not, so such a flood only pushes
+///      out its own kind, and a new session (a login waiting for its
+///      redirect) outlives the next fifth-of-a-shard new sessions;
+///   2. otherwise the least recently used of the rest (a clock over the
+///      order they were first loaded); an expired record the clock meets
+///      goes whether used or not.
 ///
 ///   New sessions never fail. A flood that also sends every cookie back
 ///   once (two requests per session) competes with real users in step
@@ -79,6 +81,8 @@ struct Shard {
     /// Keys of sessions loaded at least once, in the order they first
     /// were; the clock's hand is the front.
     order: VecDeque<Half>,
+    /// How many records are proven (loaded at least once).
+    proven: usize,
 }
 
 struct Slot {
@@ -113,22 +117,47 @@ impl Shard {
             slot.used = true;
             if !slot.proven {
                 slot.proven = true;
+                self.proven += 1;
                 self.order.push_back(head);
             }
         }
     }
 
-    /// Evicts records until one more fits under `capacity`: the oldest
-    /// never loaded again first; then, by the clock, a record used since
-    /// the hand last passed is spared once and goes to the back, and the
-    /// first one that was not, or that expired, is evicted. Each call is
-    /// constant time amortized: a key is met at most once in `fresh`, and
-    /// spared at most once per use in `order`.
+    /// Stores a new session under `head` (replacing an expired record).
+    fn insert(&mut self, head: Half, slot: Slot) {
+        if let Some(old) = self.records.insert(head, slot) {
+            self.proven -= usize::from(old.proven);
+        }
+        self.fresh.push_back(head);
+    }
+
+    /// Removes the record under `head`.
+    fn remove(&mut self, head: &Half) -> Option<Slot> {
+        let slot = self.records.remove(head)?;
+        self.proven -= usize::from(slot.proven);
+        Some(slot)
+    }
+
+    /// Evicts records until one more fits under `capacity`. New sessions
+    /// never loaded again may hold a fifth of the shard: past that, the
+    /// oldest of them goes, so a flood of sessions that never come back
+    /// only pushes out its own kind, while a new user's session (a login
+    /// waiting for its redirect) outlives the next fifth-of-a-shard new
+    /// sessions. Below that, the clock picks among the rest: a record used
+    /// since the hand last passed is spared once and goes to the back; the
+    /// first one that was not, or that expired, is evicted. Constant time
+    /// amortized: a key is met at most once in `fresh`, and spared at most
+    /// once per use in `order`.
     fn make_room(&mut self, capacity: usize, now: u64) {
+        let fresh_budget = capacity.div_ceil(5);
         while self.records.len() >= capacity {
-            if let Some(key) = self.fresh.pop_front() {
+            let fresh = self.records.len() - self.proven;
+            if fresh >= fresh_budget || self.proven == 0 {
+                let Some(key) = self.fresh.pop_front() else {
+                    return;
+                };
                 if self.records.get(&key).is_some_and(|slot| !slot.proven) {
-                    self.records.remove(&key);
+                    self.remove(&key);
                 }
                 continue;
             }
@@ -144,7 +173,7 @@ impl Shard {
                     self.order.push_back(key);
                 }
                 Some(_) => {
-                    self.records.remove(&key);
+                    self.remove(&key);
                 }
             }
         }
@@ -190,11 +219,12 @@ impl MemoryStore {
         }
     }
 
-    /// Keeps at most `max` sessions (default 100,000), evicting the least
-    /// recently used when a new one needs room. The bound is kept per
-    /// shard, a 16th of it each (rounded up), so eviction can begin a
-    /// little before the total reaches `max`. `usize::MAX` takes the bound
-    /// away.
+    /// Keeps about `max` sessions (default 100,000), evicting one when a
+    /// new one needs room (the order is on [`MemoryStore`]). The bound is
+    /// kept per shard, a 16th of `max` each, rounded up: eviction can begin
+    /// a little before the total reaches `max`, and the total can exceed
+    /// `max` by at most 15 (a `max` below 16 still keeps one session per
+    /// shard). `usize::MAX` takes the bound away.
     ///
     /// # Security
     /// Without a bound that fits the machine, anyone can grow the process
@@ -234,6 +264,7 @@ impl MemoryStore {
             let before = shard.records.len();
             shard.records.retain(|_, slot| !slot.record.is_expired(now));
             removed += (before - shard.records.len()) as u64;
+            shard.proven = shard.records.values().filter(|slot| slot.proven).count();
         }
         removed
     }
@@ -251,7 +282,7 @@ impl SessionStore for MemoryStore {
         let mut shard = self.shard(id);
         match shard.find(&head, &tail) {
             Some(slot) if slot.record.is_expired(now) => {
-                shard.records.remove(&head);
+                shard.remove(&head);
                 Ok(None)
             }
             Some(slot) => {
@@ -267,22 +298,20 @@ impl SessionStore for MemoryStore {
         let ((head, tail), now) = (split(id), record.created_at);
         let capacity = self.max_sessions.div_ceil(SHARDS);
         let mut shard = self.shard(id);
-        match shard.records.get_mut(&head) {
+        match shard.records.get(&head) {
             // Taken: by this id, or (one chance in 2^128 for random ids) by
             // another sharing its first half; the layer then draws anew.
             Some(slot) if !slot.record.is_expired(now) => Ok(false),
             // An expired record's id is free again; the new session starts
             // fresh (a key of the old one left in `order` is skipped).
-            Some(slot) => {
-                *slot = Slot::new(tail, record);
-                shard.fresh.push_back(head);
+            Some(_) => {
+                shard.insert(head, Slot::new(tail, record));
                 Ok(true)
             }
             None => {
                 shard.make_room(capacity, now);
                 shard.compact();
-                shard.records.insert(head, Slot::new(tail, record));
-                shard.fresh.push_back(head);
+                shard.insert(head, Slot::new(tail, record));
                 Ok(true)
             }
         }
@@ -298,7 +327,7 @@ impl SessionStore for MemoryStore {
                 Ok(true)
             }
             Some(_) => {
-                shard.records.remove(&head);
+                shard.remove(&head);
                 Ok(false)
             }
             None => Ok(false),
@@ -309,7 +338,7 @@ impl SessionStore for MemoryStore {
         let (head, tail) = split(id);
         let mut shard = self.shard(id);
         if shard.find(&head, &tail).is_some() {
-            shard.records.remove(&head);
+            shard.remove(&head);
         }
         Ok(())
     }
@@ -321,7 +350,7 @@ impl SessionStore for MemoryStore {
         if shard.find(&head, &tail).is_none() {
             return Ok(None);
         }
-        let slot = shard.records.remove(&head).expect("found just now");
+        let slot = shard.remove(&head).expect("found just now");
         Ok((!slot.record.is_expired(now)).then_some(slot.record))
     }
 
@@ -425,6 +454,28 @@ mod tests {
             "ann is still in"
         );
         assert!(store.len() <= 4 * SHARDS);
+    }
+
+    /// A store full of users who came back still keeps a new session (a
+    /// login waiting for its redirect) while the next ones arrive.
+    #[tokio::test]
+    async fn a_new_session_outlives_the_next_ones_in_a_full_store() {
+        let store = MemoryStore::new().max_sessions(10 * SHARDS);
+        let users = ids_in_one_shard(&store, 12);
+        for id in &users[..10] {
+            store.create(id, &live()).await.unwrap();
+            assert!(store.load(id, now()).await.unwrap().is_some());
+        }
+        // The shard is full of returning users; a login comes in, then
+        // one more new session.
+        let (login, next) = (&users[10], &users[11]);
+        assert!(store.create(login, &live()).await.unwrap());
+        assert!(store.create(next, &live()).await.unwrap());
+        assert!(
+            store.load(login, now()).await.unwrap().is_some(),
+            "the login survived the next new session"
+        );
+        assert_eq!(store.len(), 10, "the shard kept its bound");
     }
 
     #[tokio::test]

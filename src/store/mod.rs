@@ -107,7 +107,11 @@ impl Record {
 /// What one request did to a session, for [`SessionStore::apply`]: applied
 /// in the order cleared, removed, set, so that two requests of one user that
 /// change different keys at the same time both survive.
-#[derive(Debug, Clone, Default, PartialEq)]
+///
+/// There is no `Default`: every `Changes` says when it was made
+/// ([`Changes::expiry`], then set the fields), so that a store never judges
+/// expiry at time zero and revives an expired record.
+#[derive(Debug, Clone, PartialEq)]
 #[non_exhaustive]
 pub struct Changes {
     /// Every value was removed before `removed` and `set` apply.
@@ -129,9 +133,12 @@ impl Changes {
     /// Changes made at `now` that only move the expiry (a refresh).
     pub fn expiry(now: u64, expires_at: u64) -> Self {
         Self {
+            cleared: false,
+            removed: Vec::new(),
+            set: Vec::new(),
+            permanent: None,
             expires_at,
             now,
-            ..Self::default()
         }
     }
 
@@ -250,6 +257,10 @@ pub(crate) fn now() -> u64 {
 /// for stores without native expiry (memory, file, SQL). Failures are
 /// logged and retried at the next tick. Abort the returned handle to stop.
 ///
+/// The sweep runs outside any layer, so it judges expiry by the system
+/// clock: with a layer on a clock of its own (a test clock), run
+/// `delete_expired` yourself with that clock's time instead.
+///
 /// # Panics
 /// When called outside a Tokio runtime.
 #[cfg(feature = "tokio")]
@@ -288,8 +299,7 @@ mod tests {
             removed: vec!["a".into()],
             set: vec![("c".into(), json!(3)), ("a".into(), json!(4))],
             permanent: Some(true),
-            expires_at: 30,
-            ..Changes::default()
+            ..Changes::expiry(20, 30)
         };
         changes.apply_to(&mut record);
         assert_eq!(
@@ -301,8 +311,7 @@ mod tests {
         let cleared = Changes {
             cleared: true,
             set: vec![("z".into(), json!(0))],
-            expires_at: 40,
-            ..Changes::default()
+            ..Changes::expiry(20, 40)
         };
         cleared.apply_to(&mut record);
         assert_eq!(Value::Object(record.data), json!({"z": 0}));

@@ -14,28 +14,35 @@ use super::net::{KeyPrefix, bounded, prefix_and_timeout};
 use super::{Changes, Record, SessionId, SessionStore};
 use crate::error::Error;
 
-/// Stores a record if its key is free: one round trip.
+/// Stores a record if its key is free, or holds a record expired by the
+/// layer's clock: one round trip. ARGV: expires_at, now, then field/value
+/// pairs.
 const CREATE: &str = r"
-if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
-for i = 2, #ARGV, 2 do redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1]) end
+local expires = redis.call('HGET', KEYS[1], 'm:e')
+if expires and tonumber(expires) > tonumber(ARGV[2]) then return 0 end
+redis.call('DEL', KEYS[1])
+for i = 3, #ARGV, 2 do redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1]) end
 redis.call('EXPIREAT', KEYS[1], ARGV[1])
 return 1
 ";
 
 /// Applies a request's changes field by field, atomically: one round trip.
-/// ARGV: expires_at, cleared (0/1), permanent ('' for unchanged, 0, 1),
-/// the number of removed fields, the removed fields, then field/value pairs.
+/// A record expired by the layer's clock (`now`) counts as gone, as in
+/// every store. ARGV: expires_at, now, cleared (0/1), permanent ('' for
+/// unchanged, 0, 1), the number of removed fields, the removed fields,
+/// then field/value pairs.
 const APPLY: &str = r"
-if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
-if ARGV[2] == '1' then
+local expires = redis.call('HGET', KEYS[1], 'm:e')
+if not expires or tonumber(expires) <= tonumber(ARGV[2]) then return 0 end
+if ARGV[3] == '1' then
   for _, field in ipairs(redis.call('HKEYS', KEYS[1])) do
     if string.sub(field, 1, 2) == 'd:' then redis.call('HDEL', KEYS[1], field) end
   end
 end
-local removed = tonumber(ARGV[4])
-for i = 5, 4 + removed do redis.call('HDEL', KEYS[1], ARGV[i]) end
-for i = 5 + removed, #ARGV, 2 do redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1]) end
-if ARGV[3] ~= '' then redis.call('HSET', KEYS[1], 'm:p', ARGV[3]) end
+local removed = tonumber(ARGV[5])
+for i = 6, 5 + removed do redis.call('HDEL', KEYS[1], ARGV[i]) end
+for i = 6 + removed, #ARGV, 2 do redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1]) end
+if ARGV[4] ~= '' then redis.call('HSET', KEYS[1], 'm:p', ARGV[4]) end
 redis.call('HSET', KEYS[1], 'm:e', ARGV[1])
 redis.call('EXPIREAT', KEYS[1], ARGV[1])
 return 1
@@ -203,6 +210,7 @@ fn parse(fields: HashMap<String, Vec<u8>>, now: u64) -> Result<Option<Record>, E
 fn create_args(record: &Record) -> Vec<Vec<u8>> {
     let mut args = vec![
         record.expires_at.to_string().into_bytes(),
+        record.created_at.to_string().into_bytes(),
         b"m:c".to_vec(),
         record.created_at.to_string().into_bytes(),
         b"m:p".to_vec(),
@@ -224,6 +232,7 @@ fn create_args(record: &Record) -> Vec<Vec<u8>> {
 fn apply_args(changes: &Changes) -> Vec<Vec<u8>> {
     let mut args = vec![
         changes.expires_at.to_string().into_bytes(),
+        changes.now.to_string().into_bytes(),
         if changes.cleared {
             b"1".to_vec()
         } else {
