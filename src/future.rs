@@ -122,7 +122,8 @@ where
     let shared = handle.shared();
     let state = loaded.session.state();
     // 3. A session that was read varies the response.
-    if state.accessed {
+    let accessed = state.accessed;
+    if accessed {
         add_vary_cookie(response.headers_mut());
     }
     // 4. A failed request leaves no half of its changes behind.
@@ -130,10 +131,12 @@ where
         return Next::Ready(response);
     }
     // 5. Client-side, 6. server-side; 7. every Set-Cookie varies on
-    //    Cookie (`append_cookies`), every failure goes through `fail`.
+    //    Cookie (`Headers::append_cookies`), every failure goes through
+    //    `fail`.
     match &shared.backend {
         Backend::Cookie(backend) => {
-            let saved = save_cookie(shared, backend, loaded, &state, response.headers_mut());
+            let mut headers = Headers::new(response.headers_mut(), accessed);
+            let saved = save_cookie(shared, backend, loaded, &state, &mut headers);
             drop(state);
             Next::Ready(match saved {
                 Ok(()) => response,
@@ -149,7 +152,7 @@ where
             Next::Saving(Box::pin(async move {
                 match run_store(&shared, &backend, plan).await {
                     Ok(lines) => {
-                        append_cookies(response.headers_mut(), lines);
+                        Headers::new(response.headers_mut(), accessed).append_cookies(lines);
                         response
                     }
                     Err(error) => fail(&error_handler, error),
@@ -177,13 +180,13 @@ fn save_cookie(
     backend: &CookieBackend,
     loaded: &Loaded,
     state: &State,
-    headers: &mut HeaderMap,
+    headers: &mut Headers<'_>,
 ) -> Result<(), Error> {
     let config = &shared.config;
     let now = config.now();
     if state.modified && state.is_empty() {
         if loaded.had_cookie {
-            append_cookies(headers, [cookie::removal_cookie(config, &config.name)]);
+            headers.append_cookies([cookie::removal_cookie(config, &config.name)]);
         }
         expire_chunks(headers, shared, loaded, 1);
         return Ok(());
@@ -224,35 +227,49 @@ fn save_cookie(
         memory,
     )?;
     let written = lines.len();
-    append_cookies(headers, lines);
+    headers.append_cookies(lines);
     expire_chunks(headers, shared, loaded, written);
     Ok(())
 }
 
 /// Deletes the chunk cookies the request carried from index `from` on: a
 /// session that shrank, or was emptied, leaves none behind.
-fn expire_chunks(headers: &mut HeaderMap, shared: &Shared, loaded: &Loaded, from: usize) {
+fn expire_chunks(headers: &mut Headers<'_>, shared: &Shared, loaded: &Loaded, from: usize) {
     let config = &shared.config;
     let stale = loaded.chunks.iter().filter(|&&i| i >= from);
-    append_cookies(
-        headers,
+    headers.append_cookies(
         stale.map(|&index| cookie::removal_cookie(config, &chunk::chunk_name(&config.name, index))),
     );
 }
 
-/// Appends session `Set-Cookie` lines, and `Vary: Cookie` with them: a
-/// response that sets or deletes a session cookie depends on the request's
-/// cookie even when no handler read the session (a refresh, a re-sign
-/// after key rotation), and a shared cache must never hand it to another
-/// user.
-fn append_cookies(headers: &mut HeaderMap, lines: impl IntoIterator<Item = String>) {
-    let mut any = false;
-    for line in lines {
-        headers.append(SET_COOKIE, header_value(line));
-        any = true;
+/// The response's headers as the layer adds to them: `Set-Cookie` lines,
+/// and `Vary: Cookie` with them, once.
+struct Headers<'a> {
+    map: &'a mut HeaderMap,
+    /// `Vary: Cookie` is already there.
+    varied: bool,
+}
+
+impl<'a> Headers<'a> {
+    fn new(map: &'a mut HeaderMap, varied: bool) -> Self {
+        Self { map, varied }
     }
-    if any {
-        add_vary_cookie(headers);
+
+    /// Appends session `Set-Cookie` lines, and `Vary: Cookie` with them: a
+    /// response that sets or deletes a session cookie depends on the
+    /// request's cookie even when no handler read the session (a refresh,
+    /// a re-sign after key rotation), and a shared cache must never hand
+    /// it to another user.
+    fn append_cookies(&mut self, lines: impl IntoIterator<Item = String>) {
+        let mut any = false;
+        for line in lines {
+            self.map.append(SET_COOKIE, header_value(line));
+            any = true;
+        }
+        if any && !self.varied {
+            add_vary_cookie(self.map);
+            self.varied = true;
+        }
     }
 }
 

@@ -111,16 +111,25 @@ impl Shard {
         self.records.get_mut(head).filter(|slot| slot.tail == *tail)
     }
 
-    /// Marks the session loaded: used, and out of the fresh queue's reach.
-    fn loaded(&mut self, head: Half) {
-        if let Some(slot) = self.records.get_mut(&head) {
-            slot.used = true;
-            if !slot.proven {
-                slot.proven = true;
-                self.proven += 1;
-                self.order.push_back(head);
-            }
+    /// The live record of the id split into `head` and `tail`, marked
+    /// used and (the first time) proven, out of the fresh queue's reach; an
+    /// expired one is removed.
+    fn load(&mut self, head: Half, tail: &Half, now: u64) -> Option<Record> {
+        let slot = self
+            .records
+            .get_mut(&head)
+            .filter(|slot| slot.tail == *tail)?;
+        if slot.record.is_expired(now) {
+            self.remove(&head);
+            return None;
         }
+        slot.used = true;
+        if !slot.proven {
+            slot.proven = true;
+            self.proven += 1;
+            self.order.push_back(head);
+        }
+        Some(slot.record.clone())
     }
 
     /// Stores a new session under `head` (replacing an expired record).
@@ -279,19 +288,7 @@ fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
 impl SessionStore for MemoryStore {
     async fn load(&self, id: &SessionId, now: u64) -> Result<Option<Record>, Error> {
         let (head, tail) = split(id);
-        let mut shard = self.shard(id);
-        match shard.find(&head, &tail) {
-            Some(slot) if slot.record.is_expired(now) => {
-                shard.remove(&head);
-                Ok(None)
-            }
-            Some(slot) => {
-                let record = slot.record.clone();
-                shard.loaded(head);
-                Ok(Some(record))
-            }
-            None => Ok(None),
-        }
+        Ok(self.shard(id).load(head, &tail, now))
     }
 
     async fn create(&self, id: &SessionId, record: &Record) -> Result<bool, Error> {
