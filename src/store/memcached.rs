@@ -246,6 +246,16 @@ impl fmt::Display for McFailure {
 
 impl std::error::Error for McFailure {}
 
+/// A compare-and-swap lost to another writer: the item changed (`EX`) or
+/// went (`NF`) since it was read.
+fn lost_race(error: &Error) -> bool {
+    is_status(error, &Status::Exists) || is_status(error, &Status::NotFound)
+}
+
+fn too_many_writers() -> Error {
+    Error::store("memcached: too many concurrent writes to one session")
+}
+
 fn is_status(error: &Error, status: &Status) -> bool {
     std::error::Error::source(error)
         .and_then(|s| s.downcast_ref::<McFailure>())
@@ -286,15 +296,11 @@ impl SessionStore for MemcachedStore {
             let replace = [format!("C{cas}"), ttl.clone()];
             match self.set(deadline, &key, value.clone(), replace).await {
                 Ok(()) => return Ok(true),
-                Err(error)
-                    if is_status(&error, &Status::Exists)
-                        || is_status(&error, &Status::NotFound) => {}
+                Err(error) if lost_race(&error) => {}
                 Err(error) => return Err(error),
             }
         }
-        Err(Error::store(
-            "memcached: too many concurrent writes to one session",
-        ))
+        Err(too_many_writers())
     }
 
     async fn apply(&self, id: &SessionId, changes: &Changes) -> Result<bool, Error> {
@@ -316,9 +322,7 @@ impl SessionStore for MemcachedStore {
                 Err(error) => return Err(error),
             }
         }
-        Err(Error::store(
-            "memcached: too many concurrent writes to one session",
-        ))
+        Err(too_many_writers())
     }
 
     /// Read, then deleted only if the item is still what was read (its CAS
@@ -340,15 +344,11 @@ impl SessionStore for MemcachedStore {
             match result {
                 Ok(_) => return Ok(Some(record)),
                 // Changed or gone since the read: read again.
-                Err(error)
-                    if is_status(&error, &Status::Exists)
-                        || is_status(&error, &Status::NotFound) => {}
+                Err(error) if lost_race(&error) => {}
                 Err(error) => return Err(error),
             }
         }
-        Err(Error::store(
-            "memcached: too many concurrent writes to one session",
-        ))
+        Err(too_many_writers())
     }
 
     async fn delete(&self, id: &SessionId) -> Result<(), Error> {
