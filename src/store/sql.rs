@@ -325,7 +325,9 @@ impl SqlStore {
                 bounded(self.timeout, sqlx::query(&statement).execute(pool)).await?;
             });
         }
+        // Irrefutable when MySQL is the only SQL feature built.
         #[cfg(feature = "mysql-store")]
+        #[allow(irrefutable_let_patterns)]
         if let Pool::MySql(pool) = &self.pool {
             self.check_mysql_charset(pool).await?;
         }
