@@ -87,7 +87,7 @@ struct Shard {
 
 struct Slot {
     tail: Half,
-    record: Record,
+    record: Compact,
     /// Loaded at least once since it was created (its key is in `order`).
     proven: bool,
     /// Used (loaded or changed) since the clock's hand last passed.
@@ -98,10 +98,48 @@ impl Slot {
     fn new(tail: Half, record: &Record) -> Self {
         Self {
             tail,
-            record: record.clone(),
+            record: Compact::new(record),
             proven: false,
             used: false,
         }
+    }
+}
+
+/// A record as the store keeps it: its values as compact JSON text. A
+/// small session's parsed map (a B-tree node) costs several hundred bytes,
+/// its JSON a few dozen; the price is a parse per load and a parse and a
+/// write per change, a fraction of a microsecond for a small session.
+struct Compact {
+    data: Box<str>,
+    created_at: u64,
+    expires_at: u64,
+    permanent: bool,
+}
+
+impl Compact {
+    fn new(record: &Record) -> Self {
+        Self {
+            data: serde_json::to_string(&record.data)
+                .expect("a JSON map always serializes")
+                .into_boxed_str(),
+            created_at: record.created_at,
+            expires_at: record.expires_at,
+            permanent: record.permanent,
+        }
+    }
+
+    fn is_expired(&self, now: u64) -> bool {
+        self.expires_at <= now
+    }
+
+    fn record(&self) -> Result<Record, Error> {
+        let data = serde_json::from_str(&self.data).map_err(Error::store)?;
+        Ok(Record::new(
+            data,
+            self.permanent,
+            self.created_at,
+            self.expires_at,
+        ))
     }
 }
 
@@ -114,14 +152,14 @@ impl Shard {
     /// The live record of the id split into `head` and `tail`, marked
     /// used and (the first time) proven, out of the fresh queue's reach; an
     /// expired one is removed.
-    fn load(&mut self, head: Half, tail: &Half, now: u64) -> Option<Record> {
-        let slot = self
-            .records
-            .get_mut(&head)
-            .filter(|slot| slot.tail == *tail)?;
+    fn load(&mut self, head: Half, tail: &Half, now: u64) -> Result<Option<Record>, Error> {
+        let found = self.records.get_mut(&head);
+        let Some(slot) = found.filter(|slot| slot.tail == *tail) else {
+            return Ok(None);
+        };
         if slot.record.is_expired(now) {
             self.remove(&head);
-            return None;
+            return Ok(None);
         }
         slot.used = true;
         if !slot.proven {
@@ -129,7 +167,7 @@ impl Shard {
             self.proven += 1;
             self.order.push_back(head);
         }
-        Some(slot.record.clone())
+        slot.record.record().map(Some)
     }
 
     /// Stores a new session under `head` (replacing an expired record).
@@ -288,7 +326,7 @@ fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
 impl SessionStore for MemoryStore {
     async fn load(&self, id: &SessionId, now: u64) -> Result<Option<Record>, Error> {
         let (head, tail) = split(id);
-        Ok(self.shard(id).load(head, &tail, now))
+        self.shard(id).load(head, &tail, now)
     }
 
     async fn create(&self, id: &SessionId, record: &Record) -> Result<bool, Error> {
@@ -319,7 +357,9 @@ impl SessionStore for MemoryStore {
         let mut shard = self.shard(id);
         match shard.find(&head, &tail) {
             Some(slot) if !slot.record.is_expired(changes.now) => {
-                changes.apply_to(&mut slot.record);
+                let mut record = slot.record.record()?;
+                changes.apply_to(&mut record);
+                slot.record = Compact::new(&record);
                 slot.used = true;
                 Ok(true)
             }
@@ -348,7 +388,10 @@ impl SessionStore for MemoryStore {
             return Ok(None);
         }
         let slot = shard.remove(&head).expect("found just now");
-        Ok((!slot.record.is_expired(now)).then_some(slot.record))
+        if slot.record.is_expired(now) {
+            return Ok(None);
+        }
+        slot.record.record().map(Some)
     }
 
     async fn delete_expired(&self, now: u64) -> Result<u64, Error> {
