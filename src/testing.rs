@@ -37,6 +37,7 @@ pub async fn check_store<S: SessionStore + ?Sized>(store: Arc<S>) {
     cycle_moves_the_data(&*store).await;
     unusual_but_valid_ids(&*store).await;
     large_and_unicode_values(&*store).await;
+    any_key_is_one_key(&*store).await;
     concurrent_writes_to_distinct_keys_all_survive(store.clone()).await;
     writes_racing_a_delete_never_resurrect(store.clone()).await;
     the_layers_clock_rules(&*store).await;
@@ -244,6 +245,46 @@ pub async fn large_and_unicode_values<S: SessionStore + ?Sized>(store: &S) {
         load(store, &id).await,
         Some(value),
         "large and unicode values"
+    );
+}
+
+/// Keys are opaque: quotes, backslashes, dots, `$`, `*`, spaces, U+0000 and
+/// the empty key are each one key, set and removed on their own.
+pub async fn any_key_is_one_key<S: SessionStore + ?Sized>(store: &S) {
+    let keys = [
+        "",
+        "a.b",
+        "$",
+        "*",
+        "a\"b",
+        "a\\b",
+        "[0]",
+        "d:x",
+        "m:e",
+        "sp ace",
+        "nul\u{0}key",
+        "\u{10FFFF}0",
+    ];
+    let id = created(store, &record(json!({"keep": 1}))).await;
+    let expires = now() + 3600;
+    let set = Changes {
+        set: keys.iter().map(|k| ((*k).to_owned(), json!(k))).collect(),
+        ..Changes::expiry(now(), expires)
+    };
+    assert!(store.apply(&id, &set).await.expect("apply"));
+    let loaded = load(store, &id).await.expect("record");
+    for key in keys {
+        assert_eq!(loaded.data.get(key), Some(&json!(key)), "key {key:?}");
+    }
+    let removed = Changes {
+        removed: keys.iter().map(|k| (*k).to_owned()).collect(),
+        ..Changes::expiry(now(), expires)
+    };
+    assert!(store.apply(&id, &removed).await.expect("apply"));
+    assert_eq!(
+        load(store, &id).await.expect("record").data,
+        data(json!({"keep": 1})),
+        "every odd key removed, and nothing else"
     );
 }
 

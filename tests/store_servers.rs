@@ -122,6 +122,43 @@ mod sql {
         .await;
     }
 
+    /// A row an earlier version stored with a raw U+0000 (which PostgreSQL's
+    /// `jsonb` cannot read) still takes a save: the store falls back to a
+    /// transaction for it, and writes it back in the escaped form.
+    #[cfg(feature = "postgres-store")]
+    #[tokio::test]
+    async fn postgres_rows_stored_before_the_escape_still_save() {
+        use session_layer::store::{Changes, SessionId, SessionStore};
+        let url = env_or("POSTGRES_URL", "postgres://postgres@127.0.0.1:5432/test");
+        let Ok(pool) = sqlx::PgPool::connect(&url).await else {
+            missing(&format!("PostgreSQL at {url} is unreachable"));
+            return;
+        };
+        let table = format!("sessions_nul_{}", std::process::id());
+        let store = SqlStore::postgres(pool.clone()).table(&table);
+        store.migrate().await.unwrap();
+        let id = SessionId::generate();
+        let insert = format!("INSERT INTO {table} VALUES ($1, $2, false, 0, 4000000000)");
+        sqlx::query(&insert)
+            .bind(id.as_str())
+            .bind(r#"{"old":"a\u0000b"}"#)
+            .execute(&pool)
+            .await
+            .unwrap();
+        let mut changes = Changes::expiry(1, 4_000_000_000);
+        changes.set = vec![("new".into(), serde_json::json!("c\u{0}d"))];
+        let applied = store.apply(&id, &changes).await;
+        let loaded = store.load(&id, 1).await;
+        sqlx::query(&format!("DROP TABLE {table}"))
+            .execute(&pool)
+            .await
+            .unwrap();
+        assert!(applied.unwrap(), "the save went through");
+        let data = loaded.unwrap().unwrap().data;
+        assert_eq!(data["old"], "a\u{0}b");
+        assert_eq!(data["new"], "c\u{0}d");
+    }
+
     #[cfg(feature = "mysql-store")]
     #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
     async fn mysql_store_conforms() {

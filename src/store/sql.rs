@@ -60,14 +60,28 @@ struct Sql {
     load: String,
     clear_expired_id: String,
     insert: String,
+    #[cfg_attr(
+        not(any(feature = "postgres-store", feature = "sqlite-store")),
+        allow(dead_code)
+    )]
     lock: String,
     take: String,
+    #[cfg_attr(
+        not(any(feature = "postgres-store", feature = "sqlite-store")),
+        allow(dead_code)
+    )]
     update: String,
     delete: String,
     delete_expired: String,
+    /// PostgreSQL's save: one `UPDATE` merging the changes with `jsonb`
+    /// operators under the row lock the statement takes.
+    #[cfg_attr(not(feature = "postgres-store"), allow(dead_code))]
+    apply_jsonb: String,
     /// How a save's transaction starts: SQLite takes its write lock at
     /// once (`IMMEDIATE`), so two saves never deadlock upgrading a read lock.
     begin: &'static str,
+    /// Whether the stored text is kept free of U+0000 (PostgreSQL).
+    nul_free: bool,
 }
 
 /// Which SQL dialect. (Builds without every SQL feature leave variants
@@ -140,11 +154,17 @@ impl Sql {
             ),
             delete: format!("DELETE FROM {table} WHERE id = {}", p(1)),
             delete_expired: format!("DELETE FROM {table} WHERE expires_at <= {}", p(1)),
+            apply_jsonb: format!(
+                "UPDATE {table} SET data = ((CASE WHEN $1 THEN '{{}}'::jsonb ELSE data::jsonb END) \
+                 - $2::text[] || $3::jsonb)::text, permanent = COALESCE($4, permanent), \
+                 expires_at = $5 WHERE id = $6 AND expires_at > $7"
+            ),
             begin: if dialect == Dialect::Sqlite {
                 "BEGIN IMMEDIATE"
             } else {
                 "BEGIN"
             },
+            nul_free: dialect == Dialect::Postgres,
         }
     }
 }
@@ -175,28 +195,125 @@ fn to_u64(n: i64) -> u64 {
     u64::try_from(n).unwrap_or(0)
 }
 
-fn json(data: &SessionData) -> String {
-    serde_json::to_string(data).expect("a JSON map always serializes")
+/// PostgreSQL's JSON types refuse U+0000 in a string, and a session may
+/// hold one; so that a save can be one `jsonb` statement, the stored text
+/// keeps it out by an escape: U+10FFFF, a noncharacter no text needs,
+/// stands before `0` for U+0000 and doubles itself. Other databases store
+/// the JSON as it is.
+mod nul_free {
+    use serde_json::{Map, Value};
+
+    const MARK: char = '\u{10FFFF}';
+
+    /// Whether any string of `map`, keys included, needs the escape.
+    pub(super) fn needed(map: &Map<String, Value>) -> bool {
+        fn any(value: &Value) -> bool {
+            match value {
+                Value::String(s) => s.contains(['\0', MARK]),
+                Value::Array(items) => items.iter().any(any),
+                Value::Object(map) => needed(map),
+                _ => false,
+            }
+        }
+        map.iter().any(|(k, v)| k.contains(['\0', MARK]) || any(v))
+    }
+
+    pub(super) fn escape(map: &Map<String, Value>) -> Map<String, Value> {
+        map_object(map, &|s| s.contains(['\0', MARK]).then(|| escape_str(s)))
+    }
+
+    pub(super) fn unescape(map: &Map<String, Value>) -> Map<String, Value> {
+        map_object(map, &|s| s.contains(MARK).then(|| unescape_str(s)))
+    }
+
+    pub(super) fn escape_str(s: &str) -> String {
+        let mut out = String::with_capacity(s.len() + 4);
+        for c in s.chars() {
+            match c {
+                '\0' => out.extend([MARK, '0']),
+                MARK => out.extend([MARK, MARK]),
+                c => out.push(c),
+            }
+        }
+        out
+    }
+
+    fn unescape_str(s: &str) -> String {
+        let mut out = String::with_capacity(s.len());
+        let mut chars = s.chars();
+        while let Some(c) = chars.next() {
+            match (c, c == MARK) {
+                (_, true) => match chars.next() {
+                    Some('0') => out.push('\0'),
+                    Some(MARK) => out.push(MARK),
+                    // Not written by the escape: kept as it is.
+                    Some(other) => out.extend([MARK, other]),
+                    None => out.push(MARK),
+                },
+                (c, false) => out.push(c),
+            }
+        }
+        out
+    }
+
+    /// `value` with every string (keys included) `f` rewrites rewritten.
+    fn map_strings(value: &Value, f: &impl Fn(&str) -> Option<String>) -> Value {
+        match value {
+            Value::String(s) => Value::String(f(s).unwrap_or_else(|| s.clone())),
+            Value::Array(items) => Value::Array(items.iter().map(|v| map_strings(v, f)).collect()),
+            Value::Object(map) => Value::Object(map_object(map, f)),
+            other => other.clone(),
+        }
+    }
+
+    fn map_object(
+        map: &Map<String, Value>,
+        f: &impl Fn(&str) -> Option<String>,
+    ) -> Map<String, Value> {
+        map.iter()
+            .map(|(k, v)| (f(k).unwrap_or_else(|| k.clone()), map_strings(v, f)))
+            .collect()
+    }
 }
 
-/// A row's data; a corrupt row is a store error, not an empty session.
-fn parse_data(text: &str) -> Result<SessionData, Error> {
-    serde_json::from_str(text).map_err(Error::store)
+impl Sql {
+    /// The text stored for `data`.
+    fn write_data(&self, data: &SessionData) -> String {
+        let escaped;
+        let data = if self.nul_free && nul_free::needed(data) {
+            escaped = nul_free::escape(data);
+            &escaped
+        } else {
+            data
+        };
+        serde_json::to_string(data).expect("a JSON map always serializes")
+    }
+
+    /// A row's data; a corrupt row is a store error, not an empty session.
+    fn read_data(&self, text: &str) -> Result<SessionData, serde_json::Error> {
+        let data: SessionData = serde_json::from_str(text)?;
+        if self.nul_free && text.contains('\u{10FFFF}') {
+            return Ok(nul_free::unescape(&data));
+        }
+        Ok(data)
+    }
 }
 
 /// A whole row: data, permanent, created_at, expires_at.
 type Row = (String, bool, i64, i64);
 
-fn record_from_row(row: Option<Row>) -> Result<Option<Record>, Error> {
-    row.map(|(data, permanent, created_at, expires_at)| {
-        Ok(Record::new(
-            parse_data(&data)?,
-            permanent,
-            to_u64(created_at),
-            to_u64(expires_at),
-        ))
-    })
-    .transpose()
+impl Sql {
+    fn record_from_row(&self, row: Option<Row>) -> Result<Option<Record>, Error> {
+        row.map(|(data, permanent, created_at, expires_at)| {
+            Ok(Record::new(
+                self.read_data(&data).map_err(Error::store)?,
+                permanent,
+                to_u64(created_at),
+                to_u64(expires_at),
+            ))
+        })
+        .transpose()
+    }
 }
 
 fn is_unique_violation(error: &sqlx::Error) -> bool {
@@ -388,6 +505,136 @@ impl SqlStore {
     }
 }
 
+/// The ways a save is carried out.
+impl SqlStore {
+    /// Read, apply and write inside a transaction that holds the row (or
+    /// the database): SQLite's save, and PostgreSQL's for a row an earlier
+    /// version stored with a U+0000 its `jsonb` cannot read.
+    #[cfg(any(feature = "postgres-store", feature = "sqlite-store"))]
+    async fn apply_in_transaction<DB>(
+        &self,
+        pool: &sqlx::Pool<DB>,
+        id: &SessionId,
+        changes: &Changes,
+    ) -> Result<bool, Error>
+    where
+        DB: sqlx::Database,
+        for<'c> &'c mut DB::Connection: sqlx::Executor<'c, Database = DB>,
+        for<'q> <DB as sqlx::Database>::Arguments<'q>: sqlx::IntoArguments<'q, DB>,
+        for<'q> &'q str: sqlx::Encode<'q, DB> + sqlx::Type<DB>,
+        for<'q> String: sqlx::Encode<'q, DB> + sqlx::Type<DB>,
+        for<'q> i64: sqlx::Encode<'q, DB> + sqlx::Type<DB>,
+        for<'q> bool: sqlx::Encode<'q, DB> + sqlx::Type<DB>,
+        for<'r> (String, bool): sqlx::FromRow<'r, DB::Row>,
+    {
+        bounded(self.timeout, async {
+            let mut tx = pool.begin_with(self.sql.begin).await?;
+            let applied = read_modify_write!(tx, self.sql, id, changes);
+            tx.commit().await?;
+            Ok::<_, sqlx::Error>(applied)
+        })
+        .await
+    }
+
+    #[cfg(feature = "postgres-store")]
+    async fn apply_postgres(
+        &self,
+        pool: &sqlx::PgPool,
+        id: &SessionId,
+        changes: &Changes,
+    ) -> Result<bool, Error> {
+        let escape = |key: &String| {
+            if self.sql.nul_free && key.contains(['\0', '\u{10FFFF}']) {
+                nul_free::escape_str(key)
+            } else {
+                key.clone()
+            }
+        };
+        let removed: Vec<String> = changes.removed.iter().map(escape).collect();
+        let set: SessionData = changes.set.iter().cloned().collect();
+        let statement = sqlx::query(&self.sql.apply_jsonb)
+            .bind(changes.cleared)
+            .bind(removed)
+            .bind(self.sql.write_data(&set))
+            .bind(changes.permanent)
+            .bind(to_i64(changes.expires_at))
+            .bind(id.as_str())
+            .bind(to_i64(changes.now));
+        match tokio::time::timeout(self.timeout, statement.execute(pool)).await {
+            Ok(Ok(done)) => Ok(done.rows_affected() == 1),
+            // 22P05: the row holds a U+0000 stored before the escape.
+            Ok(Err(error)) if is_untranslatable(&error) => {
+                self.apply_in_transaction(pool, id, changes).await
+            }
+            Ok(Err(error)) => Err(Error::store(error)),
+            Err(elapsed) => Err(Error::store(elapsed)),
+        }
+    }
+
+    #[cfg(feature = "mysql-store")]
+    async fn apply_mysql(
+        &self,
+        pool: &sqlx::MySqlPool,
+        id: &SessionId,
+        changes: &Changes,
+    ) -> Result<bool, Error> {
+        let statement = mysql_apply_sql(&self.sql.table, changes);
+        let mut query = sqlx::query(&statement);
+        for key in &changes.removed {
+            query = query.bind(json_path(key));
+        }
+        for (key, value) in &changes.set {
+            query = query.bind(json_path(key)).bind(value.to_string());
+        }
+        let query = query
+            .bind(changes.permanent)
+            .bind(to_i64(changes.expires_at))
+            .bind(id.as_str())
+            .bind(to_i64(changes.now));
+        let done = bounded(self.timeout, query.execute(pool)).await?;
+        Ok(done.rows_affected() == 1)
+    }
+}
+
+/// PostgreSQL's "untranslatable character" (22P05): a `jsonb` cast met a
+/// U+0000.
+#[cfg(feature = "postgres-store")]
+fn is_untranslatable(error: &sqlx::Error) -> bool {
+    error
+        .as_database_error()
+        .and_then(|e| e.code())
+        .is_some_and(|code| code == "22P05")
+}
+
+/// MySQL/MariaDB's save as one statement: `JSON_REMOVE` and `JSON_SET` on
+/// the row's document (or `{}` when the request cleared it), with a path
+/// and, for a set, a JSON value bound per key.
+#[cfg(feature = "mysql-store")]
+fn mysql_apply_sql(table: &str, changes: &Changes) -> String {
+    let mut document = if changes.cleared { "'{}'" } else { "data" }.to_owned();
+    if !changes.removed.is_empty() {
+        document = format!(
+            "JSON_REMOVE({document}{})",
+            ", ?".repeat(changes.removed.len())
+        );
+    }
+    if !changes.set.is_empty() {
+        let pairs = ", ?, JSON_EXTRACT(?, '$')".repeat(changes.set.len());
+        document = format!("JSON_SET({document}{pairs})");
+    }
+    format!(
+        "UPDATE {table} SET data = {document}, permanent = COALESCE(?, permanent), \
+         expires_at = ? WHERE id = ? AND expires_at > ?"
+    )
+}
+
+/// The JSON path of the top-level member `key`: `$."key"`, the key quoted
+/// and escaped as a JSON string, so any key is one member.
+#[cfg(feature = "mysql-store")]
+fn json_path(key: &str) -> String {
+    format!("$.{}", serde_json::Value::from(key))
+}
+
 fn dialect(pool: &Pool) -> Dialect {
     match pool {
         #[cfg(feature = "postgres-store")]
@@ -406,11 +653,11 @@ impl SessionStore for SqlStore {
             let query = sqlx::query_as(&self.sql.load).bind(id.as_str()).bind(to_i64(now));
             bounded(self.timeout, query.fetch_optional(pool)).await?
         });
-        record_from_row(row)
+        self.sql.record_from_row(row)
     }
 
     async fn create(&self, id: &SessionId, record: &Record) -> Result<bool, Error> {
-        let data = json(&record.data);
+        let data = self.sql.write_data(&record.data);
         let inserted = by_backend!(self, pool => {
             // An expired row with this id no longer counts as taken.
             let clear = sqlx::query(&self.sql.clear_expired_id).bind(id.as_str()).bind(to_i64(record.created_at));
@@ -431,16 +678,18 @@ impl SessionStore for SqlStore {
         Ok(inserted)
     }
 
+    /// One statement on PostgreSQL and MySQL/MariaDB (one round trip, per
+    /// key atomic under the row lock the statement takes); a transaction on
+    /// SQLite, in process.
     async fn apply(&self, id: &SessionId, changes: &Changes) -> Result<bool, Error> {
-        by_backend!(self, pool => {
-            bounded(self.timeout, async {
-                let mut tx = pool.begin_with(self.sql.begin).await?;
-                let applied = read_modify_write!(tx, self.sql, id, changes);
-                tx.commit().await?;
-                Ok::<_, sqlx::Error>(applied)
-            })
-            .await
-        })
+        match &self.pool {
+            #[cfg(feature = "postgres-store")]
+            Pool::Postgres(pool) => self.apply_postgres(pool, id, changes).await,
+            #[cfg(feature = "mysql-store")]
+            Pool::MySql(pool) => self.apply_mysql(pool, id, changes).await,
+            #[cfg(feature = "sqlite-store")]
+            Pool::Sqlite(pool) => self.apply_in_transaction(pool, id, changes).await,
+        }
     }
 
     async fn delete(&self, id: &SessionId) -> Result<(), Error> {
@@ -467,7 +716,7 @@ impl SessionStore for SqlStore {
             })
             .await?
         });
-        record_from_row(row)
+        self.sql.record_from_row(row)
     }
 
     async fn delete_expired(&self, now: u64) -> Result<u64, Error> {
@@ -481,6 +730,7 @@ impl SessionStore for SqlStore {
 
 /// Inside a transaction that holds the row (`SELECT ... FOR UPDATE`) or the
 /// database (SQLite's `BEGIN IMMEDIATE`): read, apply, write.
+#[cfg(any(feature = "postgres-store", feature = "sqlite-store"))]
 macro_rules! read_modify_write {
     ($tx:ident, $sql:expr, $id:expr, $changes:expr) => {{
         let row: Option<(String, bool)> = sqlx::query_as(&$sql.lock)
@@ -491,12 +741,13 @@ macro_rules! read_modify_write {
         match row {
             None => false,
             Some((data, permanent)) => {
-                let data =
-                    serde_json::from_str(&data).map_err(|e| sqlx::Error::Decode(Box::new(e)))?;
+                let data = $sql
+                    .read_data(&data)
+                    .map_err(|e| sqlx::Error::Decode(Box::new(e)))?;
                 let mut record = Record::new(data, permanent, 0, 0);
                 $changes.apply_to(&mut record);
                 sqlx::query(&$sql.update)
-                    .bind(json(&record.data))
+                    .bind($sql.write_data(&record.data))
                     .bind(record.permanent)
                     .bind(to_i64(record.expires_at))
                     .bind($id.as_str())
@@ -507,4 +758,5 @@ macro_rules! read_modify_write {
         }
     }};
 }
+#[cfg(any(feature = "postgres-store", feature = "sqlite-store"))]
 use read_modify_write;
