@@ -217,6 +217,18 @@ pub async fn all(include_remote: bool) -> Vec<Config> {
         }
         Err(e) => eprintln!("left out PostgreSQL: {e}"),
     }
+    match session_layer::store::SqlStore::connect("mysql://root@127.0.0.1:3306/test").await {
+        Ok(store) => {
+            let store = store.table("sessions_bench");
+            if store.migrate().await.is_ok() {
+                configs.push(Config {
+                    name: "session-layer SqlStore (MariaDB)",
+                    router: ours_with(store),
+                });
+            }
+        }
+        Err(e) => eprintln!("left out MariaDB: {e}"),
+    }
     match session_layer::store::MemcachedStore::connect("memcache://127.0.0.1:11211").await {
         Ok(store) => configs.push(Config {
             name: "session-layer MemcachedStore",

@@ -22,12 +22,16 @@ const DEFAULT_TIMEOUT: Duration = Duration::from_secs(5);
 ///
 /// | database | `apply` | round trips per save |
 /// | --- | --- | --- |
-/// | PostgreSQL, MySQL / MariaDB | transaction: `SELECT ... FOR UPDATE` (a row lock), `UPDATE` | 4 (`BEGIN`, `SELECT`, `UPDATE`, `COMMIT`) |
+/// | PostgreSQL | one `UPDATE`: the row's JSON cast to `jsonb`, removed keys taken out (`-`), set keys merged in (`\|\|`), under the row lock the statement takes | 1 |
+/// | MySQL / MariaDB | one `UPDATE`: `JSON_REMOVE` and `JSON_SET` with a bound path per key, under the row lock | 1 |
 /// | SQLite | `BEGIN IMMEDIATE` transaction (the database's write lock), `SELECT`, `UPDATE` | in-process |
 ///
-/// `data` is stored as text, not PostgreSQL's `JSONB`: JSONB refuses
-/// strings holding U+0000, which a session may legitimately hold, and a
-/// store must never fail on valid data.
+/// `data` is stored as text. PostgreSQL's `jsonb` refuses strings holding
+/// U+0000, which a session may legitimately hold, so on PostgreSQL the
+/// text is kept free of it: U+10FFFF (a noncharacter) stands before `0`
+/// for U+0000 and doubles itself, and loads undo it. A row an earlier
+/// version stored with a raw U+0000 is saved through a transaction
+/// instead (and comes out escaped).
 ///
 /// A load is one `SELECT` by primary key. Expired rows are never returned;
 /// run [`spawn_cleanup`](super::spawn_cleanup) to delete them.
