@@ -105,23 +105,28 @@ impl Slot {
     }
 }
 
-/// A record as the store keeps it: its values as compact JSON text. A
-/// small session's parsed map (a B-tree node) costs several hundred bytes,
-/// its JSON a few dozen; the price is a parse per load and a parse and a
-/// write per change, a fraction of a microsecond for a small session.
+/// A record as the store keeps it: each value as compact JSON text, by key
+/// in key order. A small session's parsed map (a B-tree node) costs several
+/// hundred bytes, this a few dozen; a load parses the values, a save writes
+/// only the values it sets.
 struct Compact {
-    data: Box<str>,
+    entries: Vec<(Box<str>, Box<str>)>,
     created_at: u64,
     expires_at: u64,
     permanent: bool,
 }
 
+fn json_text(value: &serde_json::Value) -> Box<str> {
+    value.to_string().into_boxed_str()
+}
+
 impl Compact {
     fn new(record: &Record) -> Self {
+        // A session's map iterates in key order already.
+        let mut entries = Vec::with_capacity(record.data.len());
+        entries.extend((record.data.iter()).map(|(key, value)| (key.as_str().into(), json_text(value))));
         Self {
-            data: serde_json::to_string(&record.data)
-                .expect("a JSON map always serializes")
-                .into_boxed_str(),
+            entries,
             created_at: record.created_at,
             expires_at: record.expires_at,
             permanent: record.permanent,
@@ -133,13 +138,43 @@ impl Compact {
     }
 
     fn record(&self) -> Result<Record, Error> {
-        let data = serde_json::from_str(&self.data).map_err(Error::store)?;
+        let data = (self.entries.iter())
+            .map(|(key, json)| Ok((key.to_string(), serde_json::from_str(json)?)))
+            .collect::<Result<_, serde_json::Error>>()
+            .map_err(Error::store)?;
         Ok(Record::new(
             data,
             self.permanent,
             self.created_at,
             self.expires_at,
         ))
+    }
+
+    /// [`Changes::apply_to`] on the compact form: cleared, removed, set.
+    fn apply(&mut self, changes: &Changes) {
+        if changes.cleared {
+            self.entries.clear();
+        }
+        for key in &changes.removed {
+            if let Ok(at) = self.find(key) {
+                self.entries.remove(at);
+            }
+        }
+        for (key, value) in &changes.set {
+            match self.find(key) {
+                Ok(at) => self.entries[at].1 = json_text(value),
+                Err(at) => self.entries.insert(at, (key.as_str().into(), json_text(value))),
+            }
+        }
+        if let Some(permanent) = changes.permanent {
+            self.permanent = permanent;
+        }
+        self.expires_at = changes.expires_at;
+        self.entries.shrink_to_fit();
+    }
+
+    fn find(&self, key: &str) -> Result<usize, usize> {
+        self.entries.binary_search_by(|(k, _)| (**k).cmp(key))
     }
 }
 
@@ -357,9 +392,7 @@ impl SessionStore for MemoryStore {
         let mut shard = self.shard(id);
         match shard.find(&head, &tail) {
             Some(slot) if !slot.record.is_expired(changes.now) => {
-                let mut record = slot.record.record()?;
-                changes.apply_to(&mut record);
-                slot.record = Compact::new(&record);
+                slot.record.apply(changes);
                 slot.used = true;
                 Ok(true)
             }
