@@ -124,7 +124,9 @@ impl Compact {
     fn new(record: &Record) -> Self {
         // A session's map iterates in key order already.
         let mut entries = Vec::with_capacity(record.data.len());
-        entries.extend((record.data.iter()).map(|(key, value)| (key.as_str().into(), json_text(value))));
+        entries.extend(
+            (record.data.iter()).map(|(key, value)| (key.as_str().into(), json_text(value))),
+        );
         Self {
             entries,
             created_at: record.created_at,
@@ -163,7 +165,9 @@ impl Compact {
         for (key, value) in &changes.set {
             match self.find(key) {
                 Ok(at) => self.entries[at].1 = json_text(value),
-                Err(at) => self.entries.insert(at, (key.as_str().into(), json_text(value))),
+                Err(at) => self
+                    .entries
+                    .insert(at, (key.as_str().into(), json_text(value))),
             }
         }
         if let Some(permanent) = changes.permanent {
