@@ -227,7 +227,10 @@ pub async fn all(include_remote: bool) -> Vec<Config> {
                 });
             }
         }
-        Err(e) => eprintln!("left out MariaDB: {e} ({:?})", std::error::Error::source(&e)),
+        Err(e) => eprintln!(
+            "left out MariaDB: {e} ({:?})",
+            std::error::Error::source(&e)
+        ),
     }
     match session_layer::store::MemcachedStore::connect("memcache://127.0.0.1:11211").await {
         Ok(store) => configs.push(Config {
