@@ -42,7 +42,34 @@ async fn show(session: Session) -> Reply {
     Ok(Json(session.to_map()))
 }
 
-async fn set(session: Session, Path(key): Path<String>, Json(value): Json<Value>) -> Reply {
+/// A JSON request body, whatever its `Content-Type` says: `curl -d` sends
+/// `application/x-www-form-urlencoded`, and the commands in the docs should
+/// work as written.
+struct JsonBody<T>(T);
+
+impl<S: Send + Sync, T: serde::de::DeserializeOwned> axum::extract::FromRequest<S> for JsonBody<T> {
+    type Rejection = (axum::http::StatusCode, String);
+
+    async fn from_request(
+        request: axum::extract::Request,
+        state: &S,
+    ) -> Result<Self, Self::Rejection> {
+        let bad = |e: &dyn std::fmt::Display| {
+            (
+                axum::http::StatusCode::BAD_REQUEST,
+                format!("the body is not JSON: {e}\n"),
+            )
+        };
+        let bytes = axum::body::Bytes::from_request(request, state)
+            .await
+            .map_err(|e| bad(&e))?;
+        serde_json::from_slice(&bytes)
+            .map(JsonBody)
+            .map_err(|e| bad(&e))
+    }
+}
+
+async fn set(session: Session, Path(key): Path<String>, JsonBody(value): JsonBody<Value>) -> Reply {
     session.insert_value(key, value);
     Ok(Json(session.to_map()))
 }
@@ -62,7 +89,7 @@ async fn cycle(session: Session) -> Reply {
     Ok(Json(session.to_map()))
 }
 
-async fn permanent(session: Session, Json(permanent): Json<bool>) -> Reply {
+async fn permanent(session: Session, JsonBody(permanent): JsonBody<bool>) -> Reply {
     session.set_permanent(permanent);
     Ok(Json(session.to_map()))
 }

@@ -48,6 +48,34 @@ fn the_kv_api_works_over_http() {
     }
 }
 
+/// The README's commands, as curl sends them: `-d` means
+/// `application/x-www-form-urlencoded`, whatever the body holds.
+#[test]
+fn the_documented_curl_commands_work_as_written() {
+    let server = start(&[]);
+    let curl = |method: &str, path: &str, body: &str, cookie: &str| {
+        common::http_request_as(
+            &server.addr,
+            method,
+            path,
+            body,
+            cookie,
+            "application/x-www-form-urlencoded",
+        )
+    };
+    let reply = curl("PUT", "/session/name", "\"ann\"", "");
+    assert_eq!(
+        (reply.status, reply.body.as_str()),
+        (200, r#"{"name":"ann"}"#)
+    );
+    let cookie = reply.set_cookies[0].split(';').next().unwrap().to_owned();
+    let reply = curl("POST", "/session/permanent", "true", &cookie);
+    assert_eq!(reply.status, 200, "{}", reply.body);
+    let reply = curl("PUT", "/session/name", "not json", &cookie);
+    assert_eq!(reply.status, 400);
+    assert!(reply.body.contains("not JSON"), "{}", reply.body);
+}
+
 #[test]
 #[cfg(feature = "file-store")]
 fn the_kv_api_works_on_a_file_store() {

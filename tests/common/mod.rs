@@ -214,13 +214,26 @@ pub struct Reply {
 /// `cookie` (a `Cookie` header value, possibly empty) and `body` (form
 /// encoded when it contains `=`, JSON otherwise).
 pub fn http_request(addr: &str, method: &str, path: &str, body: &str, cookie: &str) -> Reply {
-    use std::io::{Read, Write};
-    let mut stream = std::net::TcpStream::connect(addr).unwrap();
     let content_type = if body.contains('=') && !body.starts_with(['{', '[', '"']) {
         "application/x-www-form-urlencoded"
     } else {
         "application/json"
     };
+    http_request_as(addr, method, path, body, cookie, content_type)
+}
+
+/// [`http_request`] with the `Content-Type` given, as curl's `-d` sends
+/// `application/x-www-form-urlencoded` whatever the body.
+pub fn http_request_as(
+    addr: &str,
+    method: &str,
+    path: &str,
+    body: &str,
+    cookie: &str,
+    content_type: &str,
+) -> Reply {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect(addr).unwrap();
     write!(
         stream,
         "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\nCookie: {cookie}\r\n\r\n{body}",
