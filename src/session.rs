@@ -138,6 +138,35 @@ impl Session {
             .transpose()
     }
 
+    /// The value under `key` as `T`, or `None` when there is none *or it
+    /// does not deserialize as `T`*, with a `tracing` warning that names
+    /// the key and the types, never the value.
+    ///
+    /// For values whose shape may change between deploys (a cart type
+    /// gains a field): an old session then degrades to "cart emptied"
+    /// rather than an error page, and the next write replaces the old
+    /// value. Use [`get`](Self::get) where a mismatch must not pass
+    /// unnoticed.
+    ///
+    /// ```
+    /// # fn handler(session: session_layer::Session) -> Result<(), session_layer::Error> {
+    /// #[derive(serde::Serialize, serde::Deserialize, Default)]
+    /// struct Cart { items: Vec<u32>, coupon: Option<String> }
+    /// let mut cart: Cart = session.get_lenient("cart").unwrap_or_default();
+    /// cart.items.push(7);
+    /// session.insert("cart", cart)?;
+    /// # Ok(()) }
+    /// ```
+    pub fn get_lenient<T: DeserializeOwned>(&self, key: &str) -> Option<T> {
+        match self.get(key) {
+            Ok(value) => value,
+            Err(error) => {
+                tracing::warn!(%error, "session value of an older shape read as absent");
+                None
+            }
+        }
+    }
+
     /// The raw JSON value under `key`.
     pub fn get_value(&self, key: &str) -> Option<Value> {
         self.read().data.get(key).cloned()
@@ -168,8 +197,13 @@ impl Session {
     }
 
     /// Reads the value under `key` as `T`, passes it to `f` and stores what
-    /// `f` returns, under one lock, so concurrent handlers sharing this
-    /// session cannot interleave. Returns the stored value.
+    /// `f` returns, under one lock, so code sharing this request's session
+    /// (two extractors, a spawned task) cannot interleave. Returns the
+    /// stored value.
+    ///
+    /// The lock is this request's: two *requests* of one user that update
+    /// the same key each start from the value they loaded, and the last
+    /// save wins (different keys both survive on a store).
     ///
     /// ```
     /// # fn handler(session: session_layer::Session) -> Result<(), session_layer::Error> {
@@ -475,6 +509,27 @@ mod tests {
             assert!(text.contains("\"token\"") && text.contains("u64"), "{text}");
             assert_eq!(error.kind(), ErrorKind::Deserialize);
         }
+    }
+
+    /// A value of an older shape reads as absent through `get_lenient`,
+    /// and as an error (naming the key) through `get`.
+    #[test]
+    fn a_value_of_an_older_shape_is_absent_to_the_lenient_read() {
+        let s = session();
+        s.insert("cart", "a list, once").unwrap();
+        assert_eq!(s.get_lenient::<Vec<u32>>("cart"), None);
+        assert_eq!(s.get_lenient::<Vec<u32>>("missing"), None);
+        assert_eq!(
+            s.get_lenient::<String>("cart").as_deref(),
+            Some("a list, once")
+        );
+        assert!(
+            s.get::<Vec<u32>>("cart")
+                .unwrap_err()
+                .to_string()
+                .contains("\"cart\"")
+        );
+        assert!(s.contains_key("cart"), "nothing is removed by a read");
     }
 
     #[test]

@@ -35,9 +35,12 @@ use std::fmt::Debug;
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use async_trait::async_trait;
+/// The attribute `SessionStore` implementations put on their `impl`, so a
+/// store of your own needs no dependency of its own for it.
+pub use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
-use serde_json::Value;
+/// A session value, as [`Changes::set`] carries it (`serde_json`'s).
+pub use serde_json::Value;
 
 #[cfg(feature = "caching-store")]
 pub use caching::CachingStore;
@@ -174,6 +177,62 @@ impl Changes {
 /// that is already validated ([`SessionId`] can hold nothing else).
 ///
 /// Errors keep their cause: build them with [`Error::store`].
+///
+/// A whole store, with nothing but this crate (one lock over a map: correct,
+/// if not fast; run `session_layer::testing::check_store` on yours):
+///
+/// ```
+/// use std::collections::HashMap;
+/// use std::sync::Mutex;
+/// use session_layer::Error;
+/// use session_layer::store::{async_trait, Changes, Record, SessionId, SessionStore};
+///
+/// #[derive(Debug, Default)]
+/// struct MapStore(Mutex<HashMap<SessionId, Record>>);
+///
+/// impl MapStore {
+///     fn live(&self, id: &SessionId, now: u64) -> Option<Record> {
+///         let map = self.0.lock().unwrap();
+///         map.get(id).filter(|r| !r.is_expired(now)).cloned()
+///     }
+/// }
+///
+/// #[async_trait]
+/// impl SessionStore for MapStore {
+///     async fn load(&self, id: &SessionId, now: u64) -> Result<Option<Record>, Error> {
+///         Ok(self.live(id, now))
+///     }
+///     async fn create(&self, id: &SessionId, record: &Record) -> Result<bool, Error> {
+///         let mut map = self.0.lock().unwrap();
+///         if map.get(id).is_some_and(|r| !r.is_expired(record.created_at)) {
+///             return Ok(false);
+///         }
+///         map.insert(id.clone(), record.clone());
+///         Ok(true)
+///     }
+///     async fn apply(&self, id: &SessionId, changes: &Changes) -> Result<bool, Error> {
+///         let mut map = self.0.lock().unwrap();
+///         match map.get_mut(id).filter(|r| !r.is_expired(changes.now)) {
+///             Some(record) => {
+///                 changes.apply_to(record);
+///                 Ok(true)
+///             }
+///             None => Ok(false),
+///         }
+///     }
+///     async fn delete(&self, id: &SessionId) -> Result<(), Error> {
+///         self.0.lock().unwrap().remove(id);
+///         Ok(())
+///     }
+///     async fn take(&self, id: &SessionId, now: u64) -> Result<Option<Record>, Error> {
+///         let taken = self.0.lock().unwrap().remove(id);
+///         Ok(taken.filter(|r| !r.is_expired(now)))
+///     }
+/// }
+///
+/// let layer = session_layer::SessionLayer::new(session_layer::Key::generate())
+///     .with_store(MapStore::default());
+/// ```
 #[async_trait]
 pub trait SessionStore: Debug + Send + Sync + 'static {
     /// The record under `id`, or `None` when there is none or it has
