@@ -9,7 +9,16 @@
 //! ```
 //!
 //! Environment: `PORT` (default 3000, 0 picks one), `SESSION_SECRET`,
-//! `SESSION_SECURE=false` for plain http, `SESSION_CODEC=signed|private`.
+//! `SESSION_SECURE=false` for plain http, `SESSION_CODEC=signed|private`,
+//! `RUST_LOG` (default `info`: a session that cannot be saved is logged).
+//!
+//! A note over the budget (about 40 KB) is refused with a page that says
+//! why: this example's error handler speaks, where the default one answers
+//! an empty 500 and leaves the reason to the log.
+//!
+//! Try it in a browser: curl sends at most about 8 KB of `Cookie` header by
+//! default, so a large chunked session sent back by curl arrives cut short
+//! and reads as empty.
 
 use std::process::ExitCode;
 
@@ -97,6 +106,17 @@ async fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .init();
+    // Say why a save failed (the default handler answers an empty 500).
+    let layer = layer.with_error_handler(|error: &session_layer::Error| {
+        let message = format!("the note could not be saved: {error}\n");
+        (error.status(), message).into_response()
+    });
     let app = Router::new()
         .route("/", get(index))
         .route("/note", get(view).post(save))
