@@ -106,3 +106,34 @@ pub use key::{Key, Keyring, MIN_KEY_LEN};
 pub use layer::{Flask, Keyed, SessionLayer};
 pub use service::SessionService;
 pub use session::Session;
+
+/// The Rust blocks of the README and the guides, compiled (and run where
+/// they can) as doc tests, so the documentation cannot drift from the API.
+/// They use every feature, so they run with `--all-features`.
+#[cfg(all(
+    doctest,
+    feature = "axum",
+    feature = "memory-store",
+    feature = "file-store",
+    feature = "redis-store",
+    feature = "flask",
+    feature = "testing"
+))]
+mod guides {
+    #[doc = include_str!("../README.md")]
+    struct Readme;
+    #[doc = include_str!("../docs/stores.md")]
+    struct Stores;
+    #[doc = include_str!("../docs/security.md")]
+    struct Security;
+    #[doc = include_str!("../docs/migrating-from-flask.md")]
+    struct MigratingFromFlask;
+    #[doc = include_str!("../docs/cookie-format.md")]
+    struct CookieFormat;
+    #[doc = include_str!("../docs/choosing-a-mode.md")]
+    struct ChoosingAMode;
+    #[doc = include_str!("../docs/architecture.md")]
+    struct Architecture;
+    #[doc = include_str!("../docs/benchmarks.md")]
+    struct Benchmarks;
+}
