@@ -15,6 +15,14 @@ async fn count(session: Session) -> Result<String, session_layer::Error> {
 
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    // A session that cannot be saved, or a short key, is logged: say so.
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .init();
     // A fresh key per start: fine for a demo, sessions end with the process.
     // `secure(false)` because the demo is plain http on localhost.
     let app = Router::new()

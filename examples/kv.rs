@@ -251,7 +251,12 @@ fn app<K: Clone + Send + Sync + 'static>(layer: SessionLayer<DefaultErrorHandler
 #[tokio::main]
 async fn main() -> ExitCode {
     tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+        .with_writer(std::io::stderr)
+        .with_env_filter(
+            // Warnings (a short key) and errors show without RUST_LOG.
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+        )
         .init();
     let router = match router().await {
         Ok(router) => router,

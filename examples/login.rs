@@ -126,6 +126,14 @@ fn layer() -> Result<SessionLayer, String> {
 
 #[tokio::main]
 async fn main() -> ExitCode {
+    // A session that cannot be saved, or a short key, is logged: say so.
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .init();
     let layer = match layer() {
         Ok(layer) => layer,
         Err(message) => {

@@ -43,6 +43,14 @@ async fn logout(session: Session) -> &'static str {
 
 #[tokio::main]
 async fn main() -> ExitCode {
+    // A session that cannot be saved, or a short key, is logged: say so.
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .init();
     let secret = std::env::var("SESSION_SECRET")
         .unwrap_or_else(|_| "change me: one secret for both apps".into());
     let codec = match FlaskCodec::new(secret) {
