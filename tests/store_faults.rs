@@ -175,6 +175,23 @@ async fn a_stalled_redis_times_out_quickly() {
     }
 }
 
+/// A Redis that is down at start-up: the error says why (the connection
+/// was refused), not merely that the time ran out.
+#[tokio::test]
+async fn connecting_to_a_redis_that_is_down_says_why() {
+    let closed = free_port();
+    let url = format!("redis://127.0.0.1:{closed}");
+    let error = RedisStore::connect_within(&url, Duration::from_secs(10))
+        .await
+        .unwrap_err();
+    assert_eq!(error.kind(), ErrorKind::Store);
+    let source = format!("{:?}", std::error::Error::source(&error));
+    assert!(
+        source.to_lowercase().contains("refused"),
+        "the cause, not a timeout: {source}"
+    );
+}
+
 /// Pauses every client of the Redis at `url` for `millis`.
 async fn pause(url: &str, millis: u64) {
     let admin = redis::Client::open(url).unwrap();

@@ -8,7 +8,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use redis::aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig};
 use redis::cluster_async::ClusterConnection;
-use redis::{Cmd, Pipeline, RedisFuture, Script, Value};
+use redis::{AsyncConnectionConfig, Cmd, Pipeline, RedisFuture, Script, Value};
 
 use super::net::{KeyPrefix, bounded, prefix_and_timeout};
 use super::{Changes, Record, SessionId, SessionStore};
@@ -102,21 +102,51 @@ impl RedisStore {
     /// Connects to the Redis at `url` (`redis://[user:password@]host[:port][/db]`,
     /// `rediss://` for TLS where the redis crate is built with it).
     ///
+    /// Waits at most 2 s for Redis: [`connect_within`](Self::connect_within)
+    /// sets another bound.
+    ///
     /// # Errors
     /// [`ErrorKind::Store`](crate::ErrorKind::Store) when the URL is
-    /// invalid or Redis cannot be reached.
+    /// invalid or Redis cannot be reached; the source says why (connection
+    /// refused, unknown host, authentication), not merely that time ran
+    /// out.
     pub async fn connect(url: &str) -> Result<Self, Error> {
+        Self::connect_within(url, DEFAULT_TIMEOUT).await
+    }
+
+    /// [`connect`](Self::connect), waiting at most `timeout` for Redis to
+    /// answer.
+    ///
+    /// # Errors
+    /// As [`connect`](Self::connect).
+    pub async fn connect_within(url: &str, timeout: Duration) -> Result<Self, Error> {
         let client = redis::Client::open(url).map_err(Error::store)?;
+        // One plain connection first: the manager retries a failed connect
+        // until the bound runs out, which would hide why it failed.
+        let probe = AsyncConnectionConfig::new()
+            .set_connection_timeout(Some(timeout))
+            .set_response_timeout(Some(timeout));
+        let probe = client.get_multiplexed_async_connection_with_config(&probe);
+        bounded(timeout, probe).await?;
         // The manager's own response timeout (500 ms in redis 1.x) would
         // fail calls well inside the store's documented bound: switch it
         // off, so that `timeout` is the only bound on a call.
         let config = ConnectionManagerConfig::new().set_response_timeout(None);
-        let manager = bounded(
-            DEFAULT_TIMEOUT,
-            client.get_connection_manager_with_config(config),
-        )
-        .await?;
+        let manager = bounded(timeout, client.get_connection_manager_with_config(config)).await?;
         Ok(Self::with_connection(Conn::Single(manager)))
+    }
+
+    /// A store on a connection manager of your own (TLS, a custom
+    /// resolver, settings of your choice). Its own response timeout, if
+    /// it has one, applies as well as the store's
+    /// [`timeout`](Self::timeout): leave it unset, as `connect` does.
+    pub fn from_manager(manager: ConnectionManager) -> Self {
+        Self::with_connection(Conn::Single(manager))
+    }
+
+    /// A store on a cluster connection of your own.
+    pub fn from_cluster(connection: ClusterConnection) -> Self {
+        Self::with_connection(Conn::Cluster(connection))
     }
 
     /// Connects to a Redis Cluster through any of its nodes' URLs.
