@@ -341,6 +341,12 @@ impl Session {
 
     /// Makes the session permanent (the cookie outlives the browser session
     /// and expires after the layer's lifetime) or a browser-session one.
+    ///
+    /// A permanent session holding no value is still a session, as in
+    /// Flask (where the flag is the `_permanent` key): a "remember me" set
+    /// before any value is kept, and its cookie is refreshed like any
+    /// permanent one. [`clear`](Self::clear) and [`flush`](Self::flush)
+    /// drop the flag with the values, and the cookie is deleted.
     pub fn set_permanent(&self, permanent: bool) {
         let mut state = self.read();
         if state.permanent != permanent {
