@@ -34,7 +34,10 @@ const DEFAULT_TIMEOUT: Duration = Duration::from_secs(5);
 /// instead (and comes out escaped).
 ///
 /// A load is one `SELECT` by primary key. Expired rows are never returned;
-/// run [`spawn_cleanup`](super::spawn_cleanup) to delete them.
+/// run [`spawn_cleanup`](super::spawn_cleanup) to delete them. On
+/// PostgreSQL, `create` is one upsert (taking an id whose row expired) and
+/// `take` one `DELETE ... RETURNING`; elsewhere they are two statements and
+/// a transaction.
 ///
 /// Connections come from the sqlx pool you pass (size it for your
 /// concurrency), or one [`connect`](Self::connect) builds with sqlx's
@@ -81,6 +84,13 @@ struct Sql {
     /// operators under the row lock the statement takes.
     #[cfg_attr(not(feature = "postgres-store"), allow(dead_code))]
     apply_jsonb: String,
+    /// PostgreSQL's create: one upsert that takes the id when it is free
+    /// or its row expired.
+    #[cfg_attr(not(feature = "postgres-store"), allow(dead_code))]
+    create_upsert: String,
+    /// PostgreSQL's take: one `DELETE ... RETURNING`.
+    #[cfg_attr(not(feature = "postgres-store"), allow(dead_code))]
+    take_returning: String,
     /// How a save's transaction starts: SQLite takes its write lock at
     /// once (`IMMEDIATE`), so two saves never deadlock upgrading a read lock.
     begin: &'static str,
@@ -158,6 +168,15 @@ impl Sql {
             ),
             delete: format!("DELETE FROM {table} WHERE id = {}", p(1)),
             delete_expired: format!("DELETE FROM {table} WHERE expires_at <= {}", p(1)),
+            create_upsert: format!(
+                "INSERT INTO {table} (id, data, permanent, created_at, expires_at) \
+                 VALUES ($1, $2, $3, $4, $5) ON CONFLICT (id) DO UPDATE SET data = EXCLUDED.data, \
+                 permanent = EXCLUDED.permanent, created_at = EXCLUDED.created_at, \
+                 expires_at = EXCLUDED.expires_at WHERE {table}.expires_at <= $4"
+            ),
+            take_returning: format!(
+                "DELETE FROM {table} WHERE id = $1 RETURNING data, permanent, created_at, expires_at"
+            ),
             apply_jsonb: format!(
                 "UPDATE {table} SET data = ((CASE WHEN $1 THEN '{{}}'::jsonb ELSE data::jsonb END) \
                  - $2::text[] || $3::jsonb)::text, permanent = COALESCE($4, permanent), \
@@ -662,6 +681,19 @@ impl SessionStore for SqlStore {
 
     async fn create(&self, id: &SessionId, record: &Record) -> Result<bool, Error> {
         let data = self.sql.write_data(&record.data);
+        #[cfg(feature = "postgres-store")]
+        #[allow(irrefutable_let_patterns)]
+        if let Pool::Postgres(pool) = &self.pool {
+            // One statement: inserted, or an expired row replaced.
+            let upsert = sqlx::query(&self.sql.create_upsert)
+                .bind(id.as_str())
+                .bind(&data)
+                .bind(record.permanent)
+                .bind(to_i64(record.created_at))
+                .bind(to_i64(record.expires_at));
+            let done = bounded(self.timeout, upsert.execute(pool)).await?;
+            return Ok(done.rows_affected() == 1);
+        }
         let inserted = by_backend!(self, pool => {
             // An expired row with this id no longer counts as taken.
             let clear = sqlx::query(&self.sql.clear_expired_id).bind(id.as_str()).bind(to_i64(record.created_at));
@@ -706,6 +738,16 @@ impl SessionStore for SqlStore {
     /// One transaction: the row locked and read, then deleted, so an
     /// `apply` waiting on the lock finds no row afterwards.
     async fn take(&self, id: &SessionId, now: u64) -> Result<Option<Record>, Error> {
+        #[cfg(feature = "postgres-store")]
+        #[allow(irrefutable_let_patterns)]
+        if let Pool::Postgres(pool) = &self.pool {
+            // One statement: the row lock it takes makes it atomic with
+            // `apply`, whose UPDATE then finds no row.
+            let delete = sqlx::query_as(&self.sql.take_returning).bind(id.as_str());
+            let row: Option<Row> = bounded(self.timeout, delete.fetch_optional(pool)).await?;
+            let record = self.sql.record_from_row(row)?;
+            return Ok(record.filter(|record| !record.is_expired(now)));
+        }
         let row: Option<Row> = by_backend!(self, pool => {
             bounded(self.timeout, async {
                 let mut tx = pool.begin_with(self.sql.begin).await?;
