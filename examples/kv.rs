@@ -44,7 +44,8 @@ async fn show(session: Session) -> Reply {
 
 /// A JSON request body, whatever its `Content-Type` says: `curl -d` sends
 /// `application/x-www-form-urlencoded`, and the commands in the docs should
-/// work as written.
+/// work as written. (A real API should insist on `application/json`: a
+/// browser sends other types cross-site without a CORS preflight.)
 struct JsonBody<T>(T);
 
 impl<S: Send + Sync, T: serde::de::DeserializeOwned> axum::extract::FromRequest<S> for JsonBody<T> {

@@ -159,6 +159,119 @@ mod sql {
         assert_eq!(data["new"], "c\u{0}d");
     }
 
+    /// Saves keep each value's JSON as written: `jsonb` would spell `1e308`
+    /// with 309 digits (a client could grow a row a hundredfold) and lose
+    /// `-0.0`'s sign; a row an earlier version wrote holding U+10FFFF (the
+    /// escape's mark) is read as it is.
+    #[cfg(feature = "postgres-store")]
+    #[tokio::test]
+    async fn postgres_saves_keep_values_as_written() {
+        use session_layer::store::{Changes, Record, SessionId, SessionStore};
+        let url = env_or("POSTGRES_URL", "postgres://postgres@127.0.0.1:5432/test");
+        let Ok(pool) = sqlx::PgPool::connect(&url).await else {
+            missing(&format!("PostgreSQL at {url} is unreachable"));
+            return;
+        };
+        let table = format!("sessions_values_{}", std::process::id());
+        let store = SqlStore::postgres(pool.clone()).table(&table);
+        store.migrate().await.unwrap();
+        let big = serde_json::json!([1e308, 1e308, 1e308, 5e-324, -0.0]);
+        let id = SessionId::generate();
+        let record = Record::new(
+            serde_json::json!({"big": big}).as_object().unwrap().clone(),
+            false,
+            1,
+            4_000_000_000,
+        );
+        assert!(store.create(&id, &record).await.unwrap());
+        let mut changes = Changes::expiry(1, 4_000_000_000);
+        changes.set = vec![("x".into(), serde_json::json!(1))];
+        assert!(store.apply(&id, &changes).await.unwrap());
+        let length: i32 =
+            sqlx::query_scalar(&format!("SELECT length(data) FROM {table} WHERE id = $1"))
+                .bind(id.as_str())
+                .fetch_one(&pool)
+                .await
+                .unwrap();
+        let loaded = store.load(&id, 1).await.unwrap().unwrap().data;
+        // An earlier version's row: no marker, a raw mark in a value.
+        let old = SessionId::generate();
+        let insert = format!("INSERT INTO {table} VALUES ($1, $2, false, 0, 4000000000)");
+        sqlx::query(&insert)
+            .bind(old.as_str())
+            .bind("{\"v\":\"\u{10FFFF}0 and \u{10FFFF}\u{10FFFF}\"}")
+            .execute(&pool)
+            .await
+            .unwrap();
+        let old_loaded = store.load(&old, 1).await.unwrap().unwrap().data;
+        assert!(
+            store.apply(&old, &changes).await.unwrap(),
+            "an old row saves"
+        );
+        let old_saved = store.load(&old, 1).await.unwrap().unwrap().data;
+        sqlx::query(&format!("DROP TABLE {table}"))
+            .execute(&pool)
+            .await
+            .unwrap();
+        assert!(length < 200, "the row stayed small: {length} characters");
+        assert_eq!(loaded["big"], big);
+        assert!(
+            loaded["big"][4].as_f64().unwrap().is_sign_negative(),
+            "-0.0 kept"
+        );
+        assert_eq!(old_loaded["v"], "\u{10FFFF}0 and \u{10FFFF}\u{10FFFF}");
+        assert_eq!(old_saved["v"], old_loaded["v"], "and keeps it once saved");
+        assert_eq!(old_saved["x"], 1);
+    }
+
+    /// A value nested deeper than MariaDB's JSON functions go (32 levels)
+    /// still saves, and a session holding one can still be changed.
+    #[cfg(feature = "mysql-store")]
+    #[tokio::test]
+    async fn mysql_saves_deeply_nested_values() {
+        use session_layer::store::{Changes, Record, SessionId, SessionStore};
+        let url = env_or("MYSQL_URL", "mysql://root@127.0.0.1:3306/test");
+        let Ok(store) = SqlStore::connect(&url).await else {
+            missing(&format!("MariaDB/MySQL at {url} is unreachable"));
+            return;
+        };
+        let table = format!("sessions_deep_{}", std::process::id());
+        let store = store.table(&table);
+        store.migrate().await.unwrap();
+        let mut deep = serde_json::json!(1);
+        for _ in 0..60 {
+            deep = serde_json::json!([deep]);
+        }
+        let id = SessionId::generate();
+        let record = Record::new(
+            serde_json::json!({"deep": deep})
+                .as_object()
+                .unwrap()
+                .clone(),
+            false,
+            1,
+            4_000_000_000,
+        );
+        assert!(store.create(&id, &record).await.unwrap());
+        let mut changes = Changes::expiry(1, 4_000_000_000);
+        changes.set = vec![("x".into(), serde_json::json!(1))];
+        let applied = store.apply(&id, &changes).await;
+        let mut changes = Changes::expiry(1, 4_000_000_000);
+        changes.set = vec![("deeper".into(), serde_json::json!([deep]))];
+        let applied_deep = store.apply(&id, &changes).await;
+        let loaded = store.load(&id, 1).await;
+        let pool = sqlx::MySqlPool::connect(&url).await.unwrap();
+        sqlx::query(&format!("DROP TABLE {table}"))
+            .execute(&pool)
+            .await
+            .unwrap();
+        assert!(applied.unwrap(), "a session holding a deep value saves");
+        assert!(applied_deep.unwrap(), "a deep value saves");
+        let loaded = loaded.unwrap().unwrap().data;
+        assert_eq!(loaded["deep"], deep);
+        assert_eq!(loaded["x"], 1);
+    }
+
     #[cfg(feature = "mysql-store")]
     #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
     async fn mysql_store_conforms() {

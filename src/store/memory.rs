@@ -122,11 +122,13 @@ fn json_text(value: &serde_json::Value) -> Box<str> {
 
 impl Compact {
     fn new(record: &Record) -> Self {
-        // A session's map iterates in key order already.
-        let mut entries = Vec::with_capacity(record.data.len());
+        // Sorted for the binary search: a map iterates in key order, unless
+        // serde_json's `preserve_order` is on somewhere in the build.
+        let mut entries: Vec<(Box<str>, Box<str>)> = Vec::with_capacity(record.data.len());
         entries.extend(
             (record.data.iter()).map(|(key, value)| (key.as_str().into(), json_text(value))),
         );
+        entries.sort_unstable_by(|(a, _), (b, _)| a.cmp(b));
         Self {
             entries,
             created_at: record.created_at,

@@ -67,23 +67,17 @@ struct Sql {
     load: String,
     clear_expired_id: String,
     insert: String,
-    #[cfg_attr(
-        not(any(feature = "postgres-store", feature = "sqlite-store")),
-        allow(dead_code)
-    )]
     lock: String,
     take: String,
-    #[cfg_attr(
-        not(any(feature = "postgres-store", feature = "sqlite-store")),
-        allow(dead_code)
-    )]
     update: String,
     delete: String,
     delete_expired: String,
-    /// PostgreSQL's save: one `UPDATE` merging the changes with `jsonb`
-    /// operators under the row lock the statement takes.
+    /// PostgreSQL's save: one `UPDATE` merging the changes member by
+    /// member (`json_each`, `json_object_agg`) under the row lock the
+    /// statement takes. `json`, not `jsonb`: it keeps each value's text as
+    /// written (`jsonb` would spell `1e308` with 309 digits).
     #[cfg_attr(not(feature = "postgres-store"), allow(dead_code))]
-    apply_jsonb: String,
+    apply_json: String,
     /// PostgreSQL's create: one upsert that takes the id when it is free
     /// or its row expired.
     #[cfg_attr(not(feature = "postgres-store"), allow(dead_code))]
@@ -177,10 +171,15 @@ impl Sql {
             take_returning: format!(
                 "DELETE FROM {table} WHERE id = $1 RETURNING data, permanent, created_at, expires_at"
             ),
-            apply_jsonb: format!(
-                "UPDATE {table} SET data = ((CASE WHEN $1 THEN '{{}}'::jsonb ELSE data::jsonb END) \
-                 - $2::text[] || $3::jsonb)::text, permanent = COALESCE($4, permanent), \
-                 expires_at = $5 WHERE id = $6 AND expires_at > $7"
+            apply_json: format!(
+                "UPDATE {table} SET data = (SELECT COALESCE(json_object_agg(merged.k, merged.v), '{{}}'::json)::text \
+                 FROM (SELECT old.key AS k, old.value AS v \
+                 FROM json_each(CASE WHEN $1 THEN '{{}}'::json ELSE {table}.data::json END) AS old \
+                 WHERE NOT (old.key = ANY($2::text[])) \
+                 AND NOT EXISTS (SELECT 1 FROM json_each($3::json) AS new WHERE new.key = old.key) \
+                 UNION ALL SELECT new.key, new.value FROM json_each($3::json) AS new) AS merged), \
+                 permanent = COALESCE($4, permanent), expires_at = $5 \
+                 WHERE id = $6 AND expires_at > $7 AND (data::json -> $8) IS NOT NULL"
             ),
             begin: if dialect == Dialect::Sqlite {
                 "BEGIN IMMEDIATE"
@@ -227,6 +226,10 @@ mod nul_free {
     use serde_json::{Map, Value};
 
     const MARK: char = '\u{10FFFF}';
+
+    /// The member that marks a document written with the escape: the mark
+    /// alone, a key no escaped key can be (a key's own mark is doubled).
+    pub(super) const MARKER: &str = "\u{10FFFF}";
 
     /// Whether any string of `map`, keys included, needs the escape.
     pub(super) fn needed(map: &Map<String, Value>) -> bool {
@@ -300,22 +303,26 @@ mod nul_free {
 }
 
 impl Sql {
-    /// The text stored for `data`.
+    /// The text stored for `data`. On PostgreSQL it is escaped and carries
+    /// the escape's marker member, so that rows an earlier version wrote
+    /// (raw, unmarked) are never unescaped.
     fn write_data(&self, data: &SessionData) -> String {
-        let escaped;
-        let data = if self.nul_free && nul_free::needed(data) {
-            escaped = nul_free::escape(data);
-            &escaped
+        if !self.nul_free {
+            return serde_json::to_string(data).expect("a JSON map always serializes");
+        }
+        let mut escaped = if nul_free::needed(data) {
+            nul_free::escape(data)
         } else {
-            data
+            data.clone()
         };
-        serde_json::to_string(data).expect("a JSON map always serializes")
+        escaped.insert(nul_free::MARKER.to_owned(), serde_json::Value::from(1));
+        serde_json::to_string(&escaped).expect("a JSON map always serializes")
     }
 
     /// A row's data; a corrupt row is a store error, not an empty session.
     fn read_data(&self, text: &str) -> Result<SessionData, serde_json::Error> {
-        let data: SessionData = serde_json::from_str(text)?;
-        if self.nul_free && text.contains('\u{10FFFF}') {
+        let mut data: SessionData = serde_json::from_str(text)?;
+        if self.nul_free && data.remove(nul_free::MARKER).is_some() && text.contains('\u{10FFFF}') {
             return Ok(nul_free::unescape(&data));
         }
         Ok(data)
@@ -531,9 +538,9 @@ impl SqlStore {
 /// The ways a save is carried out.
 impl SqlStore {
     /// Read, apply and write inside a transaction that holds the row (or
-    /// the database): SQLite's save, and PostgreSQL's for a row an earlier
-    /// version stored with a U+0000 its `jsonb` cannot read.
-    #[cfg(any(feature = "postgres-store", feature = "sqlite-store"))]
+    /// the database): SQLite's save, and the others' when their one
+    /// statement cannot take the row (an older row on PostgreSQL, a
+    /// document MariaDB's JSON functions refuse).
     async fn apply_in_transaction<DB>(
         &self,
         pool: &sqlx::Pool<DB>,
@@ -575,18 +582,23 @@ impl SqlStore {
         };
         let removed: Vec<String> = changes.removed.iter().map(escape).collect();
         let set: SessionData = changes.set.iter().cloned().collect();
-        let statement = sqlx::query(&self.sql.apply_jsonb)
+        // The set members carry the marker, so a cleared document keeps it.
+        let statement = sqlx::query(&self.sql.apply_json)
             .bind(changes.cleared)
             .bind(removed)
             .bind(self.sql.write_data(&set))
             .bind(changes.permanent)
             .bind(to_i64(changes.expires_at))
             .bind(id.as_str())
-            .bind(to_i64(changes.now));
+            .bind(to_i64(changes.now))
+            .bind(nul_free::MARKER);
         match tokio::time::timeout(self.timeout, statement.execute(pool)).await {
-            Ok(Ok(done)) => Ok(done.rows_affected() == 1),
-            // 22P05: the row holds a U+0000 stored before the escape.
-            Ok(Err(error)) if is_untranslatable(&error) => {
+            Ok(Ok(done)) if done.rows_affected() == 1 => Ok(true),
+            // No live row, or one an earlier version wrote (no marker, maybe
+            // a raw U+0000 `json` refuses): the transaction tells which,
+            // and rewrites such a row in the current form.
+            Ok(Ok(_)) => self.apply_in_transaction(pool, id, changes).await,
+            Ok(Err(error)) if matches!(error, sqlx::Error::Database(_)) => {
                 self.apply_in_transaction(pool, id, changes).await
             }
             Ok(Err(error)) => Err(Error::store(error)),
@@ -614,19 +626,18 @@ impl SqlStore {
             .bind(to_i64(changes.expires_at))
             .bind(id.as_str())
             .bind(to_i64(changes.now));
-        let done = bounded(self.timeout, query.execute(pool)).await?;
-        Ok(done.rows_affected() == 1)
+        match tokio::time::timeout(self.timeout, query.execute(pool)).await {
+            Ok(Ok(done)) => Ok(done.rows_affected() == 1),
+            // The server refused the JSON functions on this document (say
+            // MariaDB's limit of 32 nested levels): a transaction does the
+            // merge here instead, so valid data never fails to save.
+            Ok(Err(error)) if matches!(error, sqlx::Error::Database(_)) => {
+                self.apply_in_transaction(pool, id, changes).await
+            }
+            Ok(Err(error)) => Err(Error::store(error)),
+            Err(elapsed) => Err(Error::store(elapsed)),
+        }
     }
-}
-
-/// PostgreSQL's "untranslatable character" (22P05): a `jsonb` cast met a
-/// U+0000.
-#[cfg(feature = "postgres-store")]
-fn is_untranslatable(error: &sqlx::Error) -> bool {
-    error
-        .as_database_error()
-        .and_then(|e| e.code())
-        .is_some_and(|code| code == "22P05")
 }
 
 /// MySQL/MariaDB's save as one statement: `JSON_REMOVE` and `JSON_SET` on
@@ -776,7 +787,6 @@ impl SessionStore for SqlStore {
 
 /// Inside a transaction that holds the row (`SELECT ... FOR UPDATE`) or the
 /// database (SQLite's `BEGIN IMMEDIATE`): read, apply, write.
-#[cfg(any(feature = "postgres-store", feature = "sqlite-store"))]
 macro_rules! read_modify_write {
     ($tx:ident, $sql:expr, $id:expr, $changes:expr) => {{
         let row: Option<(String, bool)> = sqlx::query_as(&$sql.lock)
@@ -804,5 +814,4 @@ macro_rules! read_modify_write {
         }
     }};
 }
-#[cfg(any(feature = "postgres-store", feature = "sqlite-store"))]
 use read_modify_write;
