@@ -598,7 +598,7 @@ impl SqlStore {
             // a raw U+0000 `json` refuses): the transaction tells which,
             // and rewrites such a row in the current form.
             Ok(Ok(_)) => self.apply_in_transaction(pool, id, changes).await,
-            Ok(Err(error)) if matches!(error, sqlx::Error::Database(_)) => {
+            Ok(Err(sqlx::Error::Database(_))) => {
                 self.apply_in_transaction(pool, id, changes).await
             }
             Ok(Err(error)) => Err(Error::store(error)),
@@ -631,7 +631,7 @@ impl SqlStore {
             // The server refused the JSON functions on this document (say
             // MariaDB's limit of 32 nested levels): a transaction does the
             // merge here instead, so valid data never fails to save.
-            Ok(Err(error)) if matches!(error, sqlx::Error::Database(_)) => {
+            Ok(Err(sqlx::Error::Database(_))) => {
                 self.apply_in_transaction(pool, id, changes).await
             }
             Ok(Err(error)) => Err(Error::store(error)),
