@@ -22,16 +22,17 @@ const DEFAULT_TIMEOUT: Duration = Duration::from_secs(5);
 ///
 /// | database | `apply` | round trips per save |
 /// | --- | --- | --- |
-/// | PostgreSQL | one `UPDATE`: the row's JSON cast to `jsonb`, removed keys taken out (`-`), set keys merged in (`\|\|`), under the row lock the statement takes | 1 |
+/// | PostgreSQL | one `UPDATE`: the row's members (`json_each`) less the removed and set keys, plus the set ones, joined again (`json_object_agg`), under the row lock the statement takes; values keep their text | 1 |
 /// | MySQL / MariaDB | one `UPDATE`: `JSON_REMOVE` and `JSON_SET` with a bound path per key, under the row lock | 1 |
 /// | SQLite | `BEGIN IMMEDIATE` transaction (the database's write lock), `SELECT`, `UPDATE` | in-process |
 ///
-/// `data` is stored as text. PostgreSQL's `jsonb` refuses strings holding
+/// `data` is stored as text. PostgreSQL's JSON types refuse strings holding
 /// U+0000, which a session may legitimately hold, so on PostgreSQL the
 /// text is kept free of it: U+10FFFF (a noncharacter) stands before `0`
-/// for U+0000 and doubles itself, and loads undo it. A row an earlier
-/// version stored with a raw U+0000 is saved through a transaction
-/// instead (and comes out escaped).
+/// for U+0000 and doubles itself, and loads undo it. Escaped rows carry a
+/// marker member (U+10FFFF alone, which loads remove), so a row an earlier
+/// version wrote is never unescaped; such a row is saved through a
+/// transaction once, and comes out in the current form.
 ///
 /// A load is one `SELECT` by primary key. Expired rows are never returned;
 /// run [`spawn_cleanup`](super::spawn_cleanup) to delete them. On
@@ -218,7 +219,7 @@ fn to_u64(n: i64) -> u64 {
 }
 
 /// PostgreSQL's JSON types refuse U+0000 in a string, and a session may
-/// hold one; so that a save can be one `jsonb` statement, the stored text
+/// hold one; so that a save can be one `json` statement, the stored text
 /// keeps it out by an escape: U+10FFFF, a noncharacter no text needs,
 /// stands before `0` for U+0000 and doubles itself. Other databases store
 /// the JSON as it is.
