@@ -599,9 +599,7 @@ impl SqlStore {
             // a raw U+0000 `json` refuses): the transaction tells which,
             // and rewrites such a row in the current form.
             Ok(Ok(_)) => self.apply_in_transaction(pool, id, changes).await,
-            Ok(Err(sqlx::Error::Database(_))) => {
-                self.apply_in_transaction(pool, id, changes).await
-            }
+            Ok(Err(sqlx::Error::Database(_))) => self.apply_in_transaction(pool, id, changes).await,
             Ok(Err(error)) => Err(Error::store(error)),
             Err(elapsed) => Err(Error::store(elapsed)),
         }
@@ -632,9 +630,7 @@ impl SqlStore {
             // The server refused the JSON functions on this document (say
             // MariaDB's limit of 32 nested levels): a transaction does the
             // merge here instead, so valid data never fails to save.
-            Ok(Err(sqlx::Error::Database(_))) => {
-                self.apply_in_transaction(pool, id, changes).await
-            }
+            Ok(Err(sqlx::Error::Database(_))) => self.apply_in_transaction(pool, id, changes).await,
             Ok(Err(error)) => Err(Error::store(error)),
             Err(elapsed) => Err(Error::store(elapsed)),
         }
