@@ -177,7 +177,6 @@ impl Sql {
                  FROM (SELECT old.key AS k, old.value AS v \
                  FROM json_each(CASE WHEN $1 THEN '{{}}'::json ELSE {table}.data::json END) AS old \
                  WHERE NOT (old.key = ANY($2::text[])) \
-                 AND NOT EXISTS (SELECT 1 FROM json_each($3::json) AS new WHERE new.key = old.key) \
                  UNION ALL SELECT new.key, new.value FROM json_each($3::json) AS new) AS merged), \
                  permanent = COALESCE($4, permanent), expires_at = $5 \
                  WHERE id = $6 AND expires_at > $7 AND (data::json -> $8) IS NOT NULL"
@@ -581,12 +580,16 @@ impl SqlStore {
                 key.clone()
             }
         };
-        let removed: Vec<String> = changes.removed.iter().map(escape).collect();
+        // Every key the old document gives up: the removed ones, the set
+        // ones (their new members follow) and the marker (likewise).
+        let replaced = changes.set.iter().map(|(key, _)| key);
+        let mut dropped: Vec<String> = changes.removed.iter().chain(replaced).map(escape).collect();
+        dropped.push(nul_free::MARKER.to_owned());
         let set: SessionData = changes.set.iter().cloned().collect();
         // The set members carry the marker, so a cleared document keeps it.
         let statement = sqlx::query(&self.sql.apply_json)
             .bind(changes.cleared)
-            .bind(removed)
+            .bind(dropped)
             .bind(self.sql.write_data(&set))
             .bind(changes.permanent)
             .bind(to_i64(changes.expires_at))
