@@ -66,9 +66,21 @@ enum Pool {
 struct Sql {
     table: String,
     load: String,
+    #[cfg_attr(
+        not(any(feature = "mysql-store", feature = "sqlite-store")),
+        allow(dead_code)
+    )]
     clear_expired_id: String,
+    #[cfg_attr(
+        not(any(feature = "mysql-store", feature = "sqlite-store")),
+        allow(dead_code)
+    )]
     insert: String,
     lock: String,
+    #[cfg_attr(
+        not(any(feature = "mysql-store", feature = "sqlite-store")),
+        allow(dead_code)
+    )]
     take: String,
     update: String,
     delete: String,
@@ -307,16 +319,21 @@ impl Sql {
     /// the escape's marker member, so that rows an earlier version wrote
     /// (raw, unmarked) are never unescaped.
     fn write_data(&self, data: &SessionData) -> String {
+        let json =
+            |data: &SessionData| serde_json::to_string(data).expect("a JSON map always serializes");
         if !self.nul_free {
-            return serde_json::to_string(data).expect("a JSON map always serializes");
+            return json(data);
         }
-        let mut escaped = if nul_free::needed(data) {
-            nul_free::escape(data)
+        // Escaped only when a string needs it; the marker is written ahead
+        // of the members rather than inserted into a copy of the map.
+        let text = if nul_free::needed(data) {
+            json(&nul_free::escape(data))
         } else {
-            data.clone()
+            json(data)
         };
-        escaped.insert(nul_free::MARKER.to_owned(), serde_json::Value::from(1));
-        serde_json::to_string(&escaped).expect("a JSON map always serializes")
+        let members = &text[1..text.len() - 1];
+        let separator = if members.is_empty() { "" } else { "," };
+        format!("{{\"{}\":1{separator}{members}}}", nul_free::MARKER)
     }
 
     /// A row's data; a corrupt row is a store error, not an empty session.
@@ -346,6 +363,7 @@ impl Sql {
     }
 }
 
+#[cfg(any(feature = "mysql-store", feature = "sqlite-store"))]
 fn is_unique_violation(error: &sqlx::Error) -> bool {
     error
         .as_database_error()
@@ -692,37 +710,24 @@ impl SessionStore for SqlStore {
 
     async fn create(&self, id: &SessionId, record: &Record) -> Result<bool, Error> {
         let data = self.sql.write_data(&record.data);
-        #[cfg(feature = "postgres-store")]
-        #[allow(irrefutable_let_patterns)]
-        if let Pool::Postgres(pool) = &self.pool {
+        match &self.pool {
             // One statement: inserted, or an expired row replaced.
-            let upsert = sqlx::query(&self.sql.create_upsert)
-                .bind(id.as_str())
-                .bind(&data)
-                .bind(record.permanent)
-                .bind(to_i64(record.created_at))
-                .bind(to_i64(record.expires_at));
-            let done = bounded(self.timeout, upsert.execute(pool)).await?;
-            return Ok(done.rows_affected() == 1);
-        }
-        let inserted = by_backend!(self, pool => {
-            // An expired row with this id no longer counts as taken.
-            let clear = sqlx::query(&self.sql.clear_expired_id).bind(id.as_str()).bind(to_i64(record.created_at));
-            bounded(self.timeout, clear.execute(pool)).await?;
-            let insert = sqlx::query(&self.sql.insert)
-                .bind(id.as_str())
-                .bind(&data)
-                .bind(record.permanent)
-                .bind(to_i64(record.created_at))
-                .bind(to_i64(record.expires_at));
-            match tokio::time::timeout(self.timeout, insert.execute(pool)).await {
-                Ok(Ok(_)) => true,
-                Ok(Err(e)) if is_unique_violation(&e) => false,
-                Ok(Err(e)) => return Err(Error::store(e)),
-                Err(elapsed) => return Err(Error::store(elapsed)),
+            #[cfg(feature = "postgres-store")]
+            Pool::Postgres(pool) => {
+                let upsert = sqlx::query(&self.sql.create_upsert)
+                    .bind(id.as_str())
+                    .bind(&data)
+                    .bind(record.permanent)
+                    .bind(to_i64(record.created_at))
+                    .bind(to_i64(record.expires_at));
+                let done = bounded(self.timeout, upsert.execute(pool)).await?;
+                Ok(done.rows_affected() == 1)
             }
-        });
-        Ok(inserted)
+            #[cfg(feature = "mysql-store")]
+            Pool::MySql(pool) => insert_unless_live!(self, pool, id, record, data),
+            #[cfg(feature = "sqlite-store")]
+            Pool::Sqlite(pool) => insert_unless_live!(self, pool, id, record, data),
+        }
     }
 
     /// One statement on PostgreSQL and MySQL/MariaDB (one round trip, per
@@ -749,30 +754,21 @@ impl SessionStore for SqlStore {
     /// One transaction: the row locked and read, then deleted, so an
     /// `apply` waiting on the lock finds no row afterwards.
     async fn take(&self, id: &SessionId, now: u64) -> Result<Option<Record>, Error> {
-        #[cfg(feature = "postgres-store")]
-        #[allow(irrefutable_let_patterns)]
-        if let Pool::Postgres(pool) = &self.pool {
+        let row: Option<Row> = match &self.pool {
             // One statement: the row lock it takes makes it atomic with
-            // `apply`, whose UPDATE then finds no row.
-            let delete = sqlx::query_as(&self.sql.take_returning).bind(id.as_str());
-            let row: Option<Row> = bounded(self.timeout, delete.fetch_optional(pool)).await?;
-            let record = self.sql.record_from_row(row)?;
-            return Ok(record.filter(|record| !record.is_expired(now)));
-        }
-        let row: Option<Row> = by_backend!(self, pool => {
-            bounded(self.timeout, async {
-                let mut tx = pool.begin_with(self.sql.begin).await?;
-                let row = sqlx::query_as(&self.sql.take)
-                    .bind(id.as_str())
-                    .bind(to_i64(now))
-                    .fetch_optional(&mut *tx)
-                    .await?;
-                sqlx::query(&self.sql.delete).bind(id.as_str()).execute(&mut *tx).await?;
-                tx.commit().await?;
-                Ok::<_, sqlx::Error>(row)
-            })
-            .await?
-        });
+            // `apply`, whose UPDATE then finds no row. An expired row goes
+            // too, and is not returned.
+            #[cfg(feature = "postgres-store")]
+            Pool::Postgres(pool) => {
+                let delete = sqlx::query_as(&self.sql.take_returning).bind(id.as_str());
+                let row: Option<Row> = bounded(self.timeout, delete.fetch_optional(pool)).await?;
+                row.filter(|&(_, _, _, expires_at)| to_u64(expires_at) > now)
+            }
+            #[cfg(feature = "mysql-store")]
+            Pool::MySql(pool) => take_in_transaction!(self, pool, id, now),
+            #[cfg(feature = "sqlite-store")]
+            Pool::Sqlite(pool) => take_in_transaction!(self, pool, id, now),
+        };
         self.sql.record_from_row(row)
     }
 
@@ -784,6 +780,57 @@ impl SessionStore for SqlStore {
         Ok(done)
     }
 }
+
+/// MySQL's and SQLite's create: an expired row with the id no longer counts
+/// as taken, then an insert that a live row refuses.
+#[cfg(any(feature = "mysql-store", feature = "sqlite-store"))]
+macro_rules! insert_unless_live {
+    ($store:ident, $pool:ident, $id:expr, $record:expr, $data:expr) => {{
+        let clear = sqlx::query(&$store.sql.clear_expired_id)
+            .bind($id.as_str())
+            .bind(to_i64($record.created_at));
+        bounded($store.timeout, clear.execute($pool)).await?;
+        let insert = sqlx::query(&$store.sql.insert)
+            .bind($id.as_str())
+            .bind(&$data)
+            .bind($record.permanent)
+            .bind(to_i64($record.created_at))
+            .bind(to_i64($record.expires_at));
+        match tokio::time::timeout($store.timeout, insert.execute($pool)).await {
+            Ok(Ok(_)) => Ok(true),
+            Ok(Err(e)) if is_unique_violation(&e) => Ok(false),
+            Ok(Err(e)) => Err(Error::store(e)),
+            Err(elapsed) => Err(Error::store(elapsed)),
+        }
+    }};
+}
+#[cfg(any(feature = "mysql-store", feature = "sqlite-store"))]
+use insert_unless_live;
+
+/// MySQL's and SQLite's take: the row read under its lock (or the
+/// database's), then deleted, in one transaction.
+#[cfg(any(feature = "mysql-store", feature = "sqlite-store"))]
+macro_rules! take_in_transaction {
+    ($store:ident, $pool:ident, $id:expr, $now:expr) => {
+        bounded($store.timeout, async {
+            let mut tx = $pool.begin_with($store.sql.begin).await?;
+            let row = sqlx::query_as(&$store.sql.take)
+                .bind($id.as_str())
+                .bind(to_i64($now))
+                .fetch_optional(&mut *tx)
+                .await?;
+            sqlx::query(&$store.sql.delete)
+                .bind($id.as_str())
+                .execute(&mut *tx)
+                .await?;
+            tx.commit().await?;
+            Ok::<_, sqlx::Error>(row)
+        })
+        .await?
+    };
+}
+#[cfg(any(feature = "mysql-store", feature = "sqlite-store"))]
+use take_in_transaction;
 
 /// Inside a transaction that holds the row (`SELECT ... FOR UPDATE`) or the
 /// database (SQLite's `BEGIN IMMEDIATE`): read, apply, write.
