@@ -7,6 +7,7 @@
 
 use axum::{Router, routing::get};
 use session_layer::{Key, Session, SessionLayer};
+use tracing_subscriber::EnvFilter;
 
 async fn count(session: Session) -> Result<String, session_layer::Error> {
     let n = session.update("count", |n: Option<u64>| n.unwrap_or(0) + 1)?;
@@ -16,12 +17,10 @@ async fn count(session: Session) -> Result<String, session_layer::Error> {
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
     // A session that cannot be saved, or a short key, is logged: say so.
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
     tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
+        .with_env_filter(filter)
         .init();
     // A fresh key per start: fine for a demo, sessions end with the process.
     // `secure(false)` because the demo is plain http on localhost.

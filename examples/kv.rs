@@ -35,6 +35,7 @@ use axum::{Json, Router};
 use serde_json::{Map, Value};
 use session_layer::store::MemoryStore;
 use session_layer::{DefaultErrorHandler, Key, Session, SessionLayer};
+use tracing_subscriber::EnvFilter;
 
 type Reply = Result<Json<Map<String, Value>>, session_layer::Error>;
 
@@ -251,13 +252,11 @@ fn app<K: Clone + Send + Sync + 'static>(layer: SessionLayer<DefaultErrorHandler
 
 #[tokio::main]
 async fn main() -> ExitCode {
+    // Warnings (a short key) and errors show without RUST_LOG.
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("warn"));
     tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
-        .with_env_filter(
-            // Warnings (a short key) and errors show without RUST_LOG.
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
-        )
+        .with_env_filter(filter)
         .init();
     let router = match router().await {
         Ok(router) => router,

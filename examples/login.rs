@@ -26,6 +26,7 @@ use axum::routing::{get, post};
 use serde::Deserialize;
 use session_layer::store::MemoryStore;
 use session_layer::{Key, Session, SessionLayer};
+use tracing_subscriber::EnvFilter;
 
 /// The demo's only password. A real app checks a password hash.
 const PASSWORD: &str = "letmein";
@@ -127,12 +128,10 @@ fn layer() -> Result<SessionLayer, String> {
 #[tokio::main]
 async fn main() -> ExitCode {
     // A session that cannot be saved, or a short key, is logged: say so.
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
     tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
+        .with_env_filter(filter)
         .init();
     let layer = match layer() {
         Ok(layer) => layer,

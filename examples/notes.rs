@@ -28,6 +28,7 @@ use axum::response::{Html, IntoResponse, Redirect, Response};
 use axum::routing::{get, post};
 use serde::Deserialize;
 use session_layer::{Key, Session, SessionLayer};
+use tracing_subscriber::EnvFilter;
 
 #[derive(Deserialize)]
 struct Note {
@@ -106,12 +107,10 @@ async fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
     tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
+        .with_env_filter(filter)
         .init();
     // Say why a save failed (the default handler answers an empty 500).
     let layer = layer.with_error_handler(|error: &session_layer::Error| {

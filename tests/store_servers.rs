@@ -122,21 +122,32 @@ mod sql {
         .await;
     }
 
+    /// A pool, and a store on a migrated table of this run's own
+    /// (`sessions_NAME_PID`, dropped by the caller); `None` when the server
+    /// cannot be reached (a failure under CI=true).
+    #[cfg(feature = "postgres-store")]
+    async fn postgres_table(name: &str) -> Option<(sqlx::PgPool, SqlStore, String)> {
+        let url = env_or("POSTGRES_URL", "postgres://postgres@127.0.0.1:5432/test");
+        let Ok(pool) = sqlx::PgPool::connect(&url).await else {
+            missing(&format!("PostgreSQL at {url} is unreachable"));
+            return None;
+        };
+        let table = format!("sessions_{name}_{}", std::process::id());
+        let store = SqlStore::postgres(pool.clone()).table(&table);
+        store.migrate().await.unwrap();
+        Some((pool, store, table))
+    }
+
     /// A row an earlier version stored with a raw U+0000 (which PostgreSQL's
-    /// `jsonb` cannot read) still takes a save: the store falls back to a
-    /// transaction for it, and writes it back in the escaped form.
+    /// JSON types cannot read) still takes a save: the store falls back to
+    /// a transaction for it, and writes it back in the escaped form.
     #[cfg(feature = "postgres-store")]
     #[tokio::test]
     async fn postgres_rows_stored_before_the_escape_still_save() {
         use session_layer::store::{Changes, SessionId, SessionStore};
-        let url = env_or("POSTGRES_URL", "postgres://postgres@127.0.0.1:5432/test");
-        let Ok(pool) = sqlx::PgPool::connect(&url).await else {
-            missing(&format!("PostgreSQL at {url} is unreachable"));
+        let Some((pool, store, table)) = postgres_table("nul").await else {
             return;
         };
-        let table = format!("sessions_nul_{}", std::process::id());
-        let store = SqlStore::postgres(pool.clone()).table(&table);
-        store.migrate().await.unwrap();
         let id = SessionId::generate();
         let insert = format!("INSERT INTO {table} VALUES ($1, $2, false, 0, 4000000000)");
         sqlx::query(&insert)
@@ -167,14 +178,9 @@ mod sql {
     #[tokio::test]
     async fn postgres_saves_keep_values_as_written() {
         use session_layer::store::{Changes, Record, SessionId, SessionStore};
-        let url = env_or("POSTGRES_URL", "postgres://postgres@127.0.0.1:5432/test");
-        let Ok(pool) = sqlx::PgPool::connect(&url).await else {
-            missing(&format!("PostgreSQL at {url} is unreachable"));
+        let Some((pool, store, table)) = postgres_table("values").await else {
             return;
         };
-        let table = format!("sessions_values_{}", std::process::id());
-        let store = SqlStore::postgres(pool.clone()).table(&table);
-        store.migrate().await.unwrap();
         let big = serde_json::json!([1e308, 1e308, 1e308, 5e-324, -0.0]);
         let id = SessionId::generate();
         let record = Record::new(

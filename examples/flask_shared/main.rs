@@ -14,6 +14,7 @@ use axum::routing::{get, post};
 use serde::Deserialize;
 use session_layer::codec::FlaskCodec;
 use session_layer::{Session, SessionLayer};
+use tracing_subscriber::EnvFilter;
 
 #[derive(Deserialize)]
 struct Login {
@@ -44,12 +45,10 @@ async fn logout(session: Session) -> &'static str {
 #[tokio::main]
 async fn main() -> ExitCode {
     // A session that cannot be saved, or a short key, is logged: say so.
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
     tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
+        .with_env_filter(filter)
         .init();
     let secret = std::env::var("SESSION_SECRET")
         .unwrap_or_else(|_| "change me: one secret for both apps".into());
