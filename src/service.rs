@@ -134,4 +134,26 @@ mod tests {
         let response = service.oneshot(request).await.unwrap();
         assert!(response.headers().is_empty());
     }
+
+    /// `get_ref`, `get_mut` and `into_inner` reach the wrapped service: the
+    /// one `into_inner` gives back runs without the layer.
+    #[tokio::test]
+    async fn the_inner_service_is_reachable() {
+        async fn has_session(request: Request<String>) -> Result<Response<String>, Infallible> {
+            let found = Session::from_request(&request).await.is_ok();
+            Ok(Response::new(found.to_string()))
+        }
+        let mut service = SessionLayer::new(Key::generate()).layer(service_fn(has_session));
+        let _: &_ = service.get_ref();
+        let _: &mut _ = service.get_mut();
+        let wrapped = service
+            .clone()
+            .oneshot(Request::new(String::new()))
+            .await
+            .unwrap();
+        assert_eq!(wrapped.body(), "true");
+        let inner = service.into_inner();
+        let bare = inner.oneshot(Request::new(String::new())).await.unwrap();
+        assert_eq!(bare.body(), "false");
+    }
 }

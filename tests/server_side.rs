@@ -131,6 +131,10 @@ fn app(
         .route("/flush", post(flush))
         .route("/permanent", post(permanent))
         .route("/twice", get(twice))
+        .route(
+            "/extract-only",
+            get(|_session: Session| async { "took it" }),
+        )
         .layer(layer.with_store(store))
 }
 
@@ -512,6 +516,31 @@ async fn refreshing_the_expiry_is_throttled() {
     assert_eq!(applies(), 1, "one refresh once the interval passed");
     show(&mut jar, &app).await;
     assert_eq!(applies(), 1);
+}
+
+/// A permanent session's refresh rewrites the id cookie though the handler
+/// called no `Session` method: the response varies on `Cookie` all the same.
+#[tokio::test]
+async fn a_refresh_of_a_stored_session_varies_on_cookie() {
+    let (_, clock, app) = setup();
+    let mut jar = Jar::new();
+    jar.send(&app, get_req("/set/user/ann")).await;
+    jar.send(
+        &app,
+        http::Request::post("/permanent")
+            .body(axum::body::Body::empty())
+            .unwrap(),
+    )
+    .await;
+    clock.advance(3600);
+    let response = jar.send(&app, get_req("/extract-only")).await;
+    assert_eq!(set_cookies(&response).len(), 1, "the cookie was refreshed");
+    let vary: Vec<_> = response
+        .headers()
+        .get_all(http::header::VARY)
+        .iter()
+        .collect();
+    assert_eq!(vary, ["Cookie"]);
 }
 
 #[tokio::test]
