@@ -100,9 +100,18 @@ async fn logout(session: Session) -> Result<Redirect, session_layer::Error> {
     Ok(Redirect::to("/"))
 }
 
+/// An error and its cause: `Error`'s text says what failed, its
+/// `source()` why.
+fn with_cause(error: &session_layer::Error) -> String {
+    match std::error::Error::source(error) {
+        Some(cause) => format!("{error}: {cause}"),
+        None => error.to_string(),
+    }
+}
+
 fn layer() -> Result<SessionLayer, String> {
     let key = match std::env::var_os("SESSION_SECRET") {
-        Some(_) => Key::from_env("SESSION_SECRET").map_err(|e| e.to_string())?,
+        Some(_) => Key::from_env("SESSION_SECRET").map_err(|e| with_cause(&e))?,
         None => {
             eprintln!("warning: SESSION_SECRET is unset; using a random key");
             Key::generate()
@@ -118,7 +127,7 @@ fn layer() -> Result<SessionLayer, String> {
         #[cfg(feature = "file-store")]
         Ok(spec) if spec.starts_with("file:") => {
             let store =
-                session_layer::store::FileStore::new(&spec[5..]).map_err(|e| e.to_string())?;
+                session_layer::store::FileStore::new(&spec[5..]).map_err(|e| with_cause(&e))?;
             layer.with_store(store)
         }
         Ok(other) => return Err(format!("SESSION_STORE={other:?}: use memory or file:PATH")),

@@ -20,8 +20,9 @@ const SHARDS: usize = 16;
 /// the process until it ran out of memory.
 const DEFAULT_MAX_SESSIONS: usize = 100_000;
 
-/// Sessions in memory: the embedded default. Fast (no I/O, no
-/// serialization) and gone when the process stops; one process only.
+/// Sessions in memory: the embedded default. Fast (no I/O; a parse of the
+/// record's compact JSON per load) and gone when the process stops; one
+/// process only.
 ///
 /// - `apply` is atomic per key: it runs under the lock of the session's
 ///   shard, so concurrent requests never lose each other's writes.

@@ -2,7 +2,8 @@
 //! come with the crate. Stores know nothing of HTTP or cookies; the layer
 //! hands them validated ids, whole records and per-request changes.
 //!
-//! Writing a store means implementing five methods; the conformance suite
+//! Writing a store means implementing five methods (and `delete_expired`
+//! where the backend does not expire records itself); the conformance suite
 //! (`session_layer::testing`, feature `testing`) checks one against
 //! everything the layer relies on. `docs/stores.md` walks through it.
 

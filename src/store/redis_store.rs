@@ -121,6 +121,7 @@ impl RedisStore {
     /// As [`connect`](Self::connect).
     pub async fn connect_within(url: &str, timeout: Duration) -> Result<Self, Error> {
         let client = redis::Client::open(url).map_err(Error::store)?;
+        let deadline = tokio::time::Instant::now() + timeout;
         // One plain connection first: the manager retries a failed connect
         // until the bound runs out, which would hide why it failed.
         let probe = AsyncConnectionConfig::new()
@@ -132,14 +133,21 @@ impl RedisStore {
         // fail calls well inside the store's documented bound: switch it
         // off, so that `timeout` is the only bound on a call.
         let config = ConnectionManagerConfig::new().set_response_timeout(None);
-        let manager = bounded(timeout, client.get_connection_manager_with_config(config)).await?;
+        // One bound for the whole connect, the probe included.
+        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+        let manager = bounded(left, client.get_connection_manager_with_config(config)).await?;
         Ok(Self::with_connection(Conn::Single(manager)))
     }
 
     /// A store on a connection manager of your own (TLS, a custom
-    /// resolver, settings of your choice). Its own response timeout, if
-    /// it has one, applies as well as the store's
-    /// [`timeout`](Self::timeout): leave it unset, as `connect` does.
+    /// resolver, settings of your choice; `redis` 1.x with its
+    /// `connection-manager` feature as your own dependency).
+    ///
+    /// Build it with
+    /// `ConnectionManagerConfig::new().set_response_timeout(None)`: the
+    /// manager's default response timeout (500 ms) applies on top of the
+    /// store's [`timeout`](Self::timeout) and fails calls well inside it
+    /// under load.
     pub fn from_manager(manager: ConnectionManager) -> Self {
         Self::with_connection(Conn::Single(manager))
     }
