@@ -352,7 +352,10 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let store = FileStore::new(dir.path()).unwrap();
         let id = SessionId::generate();
-        store.create(&id, &record(now() + 60)).await.unwrap();
+        // One reading of the clock: a busy machine may cross a second
+        // between two.
+        let expires = now() + 60;
+        store.create(&id, &record(expires)).await.unwrap();
         let (shard, file) = paths(dir.path(), &id);
         // Make the lock file impossible to open: a directory in its place.
         fs::create_dir(shard.join(".lock.blocked")).unwrap();
@@ -369,7 +372,7 @@ mod tests {
         );
         assert_eq!(
             store.load(&id, now()).await.unwrap().unwrap().expires_at,
-            record(now() + 60).expires_at
+            expires
         );
         assert!(file.exists());
         // A root that is a file is refused at construction.
