@@ -19,7 +19,10 @@
 //!   or server-side (the cookie holds a signed id): `memory`, `file:PATH`,
 //!   `redis://..`, `postgres://..`, `mysql://..`, `sqlite:PATH`,
 //!   `memcache://..` (each with its store feature; `--all-features` has
-//!   them all).
+//!   them all);
+//! - `SESSION_CACHE=1`: a cache in this process in front of a server-side
+//!   store (`--features caching-store`): coherent on Redis and PostgreSQL,
+//!   which report every change, time-bounded (5 s) on the others.
 //!
 //! Routes: `GET /session`, `PUT /session/{key}` (JSON body),
 //! `DELETE /session/{key}`, `POST /session/clear`,
@@ -148,7 +151,7 @@ async fn network_store(layer: SessionLayer, spec: &str) -> Result<SessionLayer, 
             let store = session_layer::store::RedisStore::connect(spec)
                 .await
                 .map_err(failed)?;
-            Ok(layer.with_store(store))
+            coherent(layer, store).await
         }
         #[cfg(any(
             feature = "postgres-store",
@@ -162,14 +165,18 @@ async fn network_store(layer: SessionLayer, spec: &str) -> Result<SessionLayer, 
             // The example creates its table; a real app runs this in its
             // own migrations.
             store.migrate().await.map_err(failed)?;
-            Ok(layer.with_store(store))
+            if scheme.starts_with("postgres") {
+                coherent(layer, store).await
+            } else {
+                time_bounded(layer, store)
+            }
         }
         #[cfg(feature = "memcached-store")]
         "memcache" | "memcached" => {
             let store = session_layer::store::MemcachedStore::connect(spec)
                 .await
                 .map_err(failed)?;
-            Ok(layer.with_store(store))
+            time_bounded(layer, store)
         }
         _ => {
             drop((layer, failed));
@@ -207,6 +214,72 @@ fn file_store(path: &str) -> Result<session_layer::store::FileStore, String> {
 #[cfg(not(feature = "file-store"))]
 fn file_store(_: &str) -> Result<MemoryStore, String> {
     Err("SESSION_STORE=file:PATH needs the file-store feature: cargo run --features file-store --example kv".into())
+}
+
+/// Whether `SESSION_CACHE` asks for a cache in front of the store.
+fn cache_wanted() -> Result<bool, String> {
+    match std::env::var("SESSION_CACHE").as_deref() {
+        Err(_) | Ok("0") => Ok(false),
+        Ok("1") if cfg!(feature = "caching-store") => Ok(true),
+        Ok("1") => Err("SESSION_CACHE=1 needs the caching-store feature".into()),
+        Ok(other) => Err(format!("SESSION_CACHE={other:?}: use 1 or 0")),
+    }
+}
+
+/// The store, behind a coherent cache if `SESSION_CACHE=1`.
+#[cfg(all(
+    feature = "caching-store",
+    any(feature = "redis-store", feature = "postgres-store")
+))]
+async fn coherent<S: session_layer::store::Notifying>(
+    layer: SessionLayer,
+    store: S,
+) -> Result<SessionLayer, String> {
+    if !cache_wanted()? {
+        return Ok(layer.with_store(store));
+    }
+    let cache = session_layer::store::CachingStore::coherent(store).map_err(|e| e.to_string())?;
+    // Serve once the cache hears of changes (it reads through until then).
+    if !cache.wait_caching(std::time::Duration::from_secs(5)).await {
+        eprintln!("warning: the session cache is not listening for changes yet; reading through");
+    }
+    Ok(layer.with_store(cache))
+}
+
+#[cfg(all(
+    not(feature = "caching-store"),
+    any(feature = "redis-store", feature = "postgres-store")
+))]
+async fn coherent<S: session_layer::store::SessionStore>(
+    layer: SessionLayer,
+    store: S,
+) -> Result<SessionLayer, String> {
+    time_bounded(layer, store)
+}
+
+/// The store, behind a time-bounded cache if `SESSION_CACHE=1`.
+#[cfg(any(
+    feature = "redis-store",
+    feature = "postgres-store",
+    feature = "mysql-store",
+    feature = "sqlite-store",
+    feature = "memcached-store"
+))]
+fn time_bounded<S: session_layer::store::SessionStore>(
+    layer: SessionLayer,
+    store: S,
+) -> Result<SessionLayer, String> {
+    if !cache_wanted()? {
+        return Ok(layer.with_store(store));
+    }
+    #[cfg(feature = "caching-store")]
+    let layer = layer.with_store(session_layer::store::CachingStore::new(store));
+    #[cfg(not(feature = "caching-store"))]
+    let layer = {
+        drop(store);
+        layer
+    };
+    Ok(layer)
 }
 
 /// The key from `SESSION_SECRET`, or a random one with a warning.

@@ -39,6 +39,8 @@ pub(crate) struct CookieBackend {
 pub(crate) struct StoreBackend {
     pub(crate) store: Arc<dyn SessionStore>,
     pub(crate) keys: Keyring,
+    /// The store asked for write stamps ([`SessionStore::stamps_writes`]).
+    pub(crate) stamps: bool,
 }
 
 impl CookieBackend {

@@ -16,7 +16,7 @@ use crate::error::{Error, ErrorHandler, ErrorKind, LoadFailed};
 use crate::id::{self, SessionId};
 use crate::load::{Loaded, LoadedRecord, SessionHandle};
 use crate::session::State;
-use crate::store::{Changes, Record};
+use crate::store::{Changes, Record, STAMP_KEY};
 
 type Saving<B> = Pin<Box<dyn Future<Output = Response<B>> + Send>>;
 
@@ -290,6 +290,7 @@ enum StoreOp {
     Create {
         record: Record,
         cookie_expires: Option<u64>,
+        stamp: Option<String>,
     },
     /// A new record under a fresh id, then the old one taken, and what
     /// other requests wrote to it meanwhile carried over.
@@ -298,6 +299,7 @@ enum StoreOp {
         old: SessionId,
         touched: Touched,
         cookie_expires: Option<u64>,
+        stamp: Option<String>,
     },
     Apply(SessionId, Changes),
     Delete(SessionId),
@@ -308,7 +310,11 @@ enum StoreOp {
 enum CookieAction {
     None,
     Remove,
-    Rewrite { id: SessionId, expires: Option<u64> },
+    Rewrite {
+        id: SessionId,
+        expires: Option<u64>,
+        stamp: Option<String>,
+    },
 }
 
 /// Decides, under the session's lock, what the store and the cookie need;
@@ -341,9 +347,15 @@ fn plan_emptied(loaded: &Loaded, now: u64) -> StorePlan {
 /// which starts over under a new id), or the changes applied per key.
 fn plan_modified(shared: &Shared, loaded: &Loaded, state: &State, now: u64) -> StorePlan {
     let config = &shared.config;
+    // A store that answers from copies gets every write stamped, and the
+    // client the stamp (see `SessionStore::stamps_writes`).
+    let stamp = matches!(&shared.backend, Backend::Store(b) if b.stamps).then(id::stamp);
     let fresh = || {
         let expires = config.record_expiry(now, now);
-        let record = Record::new(state.data.clone(), state.permanent, now, expires);
+        let mut record = Record::new(state.data.clone(), state.permanent, now, expires);
+        if let Some(stamp) = &stamp {
+            record.data.insert(STAMP_KEY.into(), stamp.as_str().into());
+        }
         (record, state.permanent.then_some(expires))
     };
     match &loaded.record {
@@ -354,15 +366,19 @@ fn plan_modified(shared: &Shared, loaded: &Loaded, state: &State, now: u64) -> S
                 op: StoreOp::Create {
                     record,
                     cookie_expires,
+                    stamp,
                 },
                 cookie: CookieAction::None,
             }
         }
         Some(r) if state.cycle || state.flushed => {
             let (record, cookie_expires) = fresh();
+            let mut keys: BTreeSet<String> = state.changed.union(&state.removed).cloned().collect();
+            // The new stamp wins over the old record's.
+            keys.insert(STAMP_KEY.into());
             let touched = Touched {
                 cleared: state.cleared,
-                keys: state.changed.union(&state.removed).cloned().collect(),
+                keys,
             };
             StorePlan {
                 now,
@@ -371,6 +387,7 @@ fn plan_modified(shared: &Shared, loaded: &Loaded, state: &State, now: u64) -> S
                     old: r.id.clone(),
                     touched,
                     cookie_expires,
+                    stamp,
                 },
                 cookie: CookieAction::None,
             }
@@ -379,11 +396,15 @@ fn plan_modified(shared: &Shared, loaded: &Loaded, state: &State, now: u64) -> S
             let expires = config.record_expiry(r.created_at, now);
             let by_fallback = loaded.origin.as_ref().is_some_and(|o| o.by_fallback_key);
             let rewrite = state.permanent || state.permanent_changed || by_fallback;
+            let mut changes = state.changes(now, expires);
+            if let Some(stamp) = &stamp {
+                changes.set.push((STAMP_KEY.into(), stamp.as_str().into()));
+            }
             StorePlan {
                 now,
-                op: StoreOp::Apply(r.id.clone(), state.changes(now, expires)),
-                cookie: if rewrite {
-                    keep(r, state.permanent, expires)
+                op: StoreOp::Apply(r.id.clone(), changes),
+                cookie: if rewrite || stamp.is_some() {
+                    keep(r, state.permanent, expires, stamp)
                 } else {
                     CookieAction::None
                 },
@@ -413,17 +434,23 @@ fn plan_refresh(shared: &Shared, loaded: &Loaded, state: &State, now: u64) -> Op
             StoreOp::None
         },
         cookie: if state.permanent || by_fallback {
-            keep(r, state.permanent, expires)
+            keep(r, state.permanent, expires, r.stamp.clone())
         } else {
             CookieAction::None
         },
     })
 }
 
-fn keep(record: &LoadedRecord, permanent: bool, expires: u64) -> CookieAction {
+fn keep(
+    record: &LoadedRecord,
+    permanent: bool,
+    expires: u64,
+    stamp: Option<String>,
+) -> CookieAction {
     CookieAction::Rewrite {
         id: record.id.clone(),
         expires: permanent.then_some(expires),
+        stamp,
     }
 }
 
@@ -488,12 +515,14 @@ async fn run_store(
         StoreOp::Create {
             record,
             cookie_expires,
-        } => Some((create(backend, &record).await?, cookie_expires)),
+            stamp,
+        } => Some((create(backend, &record).await?, cookie_expires, stamp)),
         StoreOp::Cycle {
             record,
             old,
             touched,
             cookie_expires,
+            stamp,
         } => {
             let id = create(backend, &record).await?;
             let taken = store.take(&old, plan.now).await?;
@@ -509,7 +538,7 @@ async fn run_store(
                     return Err(Error::new(ErrorKind::SessionEnded));
                 }
             }
-            Some((id, cookie_expires))
+            Some((id, cookie_expires, stamp))
         }
         StoreOp::Apply(id, changes) => {
             if !store.apply(&id, &changes).await? {
@@ -523,8 +552,8 @@ async fn run_store(
         }
     };
     let config = &shared.config;
-    let set = |id: &SessionId, expires: Option<u64>| {
-        let value = id::sign(&backend.keys, &config.name, id);
+    let set = |id: &SessionId, expires: Option<u64>, stamp: Option<String>| {
+        let value = id::sign(&backend.keys, &config.name, id, stamp.as_deref());
         vec![cookie::set_cookie(
             config,
             &config.name,
@@ -533,13 +562,13 @@ async fn run_store(
             config.now(),
         )]
     };
-    if let Some((id, expires)) = created {
-        return Ok(set(&id, expires));
+    if let Some((id, expires, stamp)) = created {
+        return Ok(set(&id, expires, stamp));
     }
     Ok(match plan.cookie {
         CookieAction::None => Vec::new(),
         CookieAction::Remove => vec![cookie::removal_cookie(config, &config.name)],
-        CookieAction::Rewrite { id, expires } => set(&id, expires),
+        CookieAction::Rewrite { id, expires, stamp } => set(&id, expires, stamp),
     })
 }
 

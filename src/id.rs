@@ -85,21 +85,41 @@ impl fmt::Debug for SessionId {
 
 /// The cookie value carrying `id`: `id "." base64url(tag)`, the tag being
 /// HMAC-SHA256 under the keyring's id key over the cookie name and the id,
-/// cut to 128 bits.
-pub(crate) fn sign(keys: &Keyring, name: &str, id: &SessionId) -> String {
+/// cut to 128 bits; then `"." stamp` when the store stamps writes (the
+/// stamp of the session's last write, a cache hint outside the tag: a
+/// client that changes it only makes its own requests miss the cache).
+pub(crate) fn sign(keys: &Keyring, name: &str, id: &SessionId, stamp: Option<&str>) -> String {
     let tag = tag(keys.current().id_signing(), name, id);
-    let mut value = String::with_capacity(ID_LEN + 1 + 22);
+    let mut value = String::with_capacity(ID_LEN + 1 + 22 + 1 + STAMP_LEN);
     value.push_str(id.as_str());
     value.push('.');
     URL_SAFE_NO_PAD.encode_string(&tag[..TAG_BYTES], &mut value);
+    if let Some(stamp) = stamp {
+        value.push('.');
+        value.push_str(stamp);
+    }
     value
 }
 
+/// What a verified id cookie carries.
+pub(crate) struct Verified {
+    pub(crate) id: SessionId,
+    /// Verified by a fallback key: the cookie is re-signed.
+    pub(crate) by_fallback_key: bool,
+    /// The stamp of the last write the client was answered for, if any
+    /// (and well formed).
+    pub(crate) stamp: Option<String>,
+}
+
 /// The id in a cookie value if its shape and tag are right (any key of
-/// the keyring), checked in constant time; `Some((id, by_fallback_key))`.
-pub(crate) fn verify(keys: &Keyring, name: &str, value: &[u8]) -> Option<(SessionId, bool)> {
+/// the keyring), checked in constant time.
+pub(crate) fn verify(keys: &Keyring, name: &str, value: &[u8]) -> Option<Verified> {
     let value = std::str::from_utf8(value).ok()?;
-    let (id, tag) = value.split_once('.')?;
+    let (id, rest) = value.split_once('.')?;
+    let (tag, stamp) = match rest.split_once('.') {
+        Some((tag, stamp)) => (tag, is_stamp(stamp).then(|| stamp.to_owned())),
+        None => (rest, None),
+    };
     let id = SessionId::parse(id)?;
     let tag = URL_SAFE_NO_PAD.decode(tag).ok()?;
     if tag.len() != TAG_BYTES {
@@ -110,7 +130,28 @@ pub(crate) fn verify(keys: &Keyring, name: &str, value: &[u8]) -> Option<(Sessio
             .verify_truncated_left(&tag)
             .is_ok()
     })?;
-    Some((id, by_fallback_key))
+    Some(Verified {
+        id,
+        by_fallback_key,
+        stamp,
+    })
+}
+
+/// The length of a write stamp: 64 random bits in base64url.
+const STAMP_LEN: usize = 11;
+
+/// A fresh write stamp.
+pub(crate) fn stamp() -> String {
+    let mut bytes = [0u8; 8];
+    getrandom::fill(&mut bytes).expect("the OS random number generator failed");
+    URL_SAFE_NO_PAD.encode(bytes)
+}
+
+fn is_stamp(text: &str) -> bool {
+    text.len() == STAMP_LEN
+        && text
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
 }
 
 fn tag(key: &HmacSha256, name: &str, id: &SessionId) -> [u8; 32] {
@@ -168,12 +209,17 @@ mod tests {
         }
     }
 
+    /// The id and whether a fallback key verified it.
+    fn verified(keys: &Keyring, name: &str, value: &[u8]) -> Option<(SessionId, bool)> {
+        verify(keys, name, value).map(|v| (v.id, v.by_fallback_key))
+    }
+
     #[test]
     fn signed_ids_verify_only_with_the_key_and_name() {
         let id = SessionId::generate();
-        let value = sign(&keys(1), "session", &id);
+        let value = sign(&keys(1), "session", &id, None);
         assert_eq!(
-            verify(&keys(1), "session", value.as_bytes()),
+            verified(&keys(1), "session", value.as_bytes()),
             Some((id.clone(), false))
         );
         assert!(verify(&keys(2), "session", value.as_bytes()).is_none());
@@ -181,15 +227,41 @@ mod tests {
         let rotated = Keyring::new(Key::from_bytes(&[2; 32]).unwrap())
             .fallback(Key::from_bytes(&[1; 32]).unwrap());
         assert_eq!(
-            verify(&rotated, "session", value.as_bytes()),
+            verified(&rotated, "session", value.as_bytes()),
             Some((id, true))
         );
     }
 
     #[test]
+    fn a_stamp_rides_beside_the_tag_and_only_a_well_formed_one_counts() {
+        let id = SessionId::generate();
+        let stamp = stamp();
+        assert_eq!(stamp.len(), STAMP_LEN);
+        let value = sign(&keys(1), "session", &id, Some(&stamp));
+        let got = verify(&keys(1), "session", value.as_bytes()).unwrap();
+        assert_eq!((got.id, got.stamp), (id.clone(), Some(stamp.clone())));
+        // A changed stamp is only a hint gone wrong: the id still verifies.
+        let plain = sign(&keys(1), "session", &id, None);
+        for bad in ["", "short", "a.b.c.d.e.f", "!!!!!!!!!!!", "AAAAAAAAAAAA"] {
+            let value = format!("{plain}.{bad}");
+            let got = verify(&keys(1), "session", value.as_bytes());
+            assert_eq!(
+                got.map(|v| (v.id, v.stamp)),
+                Some((id.clone(), None)),
+                "{bad:?}"
+            );
+        }
+        // The tag still covers the id.
+        let forged = value.replacen(&id.as_str()[..1], "A", 1);
+        if forged != value {
+            assert!(verify(&keys(1), "session", forged.as_bytes()).is_none());
+        }
+    }
+
+    #[test]
     fn any_change_to_the_cookie_is_refused() {
         let id = SessionId::generate();
-        let value = sign(&keys(1), "session", &id);
+        let value = sign(&keys(1), "session", &id, None);
         for i in 0..value.len() {
             let mut bytes = value.clone().into_bytes();
             bytes[i] = if bytes[i] == b'A' { b'B' } else { b'A' };

@@ -151,6 +151,7 @@ impl<H> SessionLayer<H, Keyed> {
     /// `with_store` is not available on it.
     pub fn with_store(mut self, store: impl SessionStore) -> Self {
         Arc::make_mut(&mut self.shared).backend = Backend::Store(StoreBackend {
+            stamps: store.stamps_writes(),
             store: Arc::new(store),
             keys: self.kind.keys.clone(),
         });

@@ -12,6 +12,7 @@ use crate::cookie::{self, Family};
 use crate::error::{Error, ErrorKind};
 use crate::id::{self, SessionId};
 use crate::session::{Session, State};
+use crate::store::STAMP_KEY;
 
 impl Session {
     /// The session a [`SessionLayer`](crate::SessionLayer) prepared for this
@@ -90,6 +91,9 @@ pub(crate) struct LoadedRecord {
     pub(crate) id: SessionId,
     pub(crate) created_at: u64,
     pub(crate) expires_at: u64,
+    /// The write stamp the client's cookie carried (stores that stamp
+    /// writes), kept when the cookie is re-signed without a write.
+    pub(crate) stamp: Option<String>,
 }
 
 impl SessionHandle {
@@ -211,11 +215,25 @@ async fn fetch(
     let mut loaded = empty(family, true);
     let now = config.now();
     for candidate in &family.candidates {
-        let Some((id, by_fallback_key)) = id::verify(&backend.keys, name, candidate) else {
+        let Some(id::Verified {
+            id,
+            by_fallback_key,
+            stamp,
+        }) = id::verify(&backend.keys, name, candidate)
+        else {
             tracing::debug!(cookie = name, "session id cookie refused");
             continue;
         };
-        match backend.store.load(&id, now).await? {
+        let record = match (&stamp, backend.stamps) {
+            (Some(seen), true) => backend.store.load_seen(&id, now, seen).await?,
+            _ => backend.store.load(&id, now).await?,
+        };
+        // The stamp is the layer's, never the handler's.
+        let record = record.map(|mut record| {
+            record.data.remove(STAMP_KEY);
+            record
+        });
+        match record {
             Some(record) if config.revoked(&record.data, record.created_at) => {
                 tracing::debug!(
                     cookie = name,
@@ -239,6 +257,7 @@ async fn fetch(
                     id,
                     created_at: record.created_at,
                     expires_at: record.expires_at,
+                    stamp,
                 });
                 break;
             }

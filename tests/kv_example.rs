@@ -240,3 +240,76 @@ fn the_kv_api_works_on_every_server_store() {
         kv_api_works_with(&[("SESSION_STORE", &url)]);
     }
 }
+
+/// Two kv processes on one store, each with a coherent cache
+/// (`SESSION_CACHE=1`), and one client going back and forth between them:
+/// every answer carries the write the client was last answered for (each
+/// write's stamp travels with the client), and a logout or a cycled id on
+/// one ends the session on the other.
+#[test]
+fn two_cached_kv_processes_never_answer_a_stale_session() {
+    let mut urls = Vec::new();
+    if cfg!(all(feature = "caching-store", feature = "redis-store")) {
+        urls.push(std::env::var("REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".into()));
+    }
+    if cfg!(all(feature = "caching-store", feature = "postgres-store")) {
+        urls.push(
+            std::env::var("POSTGRES_URL")
+                .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".into()),
+        );
+    }
+    for url in urls {
+        if !reachable(&url) {
+            common::missing(&format!("{url} is unreachable"));
+            continue;
+        }
+        let env = [("SESSION_STORE", url.as_str()), ("SESSION_CACHE", "1")];
+        let servers = [start(&env), start(&env)];
+        let mut clients = servers.each_ref().map(|server| Client {
+            server,
+            cookie: String::new(),
+        });
+        // One cookie, whichever server answered last.
+        let mut cookie = String::new();
+        let mut send = |server: usize, method: &str, path: &str, body: &str| {
+            let client = &mut clients[server];
+            client.cookie.clone_from(&cookie);
+            let reply = client.send(method, path, body);
+            assert_eq!(reply.status, 200, "{method} {path}: {}", reply.body);
+            cookie.clone_from(&client.cookie);
+            (reply.body, cookie.clone())
+        };
+        for round in 0..40 {
+            let (writer, reader) = (round % 2, 1 - round % 2);
+            send(writer, "PUT", "/session/n", &round.to_string());
+            assert_eq!(
+                send(reader, "GET", "/session", "").0,
+                format!(r#"{{"n":{round}}}"#),
+                "{url}: round {round}, read on the other server"
+            );
+        }
+        send(0, "POST", "/session/clear", "");
+        assert_eq!(send(1, "GET", "/session", "").0, "{}", "{url}: logged out");
+
+        let (_, old) = send(1, "PUT", "/session/user", r#""ann""#);
+        assert_eq!(send(0, "GET", "/session", "").0, r#"{"user":"ann"}"#);
+        let (_, new) = send(0, "POST", "/session/cycle", "");
+        assert_ne!(new, old, "a new id");
+        assert_eq!(send(1, "GET", "/session", "").0, r#"{"user":"ann"}"#);
+        // The old id is a cookie no client keeps (only a thief could send
+        // it): the other server drops its copy when the take's message is
+        // in, and it never comes back.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        while request(&servers[1], "GET", "/session", "", &old).body != "{}" {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "{url}: the old id lives on"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
+        for _ in 0..10 {
+            let stale = request(&servers[1], "GET", "/session", "", &old);
+            assert_eq!(stale.body, "{}", "{url}: the old id came back");
+        }
+    }
+}

@@ -613,3 +613,59 @@ async fn not_before_revokes_stored_sessions_created_earlier() {
     new.send(&app, get_req("/set/user/bob")).await;
     assert_eq!(show(&mut new, &app).await, r#"{"user":"bob"}"#);
 }
+
+/// Two servers, each with a cache that could serve the other's old copy
+/// for an hour: the client's own writes are still never read stale, since
+/// each write is stamped and the client carries the stamp to the next
+/// server (whose copy lacks it, so it reads through). The handler never
+/// sees the stamp.
+#[cfg(feature = "caching-store")]
+#[tokio::test]
+async fn a_client_reads_its_own_writes_through_any_servers_cache() {
+    use session_layer::store::CachingStore;
+    let backend = Arc::new(MemoryStore::new());
+    let server = || {
+        let cache = CachingStore::with_cache(backend.clone(), 100, Duration::from_secs(3600));
+        Router::new()
+            .route("/", get(read))
+            .route("/set/{key}/{value}", put(set))
+            .route("/cycle", post(cycle))
+            .layer(SessionLayer::new(Key::from_bytes(&[5; 32]).unwrap()).with_store(cache))
+    };
+    let (a, b) = (server(), server());
+    let mut jar = Jar::new();
+    let put_req = |uri: &str| {
+        http::Request::put(uri)
+            .body(axum::body::Body::empty())
+            .unwrap()
+    };
+    jar.send(&a, put_req("/set/n/0")).await;
+    for round in 1..20 {
+        let (writer, reader) = if round % 2 == 0 { (&a, &b) } else { (&b, &a) };
+        assert_eq!(
+            show(&mut jar, reader).await,
+            format!(r#"{{"n":"{}"}}"#, round - 1)
+        );
+        let response = jar.send(writer, put_req(&format!("/set/n/{round}"))).await;
+        assert_eq!(response.status(), StatusCode::OK);
+        assert_eq!(
+            set_cookies(&response).len(),
+            1,
+            "each write hands the client its stamp"
+        );
+    }
+    // a holds round 18's record (its own write, then read back in round
+    // 19); b wrote 19 since: not served to this client.
+    assert_eq!(show(&mut jar, &a).await, r#"{"n":"19"}"#);
+    // A new id from a cycle on one server reads through on the other.
+    let mut old = jar.clone();
+    jar.send(
+        &a,
+        http::Request::post("/cycle")
+            .body(axum::body::Body::empty())
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(show(&mut jar, &b).await, r#"{"n":"19"}"#);
+    assert_eq!(show(&mut old, &a).await, "{}", "the old id is gone");
+}

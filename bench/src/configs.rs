@@ -7,7 +7,9 @@ use axum::extract::FromRef;
 use axum::routing::get;
 use axum_extra::extract::cookie::{Cookie, Key as CookieKey, SignedCookieJar};
 use session_layer::codec::FlaskCodec;
-use session_layer::store::SessionStore;
+use std::time::Duration;
+
+use session_layer::store::{CachingStore, SessionStore};
 use session_layer::{DefaultErrorHandler, Key, Session, SessionLayer};
 
 /// A configuration under test.
@@ -198,6 +200,13 @@ pub async fn all(include_remote: bool) -> Vec<Config> {
         }),
         Err(e) => eprintln!("left out session-layer RedisStore: {e}"),
     }
+    match coherent_redis().await {
+        Ok(store) => configs.push(Config {
+            name: "session-layer RedisStore + coherent cache",
+            router: ours_with(store),
+        }),
+        Err(e) => eprintln!("left out session-layer RedisStore + coherent cache: {e}"),
+    }
     match tower_sessions_redis().await {
         Ok(store) => configs.push(Config {
             name: "tower-sessions RedisStore",
@@ -211,8 +220,15 @@ pub async fn all(include_remote: bool) -> Vec<Config> {
             if store.migrate().await.is_ok() {
                 configs.push(Config {
                     name: "session-layer SqlStore (PostgreSQL)",
-                    router: ours_with(store),
+                    router: ours_with(store.clone()),
                 });
+                let cache = CachingStore::coherent(store).unwrap();
+                if cache.wait_caching(Duration::from_secs(5)).await {
+                    configs.push(Config {
+                        name: "session-layer SqlStore (PostgreSQL) + coherent cache",
+                        router: ours_with(cache),
+                    });
+                }
             }
         }
         Err(e) => eprintln!("left out PostgreSQL: {e}"),
@@ -240,6 +256,19 @@ pub async fn all(include_remote: bool) -> Vec<Config> {
         Err(e) => eprintln!("left out Memcached: {e}"),
     }
     configs
+}
+
+/// A RedisStore behind a coherent cache, once the cache listens.
+async fn coherent_redis() -> Result<CachingStore<session_layer::store::RedisStore>, String> {
+    let store = session_layer::store::RedisStore::connect("redis://127.0.0.1:6379")
+        .await
+        .map_err(|e| e.to_string())?
+        .prefix("bench:cached:");
+    let cache = CachingStore::coherent(store).map_err(|e| e.to_string())?;
+    if !cache.wait_caching(Duration::from_secs(5)).await {
+        return Err("the cache did not start listening".into());
+    }
+    Ok(cache)
 }
 
 async fn tower_sessions_redis() -> Result<

@@ -8,6 +8,7 @@
 //! ```
 
 mod chart;
+mod coherence;
 mod configs;
 mod inprocess;
 mod load;
@@ -54,6 +55,22 @@ fn main() {
                     );
                 }
             });
+        }
+        "coherence" => {
+            let writes = arg(&args, "--writes").unwrap_or(2000);
+            let runtime = tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            runtime.block_on(coherence::run(writes));
+        }
+        "round-trips" => {
+            let requests = arg(&args, "--requests").unwrap_or(1000);
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            runtime.block_on(coherence::round_trips(requests as u32));
         }
         "scale" => {
             println!(
@@ -116,7 +133,9 @@ fn main() {
             runtime.block_on(scale::measure(&which, sessions));
         }
         other => {
-            eprintln!("unknown command {other}: use inprocess, load or scale");
+            eprintln!(
+                "unknown command {other}: use inprocess, load, scale, coherence or round-trips"
+            );
             std::process::exit(2);
         }
     }

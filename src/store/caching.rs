@@ -1,43 +1,64 @@
-//! `CachingStore`: an in-process cache in front of any store.
+//! `CachingStore`: an in-process cache in front of any store, kept
+//! coherent by stores that report changes.
 
 use std::future::Future;
 use std::hash::{BuildHasher, RandomState};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Weak};
 use std::time::Duration;
 
 use async_trait::async_trait;
 use moka::future::Cache;
 
-use super::{Changes, Record, SessionId, SessionStore};
+use super::{Changes, Record, STAMP_KEY, SessionId, SessionStore};
 use crate::error::Error;
 
-/// A cache of loaded records (moka, a concurrent LRU with time-to-live) in
-/// front of another store, so a session read on every request costs a
-/// backend round trip only when the cache misses.
+/// A cache of loaded records (moka, a concurrent LRU) in front of another
+/// store, so a session read on every request costs a backend round trip
+/// only when the cache misses.
 ///
-/// Writes go through: `create`, `apply`, `delete` and `take` reach the
-/// backend first, and per-key atomicity is the backend's. This process
-/// never reads its own write stale, nor a session it logged out: every
-/// write counts a generation once it is done (or abandoned: the count is
-/// taken when the write's future is dropped, so a request cancelled
-/// mid-write counts too), and a cached record is served only while the
-/// generation it was read under is still current. A load that raced a
-/// write therefore never serves what it read once the write has counted.
-/// (A write abandoned by a timeout but still in flight at the backend can
-/// land after its count: such a late write may be missed here for up to
-/// the TTL.)
+/// Two modes:
 ///
-/// **Staleness bound.** When several processes share the backend, a change
-/// made through another process is seen here at most [`ttl`](Self::ttl)
-/// later (default 5 seconds): a logout on one server lets another still
-/// serve the session for up to that long. Keep the TTL short, or use no
-/// cache where revocation must be instant.
+/// - **Coherent** ([`CachingStore::coherent`]), for stores that report
+///   changes ([`Notifying`]: `RedisStore` on one server, `SqlStore` on
+///   PostgreSQL). Every write made through any process publishes the id it
+///   changed, in the same round trip as the write; each cache listens and
+///   drops what changed. Records stay cached until they change, with no
+///   time-to-live. If the channel is lost (connection dropped, killed,
+///   server restarted), the cache drops everything and reads through until
+///   the channel is back.
+/// - **Time-bounded** ([`CachingStore::new`], [`with_cache`](Self::with_cache)),
+///   for any store: a change made through another process is seen here at
+///   most [`ttl`](Self::ttl) later (default 5 seconds), so a logout on one
+///   server lets another still serve the session for up to that long.
+///
+/// In both modes this process never reads its own write stale, nor a
+/// session it logged out. Writes go through (`create`, `apply`, `delete`
+/// and `take` reach the backend first; per-key atomicity is the backend's),
+/// every write counts a generation once it is done (or abandoned: the
+/// count is taken when the write's future is dropped, so a request
+/// cancelled mid-write counts too), and a cached record is served only
+/// while the generation it was read under is current. A record this
+/// process wrote is updated in place when no other write came between,
+/// so a read-modify-write costs one round trip, not two.
+///
+/// **What coherent means here.** Another process's change reaches this
+/// cache one message after the write: Redis or PostgreSQL sends it to every
+/// listener as it answers the writer. A request this server handles after
+/// it has read that message never sees the old record; one that arrives
+/// in the instant between the writer's answer and this server reading the
+/// message still can (`docs/stores.md` gives the measured delivery time).
+/// A write abandoned by a timeout but still in flight at the backend can
+/// land after its count: the channel reports it when it lands (the
+/// time-bounded mode misses it for up to the TTL).
 #[derive(Debug)]
 pub struct CachingStore<S> {
     inner: S,
     /// Each record with the generation of its stripe when it was read.
     cache: Cache<SessionId, (Record, u64)>,
-    generations: Generations,
+    state: Arc<State>,
+    /// The task listening for changes (coherent mode), stopped on drop.
+    _watcher: Option<Watcher>,
 }
 
 /// Write counters, one per stripe of ids: a cached record is good while
@@ -46,47 +67,150 @@ pub struct CachingStore<S> {
 /// another id of the same stripe only costs a cached record, never
 /// correctness.
 #[derive(Debug)]
-struct Generations {
+struct State {
     stripes: Box<[AtomicU64]>,
     hasher: RandomState,
+    /// Whether records may be cached: always in the time-bounded mode;
+    /// while the change channel is up in the coherent mode.
+    live: AtomicBool,
+    /// Changes the channel reported.
+    heard: AtomicU64,
+    /// Times the channel was lost.
+    losses: AtomicU64,
 }
 
-impl Generations {
-    const STRIPES: usize = 256;
+impl State {
+    const STRIPES: usize = 4096;
 
-    fn new() -> Self {
+    fn new(live: bool) -> Self {
         Self {
             stripes: (0..Self::STRIPES).map(|_| AtomicU64::new(0)).collect(),
             hasher: RandomState::new(),
+            live: AtomicBool::new(live),
+            heard: AtomicU64::new(0),
+            losses: AtomicU64::new(0),
         }
     }
 
-    fn stripe(&self, id: &SessionId) -> &AtomicU64 {
-        let hash = self.hasher.hash_one(id.as_str());
+    fn stripe(&self, id: &str) -> &AtomicU64 {
+        let hash = self.hasher.hash_one(id);
         // The modulo keeps the index below STRIPES, so it fits a usize.
         #[allow(clippy::cast_possible_truncation)]
         &self.stripes[(hash % Self::STRIPES as u64) as usize]
     }
 
-    fn current(&self, id: &SessionId) -> u64 {
+    fn current(&self, id: &str) -> u64 {
         self.stripe(id).load(Ordering::SeqCst)
     }
 
-    fn bump(&self, id: &SessionId) {
+    fn bump(&self, id: &str) {
         self.stripe(id).fetch_add(1, Ordering::SeqCst);
+    }
+
+    /// Makes every cached record stale.
+    fn bump_all(&self) {
+        for stripe in &*self.stripes {
+            stripe.fetch_add(1, Ordering::SeqCst);
+        }
+    }
+
+    fn live(&self) -> bool {
+        self.live.load(Ordering::SeqCst)
     }
 }
 
 /// Counts a write when dropped: after the write returns, or when its
 /// future is dropped mid-way (a cancelled request), whichever comes first.
 struct Counted<'a> {
-    generations: &'a Generations,
+    state: &'a State,
     id: &'a SessionId,
 }
 
 impl Drop for Counted<'_> {
     fn drop(&mut self) {
-        self.generations.bump(self.id);
+        self.state.bump(self.id.as_str());
+    }
+}
+
+/// Stops the listening task with the cache.
+#[derive(Debug)]
+struct Watcher(tokio::task::AbortHandle);
+
+impl Drop for Watcher {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// A store that reports the changes made to it, so that a
+/// [`CachingStore::coherent`] in front of it can keep records until they
+/// change.
+///
+/// Each write publishes the id it changed, tagged with the origin of the
+/// store value that wrote it, in the same round trip as the write;
+/// [`watch`](Self::watch) listens and reports the changes of every other
+/// origin.
+#[async_trait]
+pub trait Notifying: SessionStore + Sized {
+    /// This store with its writes tagged as `origin` (never 0, the tag of
+    /// stores no cache owns), so that a cache is not told of its own
+    /// writes, which it applies itself.
+    ///
+    /// # Errors
+    /// [`ErrorKind::Store`](crate::ErrorKind::Store) when this store cannot
+    /// report changes (a Redis Cluster, MySQL, SQLite, a connection handed
+    /// in without the means to open another).
+    fn with_origin(&self, origin: u64) -> Result<Self, Error>;
+
+    /// Listens for changes made under any origin but this store's and
+    /// reports them to `to`: [`Invalidations::connected`] once listening,
+    /// [`Invalidations::changed`] for each change,
+    /// [`Invalidations::lost`] when the channel breaks (then reconnects).
+    /// Returns once [`Invalidations::is_closed`].
+    async fn watch(&self, to: Invalidations);
+}
+
+/// Where a [`Notifying`] store reports changes: a handle on one
+/// [`CachingStore`]'s state that does not keep the cache alive.
+#[derive(Debug, Clone)]
+pub struct Invalidations(Weak<State>);
+
+impl Invalidations {
+    /// The session `id` changed (written, deleted or taken) elsewhere.
+    pub fn changed(&self, id: &str) {
+        if let Some(state) = self.0.upgrade() {
+            state.bump(id);
+            state.heard.fetch_add(1, Ordering::SeqCst);
+        }
+    }
+
+    /// The channel is down: changes may be missed until
+    /// [`connected`](Self::connected), so the cache drops what it holds
+    /// and reads through.
+    pub fn lost(&self) {
+        if let Some(state) = self.0.upgrade() {
+            state.live.store(false, Ordering::SeqCst);
+            state.bump_all();
+            state.losses.fetch_add(1, Ordering::SeqCst);
+            tracing::warn!("session cache: change channel lost, reading through");
+        }
+    }
+
+    /// The channel is listening: every change from now on is reported, so
+    /// records read from now on may be cached.
+    pub fn connected(&self) {
+        if let Some(state) = self.0.upgrade() {
+            // Records read while the channel was down may have missed a
+            // change: none of them is served.
+            state.bump_all();
+            state.live.store(true, Ordering::SeqCst);
+            tracing::debug!("session cache: change channel listening");
+        }
+    }
+
+    /// Whether the cache is gone, so the listener can stop.
+    pub fn is_closed(&self) -> bool {
+        self.0.strong_count() == 0
     }
 }
 
@@ -104,12 +228,14 @@ impl<S: SessionStore> CachingStore<S> {
                 .max_capacity(capacity)
                 .time_to_live(ttl)
                 .build(),
-            generations: Generations::new(),
+            state: Arc::new(State::new(true)),
+            _watcher: None,
         }
     }
 
-    /// How long a record may be served from the cache: the bound on how
-    /// stale a change made by another process can look here.
+    /// How long a record may be served from the cache in the
+    /// time-bounded mode (`None` in the coherent mode, where records stay
+    /// until they change).
     pub fn ttl(&self) -> Option<Duration> {
         self.cache.policy().time_to_live()
     }
@@ -118,39 +244,137 @@ impl<S: SessionStore> CachingStore<S> {
     pub fn inner(&self) -> &S {
         &self.inner
     }
+
+    /// Whether records are being served from the cache: always in the
+    /// time-bounded mode; in the coherent mode, while the change channel
+    /// is listening (a health check can report it).
+    pub fn is_caching(&self) -> bool {
+        self.state.live()
+    }
+
+    /// How many changes made elsewhere the channel has reported (coherent
+    /// mode), for metrics.
+    pub fn changes_heard(&self) -> u64 {
+        self.state.heard.load(Ordering::SeqCst)
+    }
+
+    /// How many times the change channel was lost (coherent mode), for
+    /// metrics.
+    pub fn channel_losses(&self) -> u64 {
+        self.state.losses.load(Ordering::SeqCst)
+    }
+
+    /// Waits up to `within` for [`is_caching`](Self::is_caching): in the
+    /// coherent mode, for the change channel to listen (at start-up, say,
+    /// before a health check reports ready). Returns whether it does.
+    pub async fn wait_caching(&self, within: Duration) -> bool {
+        let deadline = tokio::time::Instant::now() + within;
+        while !self.is_caching() {
+            if tokio::time::Instant::now() >= deadline {
+                return false;
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        true
+    }
+}
+
+impl<S: Notifying> CachingStore<S> {
+    /// Caches up to 10,000 records of `inner` until they change, told of
+    /// changes by `inner`. Starts the listening task (stopped with the
+    /// cache); records are cached once it listens, and read through
+    /// until then.
+    ///
+    /// Must be called within a Tokio runtime.
+    ///
+    /// # Errors
+    /// As [`Notifying::with_origin`]: the store cannot report changes (use
+    /// [`CachingStore::new`], time-bounded, for it).
+    pub fn coherent(inner: S) -> Result<Self, Error> {
+        Self::coherent_with_capacity(inner, 10_000)
+    }
+
+    /// [`coherent`](Self::coherent), with up to `capacity` records.
+    ///
+    /// # Errors
+    /// As [`coherent`](Self::coherent).
+    pub fn coherent_with_capacity(inner: S, capacity: u64) -> Result<Self, Error> {
+        // Nonzero and unpredictable: another process's cache must never
+        // share it.
+        let origin = loop {
+            let mut bytes = [0; 8];
+            getrandom::fill(&mut bytes).expect("the OS random number generator failed");
+            let origin = u64::from_le_bytes(bytes);
+            if origin != 0 {
+                break origin;
+            }
+        };
+        let inner = inner.with_origin(origin)?;
+        let state = Arc::new(State::new(false));
+        let listener = inner.with_origin(origin)?;
+        let to = Invalidations(Arc::downgrade(&state));
+        let task = tokio::spawn(async move { listener.watch(to).await });
+        Ok(Self {
+            inner,
+            cache: Cache::builder().max_capacity(capacity).build(),
+            state,
+            _watcher: Some(Watcher(task.abort_handle())),
+        })
+    }
 }
 
 #[async_trait]
 impl<S: SessionStore> SessionStore for CachingStore<S> {
     async fn load(&self, id: &SessionId, now: u64) -> Result<Option<Record>, Error> {
-        let generation = self.generations.current(id);
-        if let Some((record, read_under)) = self.cache.get(id).await {
-            if read_under == generation && !record.is_expired(now) {
-                return Ok(Some(record));
-            }
-            self.cache.invalidate(id).await;
-        }
-        // Read under `generation`, taken before the backend is asked: a
-        // write that lands after this read counts after it, so the copy
-        // below is never served once that write has counted.
-        let record = self.inner.load(id, now).await?;
-        if let Some(record) = &record {
-            self.cache
-                .insert(id.clone(), (record.clone(), generation))
-                .await;
-        }
-        Ok(record)
+        self.load_where(id, now, |_| true).await
+    }
+
+    /// Every server behind the cache stamps its writes and hands the
+    /// client the stamp, so a copy is served only to a client whose last
+    /// write it holds: read-your-writes across servers, whatever the
+    /// channel's delay (or the TTL).
+    fn stamps_writes(&self) -> bool {
+        true
+    }
+
+    async fn load_seen(
+        &self,
+        id: &SessionId,
+        now: u64,
+        seen: &str,
+    ) -> Result<Option<Record>, Error> {
+        self.load_where(id, now, |record| {
+            record.data.get(STAMP_KEY).and_then(|v| v.as_str()) == Some(seen)
+        })
+        .await
     }
 
     async fn create(&self, id: &SessionId, record: &Record) -> Result<bool, Error> {
+        let before = self.state.current(id.as_str());
         let created = self.write(id, self.inner.create(id, record)).await;
-        self.cache.invalidate(id).await;
+        if matches!(created, Ok(true)) {
+            self.keep(id, before, record.clone()).await;
+        } else {
+            self.cache.invalidate(id).await;
+        }
         created
     }
 
     async fn apply(&self, id: &SessionId, changes: &Changes) -> Result<bool, Error> {
+        let before = self.state.current(id.as_str());
+        let cached = self
+            .cache
+            .get(id)
+            .await
+            .filter(|(_, read_under)| *read_under == before);
         let applied = self.write(id, self.inner.apply(id, changes)).await;
-        self.cache.invalidate(id).await;
+        match (&applied, cached) {
+            (Ok(true), Some((mut record, _))) => {
+                changes.apply_to(&mut record);
+                self.keep(id, before, record).await;
+            }
+            _ => self.cache.invalidate(id).await,
+        }
         applied
     }
 
@@ -171,16 +395,58 @@ impl<S: SessionStore> SessionStore for CachingStore<S> {
     }
 }
 
+impl<S: SessionStore> CachingStore<S> {
+    /// A load that serves a cached copy only if `fresh_enough` says so.
+    async fn load_where(
+        &self,
+        id: &SessionId,
+        now: u64,
+        fresh_enough: impl Fn(&Record) -> bool,
+    ) -> Result<Option<Record>, Error> {
+        let live = self.state.live();
+        let generation = self.state.current(id.as_str());
+        if live && let Some((record, read_under)) = self.cache.get(id).await {
+            if read_under == generation && !record.is_expired(now) && fresh_enough(&record) {
+                return Ok(Some(record));
+            }
+            self.cache.invalidate(id).await;
+        }
+        // Read under `generation`, taken before the backend is asked: a
+        // write that lands after this read counts after it, so the copy
+        // below is never served once that write has counted.
+        let record = self.inner.load(id, now).await?;
+        if live && let Some(record) = &record {
+            self.cache
+                .insert(id.clone(), (record.clone(), generation))
+                .await;
+        }
+        Ok(record)
+    }
+}
+
 impl<S> CachingStore<S> {
     /// Runs a backend write and counts it, even if this future is dropped
     /// before the write returns. (Dropping the cached copy afterwards only
     /// frees memory: a copy read under an older count is never served.)
     async fn write<T>(&self, id: &SessionId, write: impl Future<Output = T>) -> T {
         let _counted = Counted {
-            generations: &self.generations,
+            state: &self.state,
             id,
         };
         write.await
+    }
+
+    /// Caches `record` as this process just wrote it, if no other write
+    /// or reported change to its stripe came between (the count moved by
+    /// exactly this write since `before`); otherwise the next load reads
+    /// it back.
+    async fn keep(&self, id: &SessionId, before: u64, record: Record) {
+        let after = before + 1;
+        if self.state.live() && self.state.current(id.as_str()) == after {
+            self.cache.insert(id.clone(), (record, after)).await;
+        } else {
+            self.cache.invalidate(id).await;
+        }
     }
 }
 
@@ -316,7 +582,8 @@ mod tests {
     async fn a_load_racing_a_delete_never_caches_the_old_record() {
         let store = Arc::new(CachingStore::new(Gated::default()));
         let (id, record) = (SessionId::generate(), ann());
-        assert!(store.create(&id, &record).await.unwrap());
+        // Created behind the cache, so the load below reaches the backend.
+        assert!(store.inner().create(&id, &record).await.unwrap());
         store.inner().hold.store(true, Ordering::SeqCst);
         let slow_load = tokio::spawn({
             let (store, id) = (store.clone(), id.clone());
@@ -335,5 +602,170 @@ mod tests {
             None,
             "the deleted session came back from the cache"
         );
+    }
+
+    /// A store whose change channel the test drives by hand: `watch`
+    /// hands the test its `Invalidations`.
+    #[derive(Debug, Clone, Default)]
+    struct Reporting {
+        inner: Arc<MemoryStore>,
+        channel: Arc<std::sync::Mutex<Option<Invalidations>>>,
+    }
+
+    #[async_trait]
+    impl SessionStore for Reporting {
+        async fn load(&self, id: &SessionId, now: u64) -> Result<Option<Record>, Error> {
+            self.inner.load(id, now).await
+        }
+        async fn create(&self, id: &SessionId, record: &Record) -> Result<bool, Error> {
+            self.inner.create(id, record).await
+        }
+        async fn apply(&self, id: &SessionId, changes: &Changes) -> Result<bool, Error> {
+            self.inner.apply(id, changes).await
+        }
+        async fn delete(&self, id: &SessionId) -> Result<(), Error> {
+            self.inner.delete(id).await
+        }
+        async fn take(&self, id: &SessionId, now: u64) -> Result<Option<Record>, Error> {
+            self.inner.take(id, now).await
+        }
+    }
+
+    #[async_trait]
+    impl Notifying for Reporting {
+        fn with_origin(&self, _origin: u64) -> Result<Self, Error> {
+            Ok(self.clone())
+        }
+        async fn watch(&self, to: Invalidations) {
+            *self.channel.lock().unwrap() = Some(to);
+            std::future::pending::<()>().await;
+        }
+    }
+
+    impl Reporting {
+        async fn channel(&self) -> Invalidations {
+            loop {
+                if let Some(to) = self.channel.lock().unwrap().clone() {
+                    return to;
+                }
+                tokio::task::yield_now().await;
+            }
+        }
+
+        /// Sets `v` behind every cache's back.
+        async fn write_silently(&self, id: &SessionId, v: i64) {
+            let mut changes = Changes::expiry(now(), now() + 60);
+            changes.set.push(("v".into(), json!(v)));
+            assert!(self.inner.apply(id, &changes).await.unwrap());
+        }
+    }
+
+    async fn v(store: &impl SessionStore, id: &SessionId) -> Option<i64> {
+        store.load(id, now()).await.unwrap()?.data["v"].as_i64()
+    }
+
+    fn record(v: i64) -> Record {
+        Record::new(
+            json!({ "v": v }).as_object().unwrap().clone(),
+            false,
+            now(),
+            now() + 60,
+        )
+    }
+
+    fn set(v: i64) -> Changes {
+        let mut changes = Changes::expiry(now(), now() + 60);
+        changes.set.push(("v".into(), json!(v)));
+        changes
+    }
+
+    #[tokio::test]
+    async fn nothing_is_cached_until_the_channel_listens() {
+        let backend = Reporting::default();
+        let cache = CachingStore::coherent(backend.clone()).unwrap();
+        assert!(!cache.is_caching());
+        let id = SessionId::generate();
+        assert!(cache.create(&id, &record(1)).await.unwrap());
+        assert_eq!(v(&cache, &id).await, Some(1));
+        backend.write_silently(&id, 2).await;
+        assert_eq!(v(&cache, &id).await, Some(2), "read through");
+
+        let channel = backend.channel().await;
+        channel.connected();
+        assert!(cache.is_caching());
+        assert_eq!(v(&cache, &id).await, Some(2));
+        backend.write_silently(&id, 3).await;
+        assert_eq!(v(&cache, &id).await, Some(2), "cached now");
+        channel.changed(id.as_str());
+        assert_eq!(v(&cache, &id).await, Some(3), "a reported change");
+        assert_eq!(cache.changes_heard(), 1);
+    }
+
+    #[tokio::test]
+    async fn a_lost_channel_drops_everything_until_it_is_back() {
+        let backend = Reporting::default();
+        let cache = CachingStore::coherent(backend.clone()).unwrap();
+        let channel = backend.channel().await;
+        channel.connected();
+        let id = SessionId::generate();
+        assert!(cache.create(&id, &record(1)).await.unwrap());
+        assert_eq!(v(&cache, &id).await, Some(1));
+
+        channel.lost();
+        assert!(!cache.is_caching());
+        assert_eq!(cache.channel_losses(), 1);
+        backend.write_silently(&id, 2).await;
+        assert_eq!(v(&cache, &id).await, Some(2), "read through while lost");
+        backend.write_silently(&id, 3).await;
+        assert_eq!(v(&cache, &id).await, Some(3), "and nothing kept");
+
+        channel.connected();
+        backend.write_silently(&id, 4).await;
+        assert_eq!(v(&cache, &id).await, Some(4), "nothing read before served");
+        backend.write_silently(&id, 5).await;
+        assert_eq!(v(&cache, &id).await, Some(4), "caching again");
+    }
+
+    #[tokio::test]
+    async fn own_writes_are_kept_in_place_unless_another_came_between() {
+        let backend = Reporting::default();
+        let cache = CachingStore::coherent(backend.clone()).unwrap();
+        backend.channel().await.connected();
+        let id = SessionId::generate();
+        assert!(cache.create(&id, &record(1)).await.unwrap());
+        backend.write_silently(&id, 100).await;
+        assert_eq!(v(&cache, &id).await, Some(1), "the create was kept");
+
+        // The backend holds 100: the apply below writes 2 there, and the
+        // cache applies the same change to its copy.
+        assert!(cache.apply(&id, &set(2)).await.unwrap());
+        backend.write_silently(&id, 101).await;
+        assert_eq!(v(&cache, &id).await, Some(2), "kept in place");
+
+        // A change reported from elsewhere makes the copy stale: the next
+        // apply has no copy to update, and the load after it reads through.
+        backend.channel().await.changed(id.as_str());
+        assert!(cache.apply(&id, &set(3)).await.unwrap());
+        backend.write_silently(&id, 102).await;
+        assert_eq!(v(&cache, &id).await, Some(102), "read through");
+
+        // A failed write keeps nothing.
+        let gone = SessionId::generate();
+        assert!(!cache.apply(&gone, &set(4)).await.unwrap());
+        assert_eq!(v(&cache, &gone).await, None);
+    }
+
+    #[tokio::test]
+    async fn the_listener_stops_with_the_cache() {
+        let backend = Reporting::default();
+        let cache = CachingStore::coherent(backend.clone()).unwrap();
+        let channel = backend.channel().await;
+        assert!(!channel.is_closed());
+        drop(cache);
+        assert!(channel.is_closed());
+        // Reports to a cache that is gone are ignored.
+        channel.changed("whatever");
+        channel.lost();
+        channel.connected();
     }
 }

@@ -44,7 +44,7 @@ use serde::{Deserialize, Serialize};
 pub use serde_json::Value;
 
 #[cfg(feature = "caching-store")]
-pub use caching::CachingStore;
+pub use caching::{CachingStore, Invalidations, Notifying};
 #[cfg(feature = "file-store")]
 pub use file::FileStore;
 #[cfg(feature = "memcached-store")]
@@ -275,7 +275,36 @@ pub trait SessionStore: Debug + Send + Sync + 'static {
         let _ = now;
         Ok(0)
     }
+
+    /// Whether this store may answer a load from a copy that trails a
+    /// write made through another server (a cache). If so, the layer
+    /// stamps every write (a random value under [`STAMP_KEY`], written with
+    /// the changes), gives the client the stamp beside the id, and loads
+    /// with [`load_seen`](Self::load_seen). `false` by default.
+    fn stamps_writes(&self) -> bool {
+        false
+    }
+
+    /// [`load`](Self::load) for a client whose last acknowledged write was
+    /// stamped `seen`: a store that answers from a copy answers only from
+    /// one that holds that write (a copy whose [`STAMP_KEY`] is `seen`),
+    /// and asks the backend otherwise. By default, `load`.
+    async fn load_seen(
+        &self,
+        id: &SessionId,
+        now: u64,
+        seen: &str,
+    ) -> Result<Option<Record>, Error> {
+        let _ = seen;
+        self.load(id, now).await
+    }
 }
+
+/// The data key under which the layer keeps the stamp of a session's last
+/// write, for stores that ask for it ([`SessionStore::stamps_writes`]).
+/// Stores keep it like any other key; the layer takes it out before a
+/// handler sees the session. Keys starting with U+10FFFF are the layer's.
+pub const STAMP_KEY: &str = "\u{10FFFF}stamp";
 
 #[async_trait]
 impl<S: SessionStore + ?Sized> SessionStore for Arc<S> {
@@ -301,6 +330,19 @@ impl<S: SessionStore + ?Sized> SessionStore for Arc<S> {
 
     async fn delete_expired(&self, now: u64) -> Result<u64, Error> {
         (**self).delete_expired(now).await
+    }
+
+    fn stamps_writes(&self) -> bool {
+        (**self).stamps_writes()
+    }
+
+    async fn load_seen(
+        &self,
+        id: &SessionId,
+        now: u64,
+        seen: &str,
+    ) -> Result<Option<Record>, Error> {
+        (**self).load_seen(id, now, seen).await
     }
 }
 

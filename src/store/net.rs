@@ -7,7 +7,11 @@ use std::fmt;
 use std::future::Future;
 use std::time::Duration;
 
-#[cfg(any(feature = "redis-store", feature = "memcached-store"))]
+#[cfg(any(
+    feature = "redis-store",
+    feature = "memcached-store",
+    feature = "postgres-store"
+))]
 use super::SessionId;
 use crate::error::Error;
 
@@ -60,6 +64,11 @@ impl KeyPrefix {
         Self(prefix.into().into_boxed_str())
     }
 
+    #[cfg_attr(not(feature = "redis-store"), allow(dead_code))]
+    pub(super) fn as_str(&self) -> &str {
+        &self.0
+    }
+
     /// The key of the session `id`.
     pub(super) fn key(&self, id: &SessionId) -> String {
         let mut key = String::with_capacity(self.0.len() + 43);
@@ -92,3 +101,22 @@ macro_rules! prefix_and_timeout {
 }
 #[cfg(any(feature = "redis-store", feature = "memcached-store"))]
 pub(super) use prefix_and_timeout;
+
+/// The message a write publishes on a change channel (Redis, PostgreSQL):
+/// `ORIGIN:ID`, the origin of the store value that wrote (in hex) and the
+/// session id.
+#[cfg(any(feature = "redis-store", feature = "postgres-store"))]
+pub(super) fn change_message(origin: u64, id: &SessionId) -> String {
+    format!("{origin:x}:{}", id.as_str())
+}
+
+/// The id in a change message, unless the origin `own` wrote it (or the
+/// message is not one).
+#[cfg(all(
+    feature = "caching-store",
+    any(feature = "redis-store", feature = "postgres-store")
+))]
+pub(super) fn changed_id(message: &str, own: u64) -> Option<&str> {
+    let (origin, id) = message.split_once(':')?;
+    (u64::from_str_radix(origin, 16).ok()? != own).then_some(id)
+}

@@ -15,51 +15,63 @@ use super::{Changes, Record, SessionId, SessionStore};
 use crate::error::Error;
 
 /// Stores a record if its key is free, or holds a record expired by the
-/// layer's clock: one round trip. ARGV: expires_at, now, then field/value
-/// pairs.
+/// layer's clock: one round trip. ARGV: the change channel ('' for none)
+/// and message, expires_at, now, then field/value pairs.
 const CREATE: &str = r"
 local expires = redis.call('HGET', KEYS[1], 'm:e')
-if expires and tonumber(expires) > tonumber(ARGV[2]) then return 0 end
+if expires and tonumber(expires) > tonumber(ARGV[4]) then return 0 end
 redis.call('DEL', KEYS[1])
-for i = 3, #ARGV, 2 do redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1]) end
-redis.call('EXPIREAT', KEYS[1], ARGV[1])
+for i = 5, #ARGV, 2 do redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1]) end
+redis.call('EXPIREAT', KEYS[1], ARGV[3])
+if ARGV[1] ~= '' then redis.call('PUBLISH', ARGV[1], ARGV[2]) end
 return 1
 ";
 
 /// Applies a request's changes field by field, atomically: one round trip.
 /// A record expired by the layer's clock (`now`) counts as gone, as in
-/// every store. ARGV: expires_at, now, cleared (0/1), permanent ('' for
-/// unchanged, 0, 1), the number of removed fields, the removed fields,
-/// then field/value pairs.
+/// every store. ARGV: the change channel ('' for none) and message,
+/// expires_at, now, cleared (0/1), permanent ('' for unchanged, 0, 1), the
+/// number of removed fields, the removed fields, then field/value pairs.
 const APPLY: &str = r"
 local expires = redis.call('HGET', KEYS[1], 'm:e')
-if not expires or tonumber(expires) <= tonumber(ARGV[2]) then return 0 end
-if ARGV[3] == '1' then
+if not expires or tonumber(expires) <= tonumber(ARGV[4]) then return 0 end
+if ARGV[5] == '1' then
   for _, field in ipairs(redis.call('HKEYS', KEYS[1])) do
     if string.sub(field, 1, 2) == 'd:' then redis.call('HDEL', KEYS[1], field) end
   end
 end
-local removed = tonumber(ARGV[5])
-for i = 6, 5 + removed do redis.call('HDEL', KEYS[1], ARGV[i]) end
-for i = 6 + removed, #ARGV, 2 do redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1]) end
-if ARGV[4] ~= '' then redis.call('HSET', KEYS[1], 'm:p', ARGV[4]) end
-redis.call('HSET', KEYS[1], 'm:e', ARGV[1])
-redis.call('EXPIREAT', KEYS[1], ARGV[1])
+local removed = tonumber(ARGV[7])
+for i = 8, 7 + removed do redis.call('HDEL', KEYS[1], ARGV[i]) end
+for i = 8 + removed, #ARGV, 2 do redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1]) end
+if ARGV[6] ~= '' then redis.call('HSET', KEYS[1], 'm:p', ARGV[6]) end
+redis.call('HSET', KEYS[1], 'm:e', ARGV[3])
+redis.call('EXPIREAT', KEYS[1], ARGV[3])
+if ARGV[1] ~= '' then redis.call('PUBLISH', ARGV[1], ARGV[2]) end
 return 1
 ";
 
 /// Removes a record and returns its fields, atomically with `APPLY`: one
-/// round trip.
+/// round trip. ARGV: the change channel ('' for none) and message.
 const TAKE: &str = r"
 local fields = redis.call('HGETALL', KEYS[1])
 redis.call('DEL', KEYS[1])
+if #fields > 0 and ARGV[1] ~= '' then redis.call('PUBLISH', ARGV[1], ARGV[2]) end
 return fields
+";
+
+/// Removes a record: one round trip. ARGV: the change channel ('' for
+/// none) and message.
+const DELETE: &str = r"
+local removed = redis.call('DEL', KEYS[1])
+if removed > 0 and ARGV[1] ~= '' then redis.call('PUBLISH', ARGV[1], ARGV[2]) end
+return removed
 ";
 
 /// The scripts with their SHA1 computed once, for `EVALSHA`.
 static CREATE_SCRIPT: LazyLock<Script> = LazyLock::new(|| Script::new(CREATE));
 static APPLY_SCRIPT: LazyLock<Script> = LazyLock::new(|| Script::new(APPLY));
 static TAKE_SCRIPT: LazyLock<Script> = LazyLock::new(|| Script::new(TAKE));
+static DELETE_SCRIPT: LazyLock<Script> = LazyLock::new(|| Script::new(DELETE));
 
 /// The default bound on every Redis call.
 const DEFAULT_TIMEOUT: Duration = Duration::from_secs(2);
@@ -78,14 +90,27 @@ const DEFAULT_TIMEOUT: Duration = Duration::from_secs(2);
 ///   a Redis that is down or slow gives a 503, and the connection is
 ///   re-established by itself when Redis comes back.
 ///
+/// - Every write on one server also publishes the id it changed on the
+///   channel `{prefix}changes`, in the same script, so that a
+///   [`CachingStore::coherent`](super::CachingStore::coherent) on any
+///   process keeps records until they change. (A cluster store does not
+///   publish: a cluster broadcasts every message to every node.)
+///
 /// Connections: one multiplexed connection (redis' `ConnectionManager`),
 /// which pipelines the requests of every task; Redis serves them in order,
-/// so no pool is needed. Clones share it.
+/// so no pool is needed. Clones share it. A coherent cache adds one
+/// subscriber connection per process.
 #[derive(Clone)]
 pub struct RedisStore {
     conn: Conn,
     prefix: KeyPrefix,
     timeout: Duration,
+    /// The client behind `conn`, to open the subscriber connection a
+    /// coherent cache listens on (`None` for a connection handed in).
+    client: Option<redis::Client>,
+    /// The tag of this store value's writes on the change channel (0:
+    /// owned by no cache).
+    origin: u64,
 }
 
 impl fmt::Debug for RedisStore {
@@ -121,6 +146,32 @@ impl RedisStore {
     /// As [`connect`](Self::connect).
     pub async fn connect_within(url: &str, timeout: Duration) -> Result<Self, Error> {
         let client = redis::Client::open(url).map_err(Error::store)?;
+        Self::from_client(client, timeout).await
+    }
+
+    /// A store on a connection manager of your own (TLS, a custom
+    /// resolver, settings of your choice; `redis` 1.x with its
+    /// `connection-manager` feature as your own dependency).
+    ///
+    /// Build it with
+    /// `ConnectionManagerConfig::new().set_response_timeout(None)`: the
+    /// manager's default response timeout (500 ms) applies on top of the
+    /// store's [`timeout`](Self::timeout) and fails calls well inside it
+    /// under load.
+    ///
+    /// Its writes publish changes, but a coherent cache cannot listen
+    /// through it: use [`from_client`](Self::from_client) for that.
+    pub fn from_manager(manager: ConnectionManager) -> Self {
+        Self::with_connection(Conn::Single(manager))
+    }
+
+    /// A store on a client of your own (TLS, credentials, settings of your
+    /// choice), connected as [`connect`](Self::connect) does; a
+    /// coherent cache opens its subscriber connection from it too.
+    ///
+    /// # Errors
+    /// As [`connect`](Self::connect).
+    pub async fn from_client(client: redis::Client, timeout: Duration) -> Result<Self, Error> {
         let deadline = tokio::time::Instant::now() + timeout;
         // One plain connection first: the manager retries a failed connect
         // until the bound runs out, which would hide why it failed.
@@ -136,20 +187,9 @@ impl RedisStore {
         // One bound for the whole connect, the probe included.
         let left = deadline.saturating_duration_since(tokio::time::Instant::now());
         let manager = bounded(left, client.get_connection_manager_with_config(config)).await?;
-        Ok(Self::with_connection(Conn::Single(manager)))
-    }
-
-    /// A store on a connection manager of your own (TLS, a custom
-    /// resolver, settings of your choice; `redis` 1.x with its
-    /// `connection-manager` feature as your own dependency).
-    ///
-    /// Build it with
-    /// `ConnectionManagerConfig::new().set_response_timeout(None)`: the
-    /// manager's default response timeout (500 ms) applies on top of the
-    /// store's [`timeout`](Self::timeout) and fails calls well inside it
-    /// under load.
-    pub fn from_manager(manager: ConnectionManager) -> Self {
-        Self::with_connection(Conn::Single(manager))
+        let mut store = Self::with_connection(Conn::Single(manager));
+        store.client = Some(client);
+        Ok(store)
     }
 
     /// A store on a cluster connection of your own.
@@ -175,6 +215,8 @@ impl RedisStore {
             conn,
             prefix: KeyPrefix::default(),
             timeout: DEFAULT_TIMEOUT,
+            client: None,
+            origin: 0,
         }
     }
 
@@ -186,6 +228,23 @@ impl RedisStore {
 
     fn key(&self, id: &SessionId) -> String {
         self.prefix.key(id)
+    }
+
+    /// The channel every write publishes its id on.
+    fn channel(&self) -> String {
+        format!("{}changes", self.prefix.as_str())
+    }
+
+    /// The change channel and message that lead a script's arguments:
+    /// none on a cluster.
+    fn notice(&self, id: &SessionId) -> Vec<Vec<u8>> {
+        match self.conn {
+            Conn::Single(_) => vec![
+                self.channel().into_bytes(),
+                super::net::change_message(self.origin, id).into_bytes(),
+            ],
+            Conn::Cluster(_) => vec![Vec::new(), Vec::new()],
+        }
     }
 
     async fn run<T: redis::FromRedisValue>(&self, cmd: &Cmd) -> Result<T, Error> {
@@ -245,8 +304,8 @@ fn parse(fields: HashMap<String, Vec<u8>>, now: u64) -> Result<Option<Record>, E
     Ok((!record.is_expired(now)).then_some(record))
 }
 
-fn create_args(record: &Record) -> Vec<Vec<u8>> {
-    let mut args = vec![
+fn create_args(mut args: Vec<Vec<u8>>, record: &Record) -> Vec<Vec<u8>> {
+    args.extend([
         record.expires_at.to_string().into_bytes(),
         record.created_at.to_string().into_bytes(),
         b"m:c".to_vec(),
@@ -259,7 +318,7 @@ fn create_args(record: &Record) -> Vec<Vec<u8>> {
         },
         b"m:e".to_vec(),
         record.expires_at.to_string().into_bytes(),
-    ];
+    ]);
     for (key, json) in &record.data {
         args.push(field(key));
         args.push(value(json));
@@ -267,8 +326,8 @@ fn create_args(record: &Record) -> Vec<Vec<u8>> {
     args
 }
 
-fn apply_args(changes: &Changes) -> Vec<Vec<u8>> {
-    let mut args = vec![
+fn apply_args(mut args: Vec<Vec<u8>>, changes: &Changes) -> Vec<Vec<u8>> {
+    args.extend([
         changes.expires_at.to_string().into_bytes(),
         changes.now.to_string().into_bytes(),
         if changes.cleared {
@@ -282,7 +341,7 @@ fn apply_args(changes: &Changes) -> Vec<Vec<u8>> {
             Some(false) => b"0".to_vec(),
         },
         changes.removed.len().to_string().into_bytes(),
-    ];
+    ]);
     args.extend(changes.removed.iter().map(|key| field(key)));
     for (key, json) in &changes.set {
         args.push(field(key));
@@ -301,29 +360,150 @@ impl SessionStore for RedisStore {
 
     async fn create(&self, id: &SessionId, record: &Record) -> Result<bool, Error> {
         Ok(self
-            .script::<i64>(&CREATE_SCRIPT, &self.key(id), create_args(record))
+            .script::<i64>(
+                &CREATE_SCRIPT,
+                &self.key(id),
+                create_args(self.notice(id), record),
+            )
             .await?
             == 1)
     }
 
     async fn apply(&self, id: &SessionId, changes: &Changes) -> Result<bool, Error> {
         Ok(self
-            .script::<i64>(&APPLY_SCRIPT, &self.key(id), apply_args(changes))
+            .script::<i64>(
+                &APPLY_SCRIPT,
+                &self.key(id),
+                apply_args(self.notice(id), changes),
+            )
             .await?
             == 1)
     }
 
     async fn delete(&self, id: &SessionId) -> Result<(), Error> {
-        self.run::<i64>(redis::cmd("DEL").arg(self.key(id)))
+        self.script::<i64>(&DELETE_SCRIPT, &self.key(id), self.notice(id))
             .await
             .map(drop)
     }
 
     async fn take(&self, id: &SessionId, now: u64) -> Result<Option<Record>, Error> {
-        let fields: HashMap<String, Vec<u8>> =
-            self.script(&TAKE_SCRIPT, &self.key(id), Vec::new()).await?;
+        let fields: HashMap<String, Vec<u8>> = self
+            .script(&TAKE_SCRIPT, &self.key(id), self.notice(id))
+            .await?;
         parse(fields, now)
     }
+}
+
+/// Listens on the change channel over a RESP3 connection of its own.
+#[cfg(feature = "caching-store")]
+#[async_trait]
+impl super::Notifying for RedisStore {
+    fn with_origin(&self, origin: u64) -> Result<Self, Error> {
+        if matches!(self.conn, Conn::Cluster(_)) {
+            return Err(Error::store(
+                "a Redis Cluster store does not publish changes: use a time-bounded cache",
+            ));
+        }
+        if self.client.is_none() {
+            return Err(Error::store(
+                "a store from a connection manager cannot open a subscriber connection: \
+                 build it with RedisStore::connect or from_client",
+            ));
+        }
+        Ok(Self {
+            origin,
+            ..self.clone()
+        })
+    }
+
+    async fn watch(&self, to: super::Invalidations) {
+        const PING_EVERY: Duration = Duration::from_secs(1);
+        let Some(client) = &self.client else { return };
+        let mut backoff = Duration::from_millis(50);
+        while !to.is_closed() {
+            match self.subscribe(client).await {
+                Ok((mut conn, mut pushes)) => {
+                    to.connected();
+                    backoff = Duration::from_millis(50);
+                    loop {
+                        tokio::select! {
+                            push = pushes.recv() => match push {
+                                Some(push) if push.kind == redis::PushKind::Message => {
+                                    if let Some(id) = changed_id(&push.data, self.origin) {
+                                        to.changed(id);
+                                    }
+                                }
+                                Some(push) if push.kind == redis::PushKind::Disconnection => break,
+                                Some(_) => {}
+                                None => break,
+                            },
+                            () = tokio::time::sleep(PING_EVERY) => {
+                                if to.is_closed() {
+                                    return;
+                                }
+                                // A peer gone without a word (no reset)
+                                // shows as a ping that does not answer.
+                                let ping = redis::cmd("PING");
+                                let ping = ping.query_async::<()>(&mut conn);
+                                if bounded(self.timeout, ping).await.is_err() {
+                                    break;
+                                }
+                            }
+                        }
+                    }
+                    to.lost();
+                }
+                Err(error) => {
+                    tracing::warn!(error = %error, "session cache: cannot listen for changes, retrying");
+                }
+            }
+            tokio::time::sleep(backoff).await;
+            backoff = (backoff * 2).min(Duration::from_secs(2));
+        }
+    }
+}
+
+#[cfg(feature = "caching-store")]
+impl RedisStore {
+    /// A RESP3 connection subscribed to the change channel, and the
+    /// messages it receives.
+    async fn subscribe(
+        &self,
+        client: &redis::Client,
+    ) -> Result<
+        (
+            redis::aio::MultiplexedConnection,
+            tokio::sync::mpsc::UnboundedReceiver<redis::PushInfo>,
+        ),
+        Error,
+    > {
+        let info = client.get_connection_info().clone();
+        let settings = info
+            .redis_settings()
+            .clone()
+            .set_protocol(redis::ProtocolVersion::RESP3);
+        let client =
+            redis::Client::open(info.set_redis_settings(settings)).map_err(Error::store)?;
+        let (sender, pushes) = tokio::sync::mpsc::unbounded_channel();
+        let config = AsyncConnectionConfig::new()
+            .set_connection_timeout(Some(self.timeout))
+            .set_response_timeout(Some(self.timeout))
+            .set_push_sender(sender);
+        let connect = client.get_multiplexed_async_connection_with_config(&config);
+        let mut conn = bounded(self.timeout, connect).await?;
+        bounded(self.timeout, conn.subscribe(self.channel())).await?;
+        Ok((conn, pushes))
+    }
+}
+
+/// The id in a message push (the channel, then the message), unless this
+/// store's own origin wrote it.
+#[cfg(feature = "caching-store")]
+fn changed_id(data: &[Value], own: u64) -> Option<&str> {
+    let Some(Value::BulkString(message)) = data.get(1) else {
+        return None;
+    };
+    super::net::changed_id(std::str::from_utf8(message).ok()?, own)
 }
 
 /// A single server or a cluster, behind one connection type.

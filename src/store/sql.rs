@@ -49,6 +49,10 @@ pub struct SqlStore {
     pool: Pool,
     sql: Sql,
     timeout: Duration,
+    /// The tag of this store value's writes on PostgreSQL's change
+    /// channel (0: owned by no cache).
+    #[cfg_attr(not(feature = "postgres-store"), allow(dead_code))]
+    origin: u64,
 }
 
 #[derive(Clone)]
@@ -83,6 +87,10 @@ struct Sql {
     )]
     take: String,
     update: String,
+    #[cfg_attr(
+        not(any(feature = "mysql-store", feature = "sqlite-store")),
+        allow(dead_code)
+    )]
     delete: String,
     delete_expired: String,
     /// PostgreSQL's save: one `UPDATE` merging the changes member by
@@ -98,6 +106,14 @@ struct Sql {
     /// PostgreSQL's take: one `DELETE ... RETURNING`.
     #[cfg_attr(not(feature = "postgres-store"), allow(dead_code))]
     take_returning: String,
+    /// PostgreSQL's delete, which notifies when it removed a row.
+    #[cfg_attr(not(feature = "postgres-store"), allow(dead_code))]
+    delete_notify: String,
+    /// PostgreSQL's change channel, `{table}_changes`: every write above
+    /// notifies it with the id, in the same statement, so that a coherent
+    /// cache on any process hears of it when the write commits.
+    #[cfg_attr(not(feature = "postgres-store"), allow(dead_code))]
+    channel: String,
     /// How a save's transaction starts: SQLite takes its write lock at
     /// once (`IMMEDIATE`), so two saves never deadlock upgrading a read lock.
     begin: &'static str,
@@ -176,22 +192,32 @@ impl Sql {
             delete: format!("DELETE FROM {table} WHERE id = {}", p(1)),
             delete_expired: format!("DELETE FROM {table} WHERE expires_at <= {}", p(1)),
             create_upsert: format!(
-                "INSERT INTO {table} (id, data, permanent, created_at, expires_at) \
+                "WITH created AS (INSERT INTO {table} (id, data, permanent, created_at, expires_at) \
                  VALUES ($1, $2, $3, $4, $5) ON CONFLICT (id) DO UPDATE SET data = EXCLUDED.data, \
                  permanent = EXCLUDED.permanent, created_at = EXCLUDED.created_at, \
-                 expires_at = EXCLUDED.expires_at WHERE {table}.expires_at <= $4"
+                 expires_at = EXCLUDED.expires_at WHERE {table}.expires_at <= $4 RETURNING 1) \
+                 SELECT pg_notify($6, $7)::text FROM created"
             ),
             take_returning: format!(
-                "DELETE FROM {table} WHERE id = $1 RETURNING data, permanent, created_at, expires_at"
+                "WITH taken AS (DELETE FROM {table} WHERE id = $1 \
+                 RETURNING data, permanent, created_at, expires_at) \
+                 SELECT data, permanent, created_at, expires_at FROM taken \
+                 WHERE pg_notify($2, $3)::text = ''"
             ),
+            delete_notify: format!(
+                "WITH deleted AS (DELETE FROM {table} WHERE id = $1 RETURNING 1) \
+                 SELECT pg_notify($2, $3)::text FROM deleted"
+            ),
+            channel: format!("{table}_changes"),
             apply_json: format!(
-                "UPDATE {table} SET data = (SELECT COALESCE(json_object_agg(merged.k, merged.v), '{{}}'::json)::text \
+                "WITH applied AS (UPDATE {table} SET data = (SELECT COALESCE(json_object_agg(merged.k, merged.v), '{{}}'::json)::text \
                  FROM (SELECT old.key AS k, old.value AS v \
                  FROM json_each(CASE WHEN $1 THEN '{{}}'::json ELSE {table}.data::json END) AS old \
                  WHERE NOT (old.key = ANY($2::text[])) \
                  UNION ALL SELECT new.key, new.value FROM json_each($3::json) AS new) AS merged), \
                  permanent = COALESCE($4, permanent), expires_at = $5 \
-                 WHERE id = $6 AND expires_at > $7 AND (data::json -> $8) IS NOT NULL"
+                 WHERE id = $6 AND expires_at > $7 AND (data::json -> $8) IS NOT NULL RETURNING 1) \
+                 SELECT pg_notify($9, $10)::text FROM applied"
             ),
             begin: if dialect == Dialect::Sqlite {
                 "BEGIN IMMEDIATE"
@@ -444,6 +470,7 @@ impl SqlStore {
             sql: Sql::new("sessions", dialect(&pool)),
             pool,
             timeout: DEFAULT_TIMEOUT,
+            origin: 0,
         }
     }
 
@@ -553,17 +580,157 @@ impl SqlStore {
     }
 }
 
+/// PostgreSQL's change channel.
+#[cfg(feature = "postgres-store")]
+impl SqlStore {
+    /// The message a write notifies.
+    fn notice(&self, id: &SessionId) -> String {
+        super::net::change_message(self.origin, id)
+    }
+}
+
+/// Listens with `LISTEN` on a connection of its own from the pool.
+#[cfg(all(feature = "postgres-store", feature = "caching-store"))]
+#[async_trait]
+impl super::Notifying for SqlStore {
+    fn with_origin(&self, origin: u64) -> Result<Self, Error> {
+        match &self.pool {
+            Pool::Postgres(_) => Ok(Self {
+                origin,
+                ..self.clone()
+            }),
+            #[allow(unreachable_patterns)]
+            _ => Err(Error::store(
+                "only PostgreSQL reports changes; use a time-bounded cache on this database",
+            )),
+        }
+    }
+
+    async fn watch(&self, to: super::Invalidations) {
+        #[allow(irrefutable_let_patterns)]
+        let Pool::Postgres(pool) = &self.pool else {
+            return;
+        };
+        let mut backoff = Duration::from_millis(50);
+        while !to.is_closed() {
+            match self.listen(pool).await {
+                Ok(mut listener) => {
+                    to.connected();
+                    backoff = Duration::from_millis(50);
+                    self.relay(pool, &mut listener, &to).await;
+                    listener.abort();
+                    to.lost();
+                }
+                Err(error) => {
+                    tracing::warn!(error = %error, "session cache: cannot listen for changes, retrying");
+                }
+            }
+            tokio::time::sleep(backoff).await;
+            backoff = (backoff * 2).min(Duration::from_secs(2));
+        }
+    }
+}
+
+/// A `LISTEN`ing connection's notifications, read by a task of their own
+/// (so that waiting on them can be abandoned without cutting a message
+/// in half).
+#[cfg(all(feature = "postgres-store", feature = "caching-store"))]
+struct Listening {
+    notifications: tokio::sync::mpsc::Receiver<String>,
+    task: tokio::task::AbortHandle,
+}
+
+#[cfg(all(feature = "postgres-store", feature = "caching-store"))]
+impl Listening {
+    fn abort(&self) {
+        self.task.abort();
+    }
+}
+
+#[cfg(all(feature = "postgres-store", feature = "caching-store"))]
+impl SqlStore {
+    async fn listen(&self, pool: &sqlx::PgPool) -> Result<Listening, Error> {
+        let mut listener =
+            bounded(self.timeout, sqlx::postgres::PgListener::connect_with(pool)).await?;
+        bounded(self.timeout, listener.listen(&self.sql.channel)).await?;
+        let (sender, notifications) = tokio::sync::mpsc::channel(1024);
+        let task = tokio::spawn(async move {
+            // Any loss (`None`, an error) ends the task, and with it the
+            // channel: the watcher then reports the loss.
+            while let Ok(Some(notification)) = listener.try_recv().await {
+                if sender
+                    .send(notification.payload().to_owned())
+                    .await
+                    .is_err()
+                {
+                    return;
+                }
+            }
+        });
+        Ok(Listening {
+            notifications,
+            task: task.abort_handle(),
+        })
+    }
+
+    /// Reports what `listener` hears until the connection is lost. Every
+    /// second without a message, a probe notification goes round through
+    /// the server: one that does not come back within the timeout counts
+    /// as a loss (a peer gone without a word).
+    async fn relay(
+        &self,
+        pool: &sqlx::PgPool,
+        listener: &mut Listening,
+        to: &super::Invalidations,
+    ) {
+        const PROBE_EVERY: Duration = Duration::from_secs(1);
+        let mut awaiting: Option<(String, tokio::time::Instant)> = None;
+        loop {
+            let wake = match &awaiting {
+                Some((_, deadline)) => *deadline,
+                None => tokio::time::Instant::now() + PROBE_EVERY,
+            };
+            tokio::select! {
+                message = listener.notifications.recv() => {
+                    let Some(message) = message else { return };
+                    if awaiting.as_ref().is_some_and(|(probe, _)| *probe == message) {
+                        awaiting = None;
+                    } else if let Some(id) = super::net::changed_id(&message, self.origin) {
+                        to.changed(id);
+                    }
+                }
+                () = tokio::time::sleep_until(wake) => {
+                    if to.is_closed() || awaiting.is_some() {
+                        return;
+                    }
+                    let probe = format!("probe:{}", SessionId::generate().as_str());
+                    let notify = sqlx::query("SELECT pg_notify($1, $2)::text")
+                        .bind(&self.sql.channel)
+                        .bind(&probe);
+                    if bounded(self.timeout, notify.execute(pool)).await.is_err() {
+                        return;
+                    }
+                    awaiting = Some((probe, tokio::time::Instant::now() + self.timeout));
+                }
+            }
+        }
+    }
+}
+
 /// The ways a save is carried out.
 impl SqlStore {
     /// Read, apply and write inside a transaction that holds the row (or
     /// the database): SQLite's save, and the others' when their one
     /// statement cannot take the row (an older row on PostgreSQL, a
     /// document MariaDB's JSON functions refuse).
+    /// `notice`: the channel and message to notify in the transaction when
+    /// it applied (PostgreSQL).
     async fn apply_in_transaction<DB>(
         &self,
         pool: &sqlx::Pool<DB>,
         id: &SessionId,
         changes: &Changes,
+        notice: Option<(String, String)>,
     ) -> Result<bool, Error>
     where
         DB: sqlx::Database,
@@ -578,6 +745,13 @@ impl SqlStore {
         bounded(self.timeout, async {
             let mut tx = pool.begin_with(self.sql.begin).await?;
             let applied = read_modify_write!(tx, self.sql, id, changes);
+            if let (true, Some((channel, message))) = (applied, notice) {
+                sqlx::query("SELECT pg_notify($1, $2)::text")
+                    .bind(channel)
+                    .bind(message)
+                    .execute(&mut *tx)
+                    .await?;
+            }
             tx.commit().await?;
             Ok::<_, sqlx::Error>(applied)
         })
@@ -613,14 +787,18 @@ impl SqlStore {
             .bind(to_i64(changes.expires_at))
             .bind(id.as_str())
             .bind(to_i64(changes.now))
-            .bind(nul_free::MARKER);
-        match tokio::time::timeout(self.timeout, statement.execute(pool)).await {
-            Ok(Ok(done)) if done.rows_affected() == 1 => Ok(true),
+            .bind(nul_free::MARKER)
+            .bind(&self.sql.channel)
+            .bind(self.notice(id));
+        let notice = Some((self.sql.channel.clone(), self.notice(id)));
+        match tokio::time::timeout(self.timeout, statement.fetch_optional(pool)).await {
+            Ok(Ok(Some(_))) => Ok(true),
             // No live row, or one an earlier version wrote (no marker, maybe
             // a raw U+0000 `json` refuses): the transaction tells which,
             // and rewrites such a row in the current form.
-            Ok(Ok(_)) => self.apply_in_transaction(pool, id, changes).await,
-            Ok(Err(sqlx::Error::Database(_))) => self.apply_in_transaction(pool, id, changes).await,
+            Ok(Ok(None) | Err(sqlx::Error::Database(_))) => {
+                self.apply_in_transaction(pool, id, changes, notice).await
+            }
             Ok(Err(error)) => Err(Error::store(error)),
             Err(elapsed) => Err(Error::store(elapsed)),
         }
@@ -651,7 +829,9 @@ impl SqlStore {
             // The server refused the JSON functions on this document (say
             // MariaDB's limit of 32 nested levels): a transaction does the
             // merge here instead, so valid data never fails to save.
-            Ok(Err(sqlx::Error::Database(_))) => self.apply_in_transaction(pool, id, changes).await,
+            Ok(Err(sqlx::Error::Database(_))) => {
+                self.apply_in_transaction(pool, id, changes, None).await
+            }
             Ok(Err(error)) => Err(Error::store(error)),
             Err(elapsed) => Err(Error::store(elapsed)),
         }
@@ -719,9 +899,12 @@ impl SessionStore for SqlStore {
                     .bind(&data)
                     .bind(record.permanent)
                     .bind(to_i64(record.created_at))
-                    .bind(to_i64(record.expires_at));
-                let done = bounded(self.timeout, upsert.execute(pool)).await?;
-                Ok(done.rows_affected() == 1)
+                    .bind(to_i64(record.expires_at))
+                    .bind(&self.sql.channel)
+                    .bind(self.notice(id));
+                Ok(bounded(self.timeout, upsert.fetch_optional(pool))
+                    .await?
+                    .is_some())
             }
             #[cfg(feature = "mysql-store")]
             Pool::MySql(pool) => insert_unless_live!(self, pool, id, record, data),
@@ -740,14 +923,31 @@ impl SessionStore for SqlStore {
             #[cfg(feature = "mysql-store")]
             Pool::MySql(pool) => self.apply_mysql(pool, id, changes).await,
             #[cfg(feature = "sqlite-store")]
-            Pool::Sqlite(pool) => self.apply_in_transaction(pool, id, changes).await,
+            Pool::Sqlite(pool) => self.apply_in_transaction(pool, id, changes, None).await,
         }
     }
 
     async fn delete(&self, id: &SessionId) -> Result<(), Error> {
-        by_backend!(self, pool => {
-            bounded(self.timeout, sqlx::query(&self.sql.delete).bind(id.as_str()).execute(pool)).await?;
-        });
+        match &self.pool {
+            #[cfg(feature = "postgres-store")]
+            Pool::Postgres(pool) => {
+                let delete = sqlx::query(&self.sql.delete_notify)
+                    .bind(id.as_str())
+                    .bind(&self.sql.channel)
+                    .bind(self.notice(id));
+                bounded(self.timeout, delete.execute(pool)).await?;
+            }
+            #[cfg(feature = "mysql-store")]
+            Pool::MySql(pool) => {
+                let delete = sqlx::query(&self.sql.delete).bind(id.as_str());
+                bounded(self.timeout, delete.execute(pool)).await?;
+            }
+            #[cfg(feature = "sqlite-store")]
+            Pool::Sqlite(pool) => {
+                let delete = sqlx::query(&self.sql.delete).bind(id.as_str());
+                bounded(self.timeout, delete.execute(pool)).await?;
+            }
+        }
         Ok(())
     }
 
@@ -760,7 +960,10 @@ impl SessionStore for SqlStore {
             // too, and is not returned.
             #[cfg(feature = "postgres-store")]
             Pool::Postgres(pool) => {
-                let delete = sqlx::query_as(&self.sql.take_returning).bind(id.as_str());
+                let delete = sqlx::query_as(&self.sql.take_returning)
+                    .bind(id.as_str())
+                    .bind(&self.sql.channel)
+                    .bind(self.notice(id));
                 let row: Option<Row> = bounded(self.timeout, delete.fetch_optional(pool)).await?;
                 row.filter(|&(_, _, _, expires_at)| to_u64(expires_at) > now)
             }
