@@ -116,6 +116,7 @@ pub use session::Session;
     feature = "memory-store",
     feature = "file-store",
     feature = "redis-store",
+    feature = "caching-store",
     feature = "flask",
     feature = "testing"
 ))]

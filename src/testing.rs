@@ -32,6 +32,7 @@ pub async fn check_store<S: SessionStore + ?Sized>(store: Arc<S>) {
     missing_records(&*store).await;
     create_never_overwrites(&*store).await;
     apply_is_per_key(&*store).await;
+    many_keys_in_one_apply(&*store).await;
     delete_removes(&*store).await;
     expired_records_are_absent(&*store).await;
     cycle_moves_the_data(&*store).await;
@@ -145,6 +146,27 @@ pub async fn apply_is_per_key<S: SessionStore + ?Sized>(store: &S) {
         "cleared, then set"
     );
     assert!(loaded.permanent, "a change without a flag keeps it");
+}
+
+/// One request that sets and removes hundreds of keys at once (stores that
+/// batch fields per command must split them).
+pub async fn many_keys_in_one_apply<S: SessionStore + ?Sized>(store: &S) {
+    let old: serde_json::Map<String, Value> =
+        (0..450).map(|i| (format!("old{i}"), json!(i))).collect();
+    let id = created(store, &record(Value::Object(old))).await;
+    let expires = now() + 7200;
+    let changes = Changes {
+        removed: (0..400).map(|i| format!("old{i}")).collect(),
+        set: (0..350).map(|i| (format!("new{i}"), json!(i))).collect(),
+        permanent: Some(false),
+        ..Changes::expiry(now(), expires)
+    };
+    assert!(store.apply(&id, &changes).await.expect("apply"));
+    let loaded = load(store, &id).await.expect("record");
+    assert_eq!(loaded.data.len(), 50 + 350, "400 of 450 removed, 350 set");
+    assert!(loaded.data.contains_key("old449") && !loaded.data.contains_key("old399"));
+    assert_eq!(loaded.data["new349"], json!(349));
+    store.delete(&id).await.expect("delete");
 }
 
 /// `delete` removes the record for good.

@@ -73,7 +73,7 @@ fn rss() -> u64 {
 /// MemoryStore), then loaded once through a cache; the growth of the
 /// process is the cache's.
 async fn cache_memory(sessions: usize) {
-    let store = std::sync::Arc::new(MemoryStore::new().max_sessions(sessions));
+    let store = std::sync::Arc::new(MemoryStore::new().max_sessions(sessions * 2));
     let mut ids = Vec::with_capacity(sessions);
     for _ in 0..sessions {
         let id = SessionId::generate();
@@ -173,14 +173,19 @@ pub async fn round_trips(requests: u32) {
             let mut user = crate::inprocess::User::new();
             user.request(&config.router, "/rmw").await;
             user.request(&config.router, route).await;
-            // PostgreSQL's statistics reach the view within a few hundred
-            // milliseconds of a statement.
-            tokio::time::sleep(Duration::from_millis(700)).await;
+            // An idle PostgreSQL backend reports its statistics within 10 s
+            // (PGSTAT_IDLE_INTERVAL).
+            let settle = if config.name.contains("PostgreSQL") {
+                Duration::from_secs(11)
+            } else {
+                Duration::from_millis(100)
+            };
+            tokio::time::sleep(settle).await;
             let (calls, commits) = (redis_calls().await, postgres_commits(&pool).await);
             for _ in 0..requests {
                 user.request(&config.router, route).await;
             }
-            tokio::time::sleep(Duration::from_millis(700)).await;
+            tokio::time::sleep(settle).await;
             let count = if config.name.contains("PostgreSQL") {
                 // Two of the commits are the counting queries'.
                 let n = postgres_commits(&pool).await - commits - 1;
@@ -201,4 +206,56 @@ pub async fn round_trips(requests: u32) {
             println!("| {} | {route} | {count} |", config.name);
         }
     }
+}
+
+/// What a Redis load and a save cost alone, and a save with a cache's
+/// subscriber connection in the same process: p50 over `n` calls each.
+pub async fn redis_call_costs(n: usize) {
+    use session_layer::store::RedisStore;
+    let url = "redis://127.0.0.1:6379";
+    let store = RedisStore::connect(url)
+        .await
+        .unwrap()
+        .prefix("bench:calls:");
+    let id = SessionId::generate();
+    assert!(store.create(&id, &record()).await.unwrap());
+    let p50 = |mut v: Vec<f64>| {
+        v.sort_by(f64::total_cmp);
+        v[v.len() / 2]
+    };
+    let mut timed = Vec::new();
+    for _ in 0..n {
+        let started = Instant::now();
+        store.load(&id, now()).await.unwrap();
+        timed.push(started.elapsed().as_secs_f64() * 1e6);
+    }
+    println!("load (HGETALL): {:.0} µs", p50(std::mem::take(&mut timed)));
+    let mut changes = Changes::expiry(now(), now() + 3600);
+    changes.set.push(("count".into(), serde_json::json!(2)));
+    for _ in 0..n {
+        let started = Instant::now();
+        assert!(store.apply(&id, &changes).await.unwrap());
+        timed.push(started.elapsed().as_secs_f64() * 1e6);
+    }
+    println!(
+        "save (EVALSHA), no listener: {:.0} µs",
+        p50(std::mem::take(&mut timed))
+    );
+    let cache = CachingStore::coherent(store.clone()).unwrap();
+    assert!(cache.wait_caching(Duration::from_secs(5)).await);
+    for _ in 0..n {
+        let started = Instant::now();
+        assert!(cache.apply(&id, &changes).await.unwrap());
+        timed.push(started.elapsed().as_secs_f64() * 1e6);
+    }
+    println!(
+        "save through a coherent cache (its own listener hears it): {:.0} µs",
+        p50(std::mem::take(&mut timed))
+    );
+    for _ in 0..n {
+        let started = Instant::now();
+        assert!(store.apply(&id, &changes).await.unwrap());
+        timed.push(started.elapsed().as_secs_f64() * 1e6);
+    }
+    println!("save beside a listening cache: {:.0} µs", p50(timed));
 }

@@ -21,7 +21,9 @@ pub struct Load {
     pub errors: usize,
 }
 
-async fn user(addr: std::net::SocketAddr, until: Instant) -> (Vec<u32>, usize) {
+/// A user sending `path` back to back (after one `/rmw` that starts its
+/// session).
+async fn user(addr: std::net::SocketAddr, until: Instant, path: &'static str) -> (Vec<u32>, usize) {
     let stream = tokio::net::TcpStream::connect(addr).await.unwrap();
     stream.set_nodelay(true).unwrap();
     let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
@@ -32,7 +34,8 @@ async fn user(addr: std::net::SocketAddr, until: Instant) -> (Vec<u32>, usize) {
     let mut latencies = Vec::new();
     let mut errors = 0;
     while Instant::now() < until {
-        let mut request = http::Request::get("/rmw").header("host", "bench");
+        let uri = if cookie.is_some() { path } else { "/rmw" };
+        let mut request = http::Request::get(uri).header("host", "bench");
         if let Some(cookie) = &cookie {
             request = request.header(COOKIE, cookie.as_str());
         }
@@ -59,7 +62,7 @@ async fn user(addr: std::net::SocketAddr, until: Instant) -> (Vec<u32>, usize) {
 }
 
 /// Serves `config` and loads it with `users` virtual users for `duration`.
-pub async fn run(config: &Config, users: usize, duration: Duration) -> Load {
+pub async fn run(config: &Config, users: usize, duration: Duration, path: &'static str) -> Load {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let router = config.router.clone();
@@ -68,10 +71,10 @@ pub async fn run(config: &Config, users: usize, duration: Duration) -> Load {
     });
     // Warm up, then measure.
     let warm = Instant::now() + Duration::from_millis(300);
-    let _ = futures_join((0..users).map(|_| user(addr, warm))).await;
+    let _ = futures_join((0..users).map(|_| user(addr, warm, path))).await;
     let started = Instant::now();
     let until = started + duration;
-    let results = futures_join((0..users).map(|_| user(addr, until))).await;
+    let results = futures_join((0..users).map(|_| user(addr, until, path))).await;
     let elapsed = started.elapsed().as_secs_f64();
     server.abort();
     let mut all: Vec<u32> = results

@@ -39,6 +39,12 @@ fn main() {
         "load" => {
             let users = arg(&args, "--users").unwrap_or(16);
             let seconds = arg(&args, "--seconds").unwrap_or(3);
+            // `--path /read` loads the read-only route (each user writes once
+            // first); read-modify-write by default.
+            let path: &'static str = match args.iter().position(|a| a == "--path") {
+                Some(i) if args.get(i + 1).map(String::as_str) == Some("/read") => "/read",
+                _ => "/rmw",
+            };
             let runtime = tokio::runtime::Builder::new_multi_thread()
                 .enable_all()
                 .build()
@@ -48,7 +54,8 @@ fn main() {
                 println!("| configuration | requests/s | p50 | p99 | errors |");
                 println!("| --- | ---: | ---: | ---: | ---: |");
                 for config in &configs {
-                    let r = load::run(config, users, Duration::from_secs(seconds as u64)).await;
+                    let r =
+                        load::run(config, users, Duration::from_secs(seconds as u64), path).await;
                     println!(
                         "| {} | {:.0} | {:.0} µs | {:.0} µs | {} |",
                         r.config, r.requests_per_second, r.p50_us, r.p99_us, r.errors
@@ -63,6 +70,13 @@ fn main() {
                 .build()
                 .unwrap();
             runtime.block_on(coherence::run(writes));
+        }
+        "redis-calls" => {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            runtime.block_on(coherence::redis_call_costs(3000));
         }
         "round-trips" => {
             let requests = arg(&args, "--requests").unwrap_or(1000);

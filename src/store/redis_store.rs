@@ -32,6 +32,8 @@ return 1
 /// every store. ARGV: the change channel ('' for none) and message,
 /// expires_at, now, cleared (0/1), permanent ('' for unchanged, 0, 1), the
 /// number of removed fields, the removed fields, then field/value pairs.
+/// Fields go in a few `HDEL`/`HSET` calls of up to 100 fields each (Lua's
+/// `unpack` has a bound), not one call per field.
 const APPLY: &str = r"
 local expires = redis.call('HGET', KEYS[1], 'm:e')
 if not expires or tonumber(expires) <= tonumber(ARGV[4]) then return 0 end
@@ -41,10 +43,17 @@ if ARGV[5] == '1' then
   end
 end
 local removed = tonumber(ARGV[7])
-for i = 8, 7 + removed do redis.call('HDEL', KEYS[1], ARGV[i]) end
-for i = 8 + removed, #ARGV, 2 do redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1]) end
-if ARGV[6] ~= '' then redis.call('HSET', KEYS[1], 'm:p', ARGV[6]) end
-redis.call('HSET', KEYS[1], 'm:e', ARGV[3])
+for i = 8, 7 + removed, 100 do
+  redis.call('HDEL', KEYS[1], unpack(ARGV, i, math.min(i + 99, 7 + removed)))
+end
+local fields = {'m:e', ARGV[3]}
+if ARGV[6] ~= '' then fields[3] = 'm:p'; fields[4] = ARGV[6] end
+for i = 8 + removed, #ARGV, 2 do
+  fields[#fields + 1] = ARGV[i]
+  fields[#fields + 1] = ARGV[i + 1]
+  if #fields >= 200 then redis.call('HSET', KEYS[1], unpack(fields)); fields = {} end
+end
+if #fields > 0 then redis.call('HSET', KEYS[1], unpack(fields)) end
 redis.call('EXPIREAT', KEYS[1], ARGV[3])
 if ARGV[1] ~= '' then redis.call('PUBLISH', ARGV[1], ARGV[2]) end
 return 1
