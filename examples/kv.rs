@@ -28,16 +28,19 @@
 //! `DELETE /session/{key}`, `POST /session/clear`,
 //! `POST /session/permanent` (body `true` or `false`),
 //! `POST /session/cycle` (a new id, same data); each answers with the whole
-//! session as a JSON object.
+//! session as a JSON object. With a store, `GET /session/handle` answers
+//! the session's public handle (a JSON string; `null` before its first
+//! write) and `DELETE /sessions/{handle}` ends that session
+//! (`{"ended": true}`).
 
 use std::process::ExitCode;
 
-use axum::extract::Path;
-use axum::routing::{get, post, put};
+use axum::extract::{Path, State};
+use axum::routing::{delete, get, post, put};
 use axum::{Json, Router};
 use serde_json::{Map, Value};
 use session_layer::store::MemoryStore;
-use session_layer::{DefaultErrorHandler, Key, Session, SessionLayer};
+use session_layer::{DefaultErrorHandler, Key, Session, SessionLayer, Sessions};
 use tracing_subscriber::EnvFilter;
 
 type Reply = Result<Json<Map<String, Value>>, session_layer::Error>;
@@ -94,6 +97,31 @@ async fn cycle(session: Session) -> Reply {
     Ok(Json(session.to_map()))
 }
 
+/// The session's public handle (a JSON string), or `null` when it has no
+/// stored record yet (or lives in the cookie).
+async fn handle(session: Session) -> Json<Option<String>> {
+    Json(session.handle())
+}
+
+/// Ends the session a handle names: `{"ended": true}`, or false for a
+/// string that is no handle of this server's. (A real app checks first
+/// that the handle is one of the signed-in user's sessions.)
+async fn end(
+    State(sessions): State<Option<Sessions>>,
+    Path(handle): Path<String>,
+) -> Result<Json<Value>, (axum::http::StatusCode, String)> {
+    let Some(sessions) = sessions else {
+        return Err((
+            axum::http::StatusCode::NOT_FOUND,
+            "sessions in cookies cannot be ended by handle: use a SESSION_STORE\n".into(),
+        ));
+    };
+    match sessions.end(&handle).await {
+        Ok(ended) => Ok(Json(serde_json::json!({ "ended": ended }))),
+        Err(e) => Err((e.status(), format!("{e}\n"))),
+    }
+}
+
 async fn permanent(session: Session, JsonBody(permanent): JsonBody<bool>) -> Reply {
     session.set_permanent(permanent);
     Ok(Json(session.to_map()))
@@ -133,7 +161,8 @@ async fn router() -> Result<Router, String> {
         }
         Ok(spec) => network_store(layer, spec).await?,
     };
-    Ok(app(layer.secure(secure)))
+    let sessions = layer.sessions();
+    Ok(app(layer.secure(secure), sessions))
 }
 
 /// A store on a server, by URL; each kind needs its cargo feature.
@@ -301,7 +330,7 @@ fn flask_router(secure: bool) -> Result<Router, String> {
         "SESSION_CODEC=flask needs SESSION_SECRET, the Flask app's SECRET_KEY".to_owned()
     })?;
     let codec = session_layer::codec::FlaskCodec::new(secret).map_err(|e| e.to_string())?;
-    Ok(app(SessionLayer::flask(codec).secure(secure)))
+    Ok(app(SessionLayer::flask(codec).secure(secure), None))
 }
 
 #[cfg(not(feature = "flask"))]
@@ -313,13 +342,19 @@ fn flask_router(_secure: bool) -> Result<Router, String> {
 }
 
 /// The routes, behind either kind of layer (keyed, or Flask's).
-fn app<K: Clone + Send + Sync + 'static>(layer: SessionLayer<DefaultErrorHandler, K>) -> Router {
+fn app<K: Clone + Send + Sync + 'static>(
+    layer: SessionLayer<DefaultErrorHandler, K>,
+    sessions: Option<Sessions>,
+) -> Router {
     Router::new()
         .route("/session", get(show))
+        .route("/session/handle", get(handle))
         .route("/session/{key}", put(set).delete(remove))
         .route("/session/clear", post(clear))
         .route("/session/permanent", post(permanent))
         .route("/session/cycle", post(cycle))
+        .route("/sessions/{handle}", delete(end))
+        .with_state(sessions)
         .layer(layer)
 }
 

@@ -37,6 +37,9 @@ struct KeyInner {
     signing: HmacSha256,
     encryption: XChaCha20Poly1305,
     id_signing: HmacSha256,
+    /// Session handles: the id encrypted under a nonce derived from it.
+    handle_encryption: XChaCha20Poly1305,
+    handle_nonce: HmacSha256,
 }
 
 impl Key {
@@ -61,11 +64,15 @@ impl Key {
         let signing = derive_mac(&hkdf, b"signed-cookie v1");
         let encryption = XChaCha20Poly1305::new(&derive(&hkdf, b"private-cookie v1").into());
         let id_signing = derive_mac(&hkdf, b"session-id v1");
+        let handle_encryption = XChaCha20Poly1305::new(&derive(&hkdf, b"session-handle v1").into());
+        let handle_nonce = derive_mac(&hkdf, b"session-handle-nonce v1");
         Ok(Self {
             inner: Arc::new(KeyInner {
                 signing,
                 encryption,
                 id_signing,
+                handle_encryption,
+                handle_nonce,
             }),
         })
     }
@@ -114,6 +121,14 @@ impl Key {
 
     pub(crate) fn id_signing(&self) -> &HmacSha256 {
         &self.inner.id_signing
+    }
+
+    pub(crate) fn handle_encryption(&self) -> &XChaCha20Poly1305 {
+        &self.inner.handle_encryption
+    }
+
+    pub(crate) fn handle_nonce(&self) -> &HmacSha256 {
+        &self.inner.handle_nonce
     }
 }
 

@@ -158,6 +158,20 @@ impl<H> SessionLayer<H, Keyed> {
         self
     }
 
+    /// The stored sessions, to end one by its public handle
+    /// ([`Session::handle`](crate::Session::handle)); `None` until
+    /// [`with_store`](Self::with_store) (client-side sessions cannot be
+    /// ended one by one: see `not_before`).
+    pub fn sessions(&self) -> Option<crate::Sessions> {
+        match &self.shared.backend {
+            Backend::Store(backend) => Some(crate::Sessions::new(
+                backend.store.clone(),
+                backend.keys.clone(),
+            )),
+            Backend::Cookie(_) => None,
+        }
+    }
+
     /// Sessions end this long after they were created (or their id last
     /// cycled, or they were flushed and written again), however active
     /// (default: none), so

@@ -86,6 +86,7 @@ mod layer;
 mod load;
 mod service;
 mod session;
+mod sessions;
 
 pub mod codec;
 #[cfg(fuzzing)]
@@ -106,6 +107,7 @@ pub use key::{Key, Keyring, MIN_KEY_LEN};
 pub use layer::{Flask, Keyed, SessionLayer};
 pub use service::SessionService;
 pub use session::Session;
+pub use sessions::Sessions;
 
 /// The Rust blocks of the README and the guides, compiled (and run where
 /// they can) as doc tests, so the documentation cannot drift from the API.

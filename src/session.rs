@@ -50,6 +50,8 @@ pub(crate) struct State {
     pub(crate) flushed: bool,
     /// Whether per-key changes are kept (server-side sessions only).
     pub(crate) track_changes: bool,
+    /// Server-side: the record's id and the keys that make its handle.
+    pub(crate) stored_as: Option<(crate::id::SessionId, crate::key::Keyring)>,
 }
 
 impl State {
@@ -299,6 +301,25 @@ impl Session {
         let mut state = self.read();
         state.clear();
         state.flushed = true;
+    }
+
+    /// The session's public handle: a name for its stored record that
+    /// is safe to show, log or put in a URL (the id itself is a bearer
+    /// secret; the handle is the id encrypted under the layer's key, so it
+    /// cannot be used as a cookie), and stable for the life of the id.
+    /// [`Sessions::end`](crate::Sessions::end) ends a session by its handle
+    /// ("sign out that device").
+    ///
+    /// `None` for a session with no stored record yet (a new session gets
+    /// its id when the response is written: its handle shows from the
+    /// next request on) and for client-side sessions, which the server
+    /// cannot end one by one (see `not_before` in docs/security.md). After
+    /// [`cycle_id`](Self::cycle_id) the handle is the old id's until the
+    /// response is written.
+    pub fn handle(&self) -> Option<String> {
+        let state = self.read();
+        let (id, keys) = state.stored_as.as_ref()?;
+        Some(crate::id::handle(keys, id))
     }
 
     /// Gives the session a new id, keeping its data, and removes the old

@@ -313,3 +313,47 @@ fn two_cached_kv_processes_never_answer_a_stale_session() {
         }
     }
 }
+
+/// A session's public handle names it without being its cookie, and ends
+/// it from another client ("sign out that device").
+#[test]
+fn a_session_is_ended_by_its_handle() {
+    let server = start(&[("SESSION_STORE", "memory")]);
+    let mut device = Client {
+        server: &server,
+        cookie: String::new(),
+    };
+    assert_eq!(device.send("GET", "/session/handle", "").body, "null");
+    device.send("PUT", "/session/user", r#""ann""#);
+    let handle = device.send("GET", "/session/handle", "").body;
+    let handle: String = serde_json::from_str(&handle).unwrap();
+    assert_eq!(handle.len(), 96);
+    assert!(!device.cookie.contains(&handle) && !handle.contains(&device.cookie[8..40]));
+    assert_eq!(
+        serde_json::from_str::<String>(&device.send("GET", "/session/handle", "").body).unwrap(),
+        handle,
+        "stable"
+    );
+    // The handle is no cookie.
+    let as_cookie = request(&server, "GET", "/session", "", &format!("session={handle}"));
+    assert_eq!(as_cookie.body, "{}");
+
+    let bogus = request(&server, "DELETE", "/sessions/not-a-handle", "", "");
+    assert_eq!(bogus.body, r#"{"ended":false}"#);
+    let ended = request(&server, "DELETE", &format!("/sessions/{handle}"), "", "");
+    assert_eq!(ended.body, r#"{"ended":true}"#);
+    assert_eq!(device.send("GET", "/session", "").body, "{}", "signed out");
+
+    // Sessions in cookies have no handle, and cannot be ended by one.
+    let cookies = start(&[]);
+    let mut client = Client {
+        server: &cookies,
+        cookie: String::new(),
+    };
+    client.send("PUT", "/session/user", r#""ann""#);
+    assert_eq!(client.send("GET", "/session/handle", "").body, "null");
+    assert_eq!(
+        request(&cookies, "DELETE", &format!("/sessions/{handle}"), "", "").status,
+        404
+    );
+}
