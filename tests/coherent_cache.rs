@@ -332,6 +332,76 @@ mod postgres_cache {
         }
     }
 
+    /// A table name at PostgreSQL's length limit still gets a change
+    /// channel (a shorter derived name) and its writes still work.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_long_table_name_still_notifies() {
+        let Ok(store) = SqlStore::connect(&url()).await else {
+            common::missing("PostgreSQL is unreachable");
+            return;
+        };
+        let table = format!("coherent_long_{}_{}", std::process::id(), "t".repeat(60));
+        let table = &table[..63];
+        let store = store.table(table);
+        store.migrate().await.unwrap();
+        let (a, b) = (
+            CachingStore::coherent(store.clone()).unwrap(),
+            CachingStore::coherent(store.clone()).unwrap(),
+        );
+        assert!(a.wait_caching(Duration::from_secs(10)).await);
+        assert!(b.wait_caching(Duration::from_secs(10)).await);
+        let id = SessionId::generate();
+        assert!(a.create(&id, &record(1)).await.unwrap());
+        assert_eq!(v(&b, &id).await, Some(1));
+        assert!(a.apply(&id, &set(2)).await.unwrap());
+        eventually("b hears of it", || async { v(&b, &id).await == Some(2) }).await;
+        a.delete(&id).await.unwrap();
+        let pool = sqlx::PgPool::connect(&url()).await.unwrap();
+        sqlx::query(&format!("DROP TABLE {table}"))
+            .execute(&pool)
+            .await
+            .unwrap();
+    }
+
+    /// A delete that times out here but lands at the server afterwards (a
+    /// row lock held elsewhere) is reported back to the cache that sent it,
+    /// which otherwise ignores its own writes' messages.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_write_that_timed_out_but_landed_is_not_served_from_the_cache() {
+        let Some(store) = store().await else { return };
+        let store = store.table(&format!("{}_late", table()));
+        store.migrate().await.unwrap();
+        let cache =
+            CachingStore::coherent(store.clone().timeout(Duration::from_millis(300))).unwrap();
+        assert!(cache.wait_caching(Duration::from_secs(10)).await);
+        let id = SessionId::generate();
+        assert!(cache.create(&id, &record(1)).await.unwrap());
+
+        // Another transaction holds the row; the delete waits past its
+        // timeout, then lands when the lock goes.
+        let pool = sqlx::PgPool::connect(&url()).await.unwrap();
+        let mut holder = pool.begin().await.unwrap();
+        sqlx::query(&format!(
+            "SELECT 1 FROM {}_late WHERE id = $1 FOR UPDATE",
+            table()
+        ))
+        .bind(id.as_str())
+        .execute(&mut *holder)
+        .await
+        .unwrap();
+        assert!(cache.delete(&id).await.is_err(), "timed out");
+        assert_eq!(v(&cache, &id).await, Some(1), "the delete has not landed");
+        holder.commit().await.unwrap();
+        eventually("the late delete reaches the cache", || async {
+            v(&cache, &id).await.is_none()
+        })
+        .await;
+        sqlx::query(&format!("DROP TABLE {}_late", table()))
+            .execute(&pool)
+            .await
+            .unwrap();
+    }
+
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn two_caches_on_one_postgres_stay_coherent() {
         let (Some(a), Some(b)) = (store().await, store().await) else {

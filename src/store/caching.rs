@@ -38,9 +38,11 @@ use crate::error::Error;
 /// every write counts a generation once it is done (or abandoned: the
 /// count is taken when the write's future is dropped, so a request
 /// cancelled mid-write counts too), and a cached record is served only
-/// while the generation it was read under is current. A record this
-/// process wrote is updated in place when no other write came between,
-/// so a read-modify-write costs one round trip, not two.
+/// while the generation it was read under is current. In the coherent
+/// mode, a record this process wrote is updated in place when no other
+/// write came between, so a read-modify-write costs one round trip, not
+/// two; a write that failed here but landed anyway (a timeout) is reported
+/// by the channel like another server's.
 ///
 /// **What coherent means here.** Another process's change reaches this
 /// cache one message after the write: Redis or PostgreSQL sends it to every
@@ -51,6 +53,11 @@ use crate::error::Error;
 /// A write abandoned by a timeout but still in flight at the backend can
 /// land after its count: the channel reports it when it lands (the
 /// time-bounded mode misses it for up to the TTL).
+///
+/// Every server's layer stamps its writes when its store is a cache, and
+/// the client carries the stamp (docs/cookie-format.md): a cached copy is
+/// served only to a client whose last write it holds, so a client reads
+/// its own writes on any server, in either mode.
 #[derive(Debug)]
 pub struct CachingStore<S> {
     inner: S,
@@ -58,7 +65,7 @@ pub struct CachingStore<S> {
     cache: Cache<SessionId, (Record, u64)>,
     state: Arc<State>,
     /// The task listening for changes (coherent mode), stopped on drop.
-    _watcher: Option<Watcher>,
+    watcher: Option<Watcher>,
 }
 
 /// Write counters, one per stripe of ids: a cached record is good while
@@ -77,10 +84,15 @@ struct State {
     heard: AtomicU64,
     /// Times the channel was lost.
     losses: AtomicU64,
+    /// Ids whose write through this cache failed or was abandoned: the
+    /// write may still land, and its message (which carries this cache's
+    /// own origin, and is otherwise ignored) must then count. An id leaves
+    /// when such a message comes, or after `DOUBT`.
+    doubtful: std::sync::Mutex<std::collections::HashMap<Box<str>, std::time::Instant>>,
 }
 
 impl State {
-    const STRIPES: usize = 4096;
+    const STRIPES: usize = 16_384;
 
     fn new(live: bool) -> Self {
         Self {
@@ -89,7 +101,25 @@ impl State {
             live: AtomicBool::new(live),
             heard: AtomicU64::new(0),
             losses: AtomicU64::new(0),
+            doubtful: std::sync::Mutex::default(),
         }
+    }
+
+    /// How long a failed write is watched for a late landing.
+    const DOUBT: Duration = Duration::from_secs(600);
+
+    fn doubt(&self, id: &str) {
+        let now = std::time::Instant::now();
+        let mut doubtful = self.doubtful.lock().unwrap_or_else(|e| e.into_inner());
+        doubtful.retain(|_, since| now.duration_since(*since) < Self::DOUBT);
+        doubtful.insert(id.into(), now);
+    }
+
+    /// Whether a message of this cache's own origin about `id` counts: the
+    /// write behind it was not acknowledged here.
+    fn resolve_doubt(&self, id: &str) -> bool {
+        let mut doubtful = self.doubtful.lock().unwrap_or_else(|e| e.into_inner());
+        doubtful.remove(id).is_some()
     }
 
     fn stripe(&self, id: &str) -> &AtomicU64 {
@@ -121,13 +151,19 @@ impl State {
 
 /// Counts a write when dropped: after the write returns, or when its
 /// future is dropped mid-way (a cancelled request), whichever comes first.
+/// A write that did not succeed here may still land at the backend: its id
+/// is watched for that.
 struct Counted<'a> {
     state: &'a State,
     id: &'a SessionId,
+    succeeded: bool,
 }
 
 impl Drop for Counted<'_> {
     fn drop(&mut self) {
+        if !self.succeeded {
+            self.state.doubt(self.id.as_str());
+        }
         self.state.bump(self.id.as_str());
     }
 }
@@ -184,6 +220,19 @@ impl Invalidations {
         }
     }
 
+    /// The session `id` was changed by a write of this cache's own origin.
+    /// Ignored, since the cache applied that write itself, unless the
+    /// write failed or was abandoned here and landed after all (a
+    /// timeout): then it counts as a change.
+    pub fn changed_here(&self, id: &str) {
+        if let Some(state) = self.0.upgrade()
+            && state.resolve_doubt(id)
+        {
+            state.bump(id);
+            state.heard.fetch_add(1, Ordering::SeqCst);
+        }
+    }
+
     /// The channel is down: changes may be missed until
     /// [`connected`](Self::connected), so the cache drops what it holds
     /// and reads through.
@@ -229,7 +278,7 @@ impl<S: SessionStore> CachingStore<S> {
                 .time_to_live(ttl)
                 .build(),
             state: Arc::new(State::new(true)),
-            _watcher: None,
+            watcher: None,
         }
     }
 
@@ -318,7 +367,7 @@ impl<S: Notifying> CachingStore<S> {
             inner,
             cache: Cache::builder().max_capacity(capacity).build(),
             state,
-            _watcher: Some(Watcher(task.abort_handle())),
+            watcher: Some(Watcher(task.abort_handle())),
         })
     }
 }
@@ -428,12 +477,19 @@ impl<S> CachingStore<S> {
     /// Runs a backend write and counts it, even if this future is dropped
     /// before the write returns. (Dropping the cached copy afterwards only
     /// frees memory: a copy read under an older count is never served.)
-    async fn write<T>(&self, id: &SessionId, write: impl Future<Output = T>) -> T {
-        let _counted = Counted {
+    async fn write<T>(
+        &self,
+        id: &SessionId,
+        write: impl Future<Output = Result<T, Error>>,
+    ) -> Result<T, Error> {
+        let mut counted = Counted {
             state: &self.state,
             id,
+            succeeded: false,
         };
-        write.await
+        let result = write.await;
+        counted.succeeded = result.is_ok();
+        result
     }
 
     /// Caches `record` as this process just wrote it, if no other write
@@ -442,7 +498,11 @@ impl<S> CachingStore<S> {
     /// it back.
     async fn keep(&self, id: &SessionId, before: u64, record: Record) {
         let after = before + 1;
-        if self.state.live() && self.state.current(id.as_str()) == after {
+        // Only a coherent cache hears of other servers' writes: a
+        // time-bounded one that kept its own writes would refresh the TTL
+        // of a copy that misses them, for as long as it keeps writing.
+        let coherent = self.watcher.is_some();
+        if coherent && self.state.live() && self.state.current(id.as_str()) == after {
             self.cache.insert(id.clone(), (record, after)).await;
         } else {
             self.cache.invalidate(id).await;
@@ -610,6 +670,8 @@ mod tests {
     struct Reporting {
         inner: Arc<MemoryStore>,
         channel: Arc<std::sync::Mutex<Option<Invalidations>>>,
+        /// Applies land, then answer an error (a timeout after the fact).
+        fail_after_applying: Arc<std::sync::atomic::AtomicBool>,
     }
 
     #[async_trait]
@@ -621,7 +683,11 @@ mod tests {
             self.inner.create(id, record).await
         }
         async fn apply(&self, id: &SessionId, changes: &Changes) -> Result<bool, Error> {
-            self.inner.apply(id, changes).await
+            let applied = self.inner.apply(id, changes).await;
+            if self.fail_after_applying.load(Ordering::SeqCst) {
+                return Err(Error::store("timed out"));
+            }
+            applied
         }
         async fn delete(&self, id: &SessionId) -> Result<(), Error> {
             self.inner.delete(id).await
@@ -753,6 +819,51 @@ mod tests {
         let gone = SessionId::generate();
         assert!(!cache.apply(&gone, &set(4)).await.unwrap());
         assert_eq!(v(&cache, &gone).await, None);
+    }
+
+    #[tokio::test]
+    async fn its_own_messages_count_only_for_writes_that_failed_here() {
+        let backend = Reporting::default();
+        let cache = CachingStore::coherent(backend.clone()).unwrap();
+        let channel = backend.channel().await;
+        channel.connected();
+        let id = SessionId::generate();
+        assert!(cache.create(&id, &record(1)).await.unwrap());
+        assert!(cache.apply(&id, &set(2)).await.unwrap());
+        backend.write_silently(&id, 100).await;
+        channel.changed_here(id.as_str());
+        assert_eq!(v(&cache, &id).await, Some(2), "its own write: ignored");
+
+        // A write that failed here but landed: its message counts, once.
+        backend.fail_after_applying.store(true, Ordering::SeqCst);
+        assert!(cache.apply(&id, &set(3)).await.is_err());
+        backend.fail_after_applying.store(false, Ordering::SeqCst);
+        assert_eq!(v(&cache, &id).await, Some(3), "read back after the failure");
+        backend.write_silently(&id, 101).await;
+        assert_eq!(v(&cache, &id).await, Some(3), "cached again");
+        channel.changed_here(id.as_str());
+        assert_eq!(v(&cache, &id).await, Some(101), "the late landing counts");
+        backend.write_silently(&id, 102).await;
+        channel.changed_here(id.as_str());
+        assert_eq!(v(&cache, &id).await, Some(101), "and only once");
+    }
+
+    /// A time-bounded cache hears of no other server's writes: it must not
+    /// keep its own write in place, which would renew the TTL of a copy
+    /// that misses them for as long as it keeps writing.
+    #[tokio::test]
+    async fn a_time_bounded_cache_reads_back_after_its_own_writes() {
+        let backend = Arc::new(MemoryStore::new());
+        let cache = CachingStore::with_cache(backend.clone(), 100, Duration::from_secs(3600));
+        let id = SessionId::generate();
+        assert!(cache.create(&id, &record(1)).await.unwrap());
+        let mut elsewhere = Changes::expiry(now(), now() + 60);
+        elsewhere.set.push(("x".into(), json!(1)));
+        assert!(backend.apply(&id, &elsewhere).await.unwrap());
+        assert!(cache.apply(&id, &set(2)).await.unwrap());
+        let record = cache.load(&id, now()).await.unwrap().unwrap();
+        assert_eq!(record.data["x"], 1, "another server's write is not lost");
+        assert_eq!(record.data["v"], 2);
     }
 
     #[tokio::test]

@@ -110,13 +110,19 @@ pub(super) fn change_message(origin: u64, id: &SessionId) -> String {
     format!("{origin:x}:{}", id.as_str())
 }
 
-/// The id in a change message, unless the origin `own` wrote it (or the
-/// message is not one).
+/// Reports a change message to a cache: as its own when the origin `own`
+/// wrote it, as another's otherwise. Anything else is ignored.
 #[cfg(all(
     feature = "caching-store",
     any(feature = "redis-store", feature = "postgres-store")
 ))]
-pub(super) fn changed_id(message: &str, own: u64) -> Option<&str> {
-    let (origin, id) = message.split_once(':')?;
-    (u64::from_str_radix(origin, 16).ok()? != own).then_some(id)
+pub(super) fn report(message: &str, own: u64, to: &super::Invalidations) {
+    let Some((origin, id)) = message.split_once(':') else {
+        return;
+    };
+    match u64::from_str_radix(origin, 16) {
+        Ok(origin) if origin == own => to.changed_here(id),
+        Ok(_) => to.changed(id),
+        Err(_) => {}
+    }
 }

@@ -23,7 +23,7 @@ if expires and tonumber(expires) > tonumber(ARGV[4]) then return 0 end
 redis.call('DEL', KEYS[1])
 for i = 5, #ARGV, 2 do redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1]) end
 redis.call('EXPIREAT', KEYS[1], ARGV[3])
-if ARGV[1] ~= '' then redis.call('PUBLISH', ARGV[1], ARGV[2]) end
+if ARGV[1] ~= '' then redis.pcall('PUBLISH', ARGV[1], ARGV[2]) end
 return 1
 ";
 
@@ -55,7 +55,7 @@ for i = 8 + removed, #ARGV, 2 do
 end
 if #fields > 0 then redis.call('HSET', KEYS[1], unpack(fields)) end
 redis.call('EXPIREAT', KEYS[1], ARGV[3])
-if ARGV[1] ~= '' then redis.call('PUBLISH', ARGV[1], ARGV[2]) end
+if ARGV[1] ~= '' then redis.pcall('PUBLISH', ARGV[1], ARGV[2]) end
 return 1
 ";
 
@@ -64,7 +64,7 @@ return 1
 const TAKE: &str = r"
 local fields = redis.call('HGETALL', KEYS[1])
 redis.call('DEL', KEYS[1])
-if #fields > 0 and ARGV[1] ~= '' then redis.call('PUBLISH', ARGV[1], ARGV[2]) end
+if #fields > 0 and ARGV[1] ~= '' then redis.pcall('PUBLISH', ARGV[1], ARGV[2]) end
 return fields
 ";
 
@@ -72,9 +72,13 @@ return fields
 /// none) and message.
 const DELETE: &str = r"
 local removed = redis.call('DEL', KEYS[1])
-if removed > 0 and ARGV[1] ~= '' then redis.call('PUBLISH', ARGV[1], ARGV[2]) end
+if removed > 0 and ARGV[1] ~= '' then redis.pcall('PUBLISH', ARGV[1], ARGV[2]) end
 return removed
 ";
+
+// The scripts publish with `redis.pcall`: a user whose ACL allows no
+// channels (Redis 7's default for new users) still writes; only a coherent
+// cache, which could not subscribe either, goes without.
 
 /// The scripts with their SHA1 computed once, for `EVALSHA`.
 static CREATE_SCRIPT: LazyLock<Script> = LazyLock::new(|| Script::new(CREATE));
@@ -438,8 +442,8 @@ impl super::Notifying for RedisStore {
                         tokio::select! {
                             push = pushes.recv() => match push {
                                 Some(push) if push.kind == redis::PushKind::Message => {
-                                    if let Some(id) = changed_id(&push.data, self.origin) {
-                                        to.changed(id);
+                                    if let Some(message) = message(&push.data) {
+                                        super::net::report(message, self.origin, &to);
                                     }
                                 }
                                 Some(push) if push.kind == redis::PushKind::Disconnection => break,
@@ -505,14 +509,13 @@ impl RedisStore {
     }
 }
 
-/// The id in a message push (the channel, then the message), unless this
-/// store's own origin wrote it.
+/// The message of a message push (the channel, then the message).
 #[cfg(feature = "caching-store")]
-fn changed_id(data: &[Value], own: u64) -> Option<&str> {
+fn message(data: &[Value]) -> Option<&str> {
     let Some(Value::BulkString(message)) = data.get(1) else {
         return None;
     };
-    super::net::changed_id(std::str::from_utf8(message).ok()?, own)
+    std::str::from_utf8(message).ok()
 }
 
 /// A single server or a cluster, behind one connection type.

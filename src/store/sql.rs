@@ -208,7 +208,7 @@ impl Sql {
                 "WITH deleted AS (DELETE FROM {table} WHERE id = $1 RETURNING 1) \
                  SELECT pg_notify($2, $3)::text FROM deleted"
             ),
-            channel: format!("{table}_changes"),
+            channel: channel_name(table),
             apply_json: format!(
                 "WITH applied AS (UPDATE {table} SET data = (SELECT COALESCE(json_object_agg(merged.k, merged.v), '{{}}'::json)::text \
                  FROM (SELECT old.key AS k, old.value AS v \
@@ -580,6 +580,20 @@ impl SqlStore {
     }
 }
 
+/// PostgreSQL's change channel for `table`: `{table}_changes`, or, where
+/// that would pass PostgreSQL's 63-byte limit on names, `changes_` and 16
+/// hex digits of the name's SHA-256.
+fn channel_name(table: &str) -> String {
+    let name = format!("{table}_changes");
+    if name.len() <= 63 {
+        return name;
+    }
+    use sha2::Digest;
+    let digest = sha2::Sha256::digest(table.as_bytes());
+    let hex: String = digest[..8].iter().map(|b| format!("{b:02x}")).collect();
+    format!("changes_{hex}")
+}
+
 /// PostgreSQL's change channel.
 #[cfg(feature = "postgres-store")]
 impl SqlStore {
@@ -611,14 +625,20 @@ impl super::Notifying for SqlStore {
         let Pool::Postgres(pool) = &self.pool else {
             return;
         };
+        // Connections of the listener's own, outside the pool requests
+        // use: a busy pool must not look like a lost channel, nor the
+        // listener take a connection a request is waiting for.
+        let own = sqlx::postgres::PgPoolOptions::new()
+            .max_connections(2)
+            .connect_lazy_with(pool.connect_options().as_ref().clone());
         let mut backoff = Duration::from_millis(50);
         while !to.is_closed() {
-            match self.listen(pool).await {
+            match self.listen(&own).await {
                 Ok(mut listener) => {
                     to.connected();
                     backoff = Duration::from_millis(50);
-                    self.relay(pool, &mut listener, &to).await;
-                    listener.abort();
+                    self.relay(&own, &mut listener, &to).await;
+                    drop(listener);
                     to.lost();
                 }
                 Err(error) => {
@@ -641,8 +661,10 @@ struct Listening {
 }
 
 #[cfg(all(feature = "postgres-store", feature = "caching-store"))]
-impl Listening {
-    fn abort(&self) {
+impl Drop for Listening {
+    /// The reading task holds the connection: it ends with the watcher,
+    /// not at the next notification.
+    fn drop(&mut self) {
         self.task.abort();
     }
 }
@@ -652,6 +674,9 @@ impl SqlStore {
     async fn listen(&self, pool: &sqlx::PgPool) -> Result<Listening, Error> {
         let mut listener =
             bounded(self.timeout, sqlx::postgres::PgListener::connect_with(pool)).await?;
+        // A lost connection is reported at once (`None`), not after a
+        // reconnection inside `try_recv`.
+        listener.eager_reconnect(false);
         bounded(self.timeout, listener.listen(&self.sql.channel)).await?;
         let (sender, notifications) = tokio::sync::mpsc::channel(1024);
         let task = tokio::spawn(async move {
@@ -695,8 +720,8 @@ impl SqlStore {
                     let Some(message) = message else { return };
                     if awaiting.as_ref().is_some_and(|(probe, _)| *probe == message) {
                         awaiting = None;
-                    } else if let Some(id) = super::net::changed_id(&message, self.origin) {
-                        to.changed(id);
+                    } else {
+                        super::net::report(&message, self.origin, to);
                     }
                 }
                 () = tokio::time::sleep_until(wake) => {
