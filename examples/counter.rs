@@ -2,7 +2,7 @@
 //!
 //! ```sh
 //! cargo run --example counter
-//! curl -c jar -b jar http://127.0.0.1:3000/   # 1, 2, 3, ...
+//! curl -c jar -b jar http://127.0.0.1:3000/   # You have been here 1 time(s). (then 2, 3, ...)
 //! ```
 
 use axum::{Router, routing::get};

@@ -246,6 +246,13 @@ fn file_store(_: &str) -> Result<MemoryStore, String> {
 }
 
 /// Whether `SESSION_CACHE` asks for a cache in front of the store.
+#[cfg(any(
+    feature = "redis-store",
+    feature = "postgres-store",
+    feature = "mysql-store",
+    feature = "sqlite-store",
+    feature = "memcached-store"
+))]
 fn cache_wanted() -> Result<bool, String> {
     match std::env::var("SESSION_CACHE").as_deref() {
         Err(_) | Ok("0") => Ok(false),
