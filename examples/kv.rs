@@ -20,6 +20,10 @@
 //!   `redis://..`, `postgres://..`, `mysql://..`, `sqlite:PATH`,
 //!   `memcache://..` (each with its store feature; `--all-features` has
 //!   them all);
+//! - `SESSION_TRANSPORT`: where the session token travels: `cookie` (the
+//!   default), `header` (`x-session-token`, both ways, no cookie), `both`
+//!   (the header when a request has it, the cookie otherwise) or `bearer`
+//!   (`Authorization: Bearer` in, `x-session-token` out);
 //! - `SESSION_CACHE=1`: a cache in this process in front of a server-side
 //!   store (`--features caching-store`): coherent on Redis and PostgreSQL,
 //!   which report every change, time-bounded (5 s) on the others.
@@ -40,7 +44,7 @@ use axum::routing::{delete, get, post, put};
 use axum::{Json, Router};
 use serde_json::{Map, Value};
 use session_layer::store::MemoryStore;
-use session_layer::{DefaultErrorHandler, Key, Session, SessionLayer, Sessions};
+use session_layer::{DefaultErrorHandler, Key, Session, SessionLayer, Sessions, Transport};
 use tracing_subscriber::EnvFilter;
 
 type Reply = Result<Json<Map<String, Value>>, session_layer::Error>;
@@ -162,7 +166,21 @@ async fn router() -> Result<Router, String> {
         Ok(spec) => network_store(layer, spec).await?,
     };
     let sessions = layer.sessions();
-    Ok(app(layer.secure(secure), sessions))
+    Ok(app(layer.secure(secure).transport(transport()?), sessions))
+}
+
+/// `SESSION_TRANSPORT`: where the token travels.
+fn transport() -> Result<Transport, String> {
+    const TOKEN: axum::http::HeaderName = axum::http::HeaderName::from_static("x-session-token");
+    match std::env::var("SESSION_TRANSPORT").as_deref() {
+        Err(_) | Ok("cookie") => Ok(Transport::Cookie),
+        Ok("header") => Ok(Transport::Header(TOKEN)),
+        Ok("both") => Ok(Transport::HeaderOrCookie(TOKEN)),
+        Ok("bearer") => Ok(Transport::Bearer(TOKEN)),
+        Ok(other) => Err(format!(
+            "SESSION_TRANSPORT={other:?}: use cookie, header, both or bearer"
+        )),
+    }
 }
 
 /// A store on a server, by URL; each kind needs its cargo feature.
@@ -337,7 +355,12 @@ fn flask_router(secure: bool) -> Result<Router, String> {
         "SESSION_CODEC=flask needs SESSION_SECRET, the Flask app's SECRET_KEY".to_owned()
     })?;
     let codec = session_layer::codec::FlaskCodec::new(secret).map_err(|e| e.to_string())?;
-    Ok(app(SessionLayer::flask(codec).secure(secure), None))
+    Ok(app(
+        SessionLayer::flask(codec)
+            .secure(secure)
+            .transport(transport()?),
+        None,
+    ))
 }
 
 #[cfg(not(feature = "flask"))]

@@ -57,6 +57,64 @@ pub(crate) struct Config {
     pub(crate) absolute_timeout: Option<Duration>,
     pub(crate) not_before: Option<NotBefore>,
     pub(crate) clock: Clock,
+    pub(crate) transport: Transport,
+}
+
+/// Where the session token (the signed, private or Flask cookie value, or
+/// the signed id of a stored session) travels: see
+/// [`SessionLayer::transport`](crate::SessionLayer::transport).
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Transport {
+    /// In a cookie (the default).
+    Cookie,
+    /// In the header `name`, both ways (`x-session-token`, say); no cookie
+    /// is read or written.
+    Header(http::HeaderName),
+    /// In requests as `Authorization: Bearer <token>`; in responses in the
+    /// header `name`.
+    Bearer(http::HeaderName),
+    /// The header `name` when a request has it, the cookie otherwise.
+    HeaderOrCookie(http::HeaderName),
+    /// `Authorization: Bearer` when a request has it, the cookie otherwise;
+    /// responses in the header `name` or the cookie.
+    BearerOrCookie(http::HeaderName),
+}
+
+impl Transport {
+    /// The response header that carries the token, if any.
+    pub(crate) fn header(&self) -> Option<&http::HeaderName> {
+        match self {
+            Self::Cookie => None,
+            Self::Header(name)
+            | Self::Bearer(name)
+            | Self::HeaderOrCookie(name)
+            | Self::BearerOrCookie(name) => Some(name),
+        }
+    }
+
+    /// Whether requests carry the token as `Authorization: Bearer`.
+    pub(crate) fn bearer(&self) -> bool {
+        matches!(self, Self::Bearer(_) | Self::BearerOrCookie(_))
+    }
+
+    /// Whether cookies are read and written at all.
+    pub(crate) fn cookies(&self) -> bool {
+        matches!(
+            self,
+            Self::Cookie | Self::HeaderOrCookie(_) | Self::BearerOrCookie(_)
+        )
+    }
+
+    /// The request header the token comes in, if any: the one to name in
+    /// `Vary`.
+    pub(crate) fn request_header(&self) -> Option<&http::HeaderName> {
+        if self.bearer() {
+            Some(&http::header::AUTHORIZATION)
+        } else {
+            self.header()
+        }
+    }
 }
 
 impl Default for Config {
@@ -79,6 +137,7 @@ impl Default for Config {
             absolute_timeout: None,
             not_before: None,
             clock: Arc::new(SystemTime::now),
+            transport: Transport::Cookie,
         }
     }
 }

@@ -6,12 +6,13 @@ use std::pin::Pin;
 use std::task::{Context, Poll, ready};
 
 use http::header::{SET_COOKIE, VARY};
-use http::{HeaderMap, HeaderValue, Response};
+use http::{HeaderMap, Response};
 use pin_project_lite::pin_project;
 
 use crate::backend::{Backend, CookieBackend, Shared, StoreBackend};
 use crate::codec::Memory;
-use crate::cookie::{self, chunk, header_value};
+use crate::config::{Config, Transport};
+use crate::cookie::{self, Via, chunk, header_value};
 use crate::error::{Error, ErrorHandler, ErrorKind, LoadFailed};
 use crate::id::{self, SessionId};
 use crate::load::{Loaded, LoadedRecord, SessionHandle};
@@ -112,8 +113,9 @@ where
     B: Send + 'static,
 {
     // 1. The extractor could not read the store: answer through the hook.
+    let transport = &handle.shared().config.transport;
     if let Some(LoadFailed(error)) = response.extensions_mut().remove::<LoadFailed>() {
-        return Next::Ready(fail(&error_handler, error));
+        return Next::Ready(fail(&error_handler, transport, error));
     }
     // 2. A session no handler asked for was neither read nor changed.
     let Some(loaded) = handle.loaded() else {
@@ -124,8 +126,9 @@ where
     // 3. A session that was read varies the response.
     let accessed = state.accessed;
     if accessed {
-        add_vary_cookie(response.headers_mut());
+        add_vary(response.headers_mut(), transport);
     }
+    let out = Out::new(transport, loaded.via);
     // 4. A failed request leaves no half of its changes behind.
     if response.status().is_server_error() && !shared.config.persist_on_server_error {
         return Next::Ready(response);
@@ -135,12 +138,12 @@ where
     //    `fail`.
     match &shared.backend {
         Backend::Cookie(backend) => {
-            let mut headers = Headers::new(response.headers_mut(), accessed);
+            let mut headers = Headers::new(response.headers_mut(), accessed, &shared.config, out);
             let saved = save_cookie(shared, backend, loaded, &state, &mut headers);
             drop(state);
             Next::Ready(match saved {
                 Ok(()) => response,
-                Err(error) => fail(&error_handler, error),
+                Err(error) => fail(&error_handler, transport, error),
             })
         }
         Backend::Store(backend) => {
@@ -152,10 +155,11 @@ where
             Next::Saving(Box::pin(async move {
                 match run_store(&shared, &backend, plan).await {
                     Ok(lines) => {
-                        Headers::new(response.headers_mut(), accessed).append_cookies(lines);
+                        Headers::new(response.headers_mut(), accessed, &shared.config, out)
+                            .append_cookies(lines);
                         response
                     }
-                    Err(error) => fail(&error_handler, error),
+                    Err(error) => fail(&error_handler, &shared.config.transport, error),
                 }
             }))
         }
@@ -164,11 +168,15 @@ where
 
 /// Replaces the response with the error handler's; the failure is logged
 /// and rides in the extensions whatever the handler does.
-fn fail<B, H: ErrorHandler<B>>(error_handler: &H, error: Error) -> Response<B> {
+fn fail<B, H: ErrorHandler<B>>(
+    error_handler: &H,
+    transport: &Transport,
+    error: Error,
+) -> Response<B> {
     tracing::error!(%error, source = ?std::error::Error::source(&error), "session could not be loaded or saved");
     let mut replacement = error_handler.handle(&error);
     // It answers for the request's session, whatever the hook built.
-    add_vary_cookie(replacement.headers_mut());
+    add_vary(replacement.headers_mut(), transport);
     replacement.extensions_mut().insert(error);
     replacement
 }
@@ -227,6 +235,13 @@ fn save_cookie(
         memory,
     )?;
     let written = lines.len();
+    if written > 1 && !headers.out.cookies {
+        // A header carries one token: no chunks.
+        return Err(Error::with_message(
+            ErrorKind::CookieTooLarge,
+            "the session does not fit in one token header",
+        ));
+    }
     headers.append_cookies(lines);
     expire_chunks(headers, shared, loaded, written);
     Ok(())
@@ -242,32 +257,81 @@ fn expire_chunks(headers: &mut Headers<'_>, shared: &Shared, loaded: &Loaded, fr
     );
 }
 
-/// The response's headers as the layer adds to them: `Set-Cookie` lines,
-/// and `Vary: Cookie` with them, once.
+/// Where a response carries the session token: as the request did; a
+/// request that carried none is answered both ways the transport allows.
+#[derive(Clone, Copy)]
+struct Out {
+    cookies: bool,
+    header: bool,
+}
+
+impl Out {
+    fn new(transport: &Transport, via: Via) -> Self {
+        let header = transport.header().is_some();
+        match via {
+            Via::Header => Self {
+                cookies: false,
+                header,
+            },
+            Via::Cookie => Self {
+                cookies: transport.cookies(),
+                header: false,
+            },
+            Via::Nothing => Self {
+                cookies: transport.cookies(),
+                header,
+            },
+        }
+    }
+}
+
+/// The response's headers as the layer adds to them: `Set-Cookie` lines
+/// (or the token header they become), and `Vary` with them, once.
 struct Headers<'a> {
     map: &'a mut HeaderMap,
-    /// `Vary: Cookie` is already there.
+    /// `Vary` is already there.
     varied: bool,
+    config: &'a Config,
+    out: Out,
 }
 
 impl<'a> Headers<'a> {
-    fn new(map: &'a mut HeaderMap, varied: bool) -> Self {
-        Self { map, varied }
+    fn new(map: &'a mut HeaderMap, varied: bool, config: &'a Config, out: Out) -> Self {
+        Self {
+            map,
+            varied,
+            config,
+            out,
+        }
     }
 
-    /// Appends session `Set-Cookie` lines, and `Vary: Cookie` with them: a
+    /// Appends session `Set-Cookie` lines, and `Vary` with them: a
     /// response that sets or deletes a session cookie depends on the
     /// request's cookie even when no handler read the session (a refresh,
     /// a re-sign after key rotation), and a shared cache must never hand
-    /// it to another user.
+    /// it to another user. Where the token travels in a header, the
+    /// session cookie's value goes there instead (empty when the cookie
+    /// is deleted: the client drops its token); chunk cookies have no
+    /// header form.
     fn append_cookies(&mut self, lines: impl IntoIterator<Item = String>) {
         let mut any = false;
+        let transport = &self.config.transport;
+        let token_header = transport.header().filter(|_| self.out.header);
         for line in lines {
-            self.map.append(SET_COOKIE, header_value(line));
-            any = true;
+            if let Some(name) = token_header
+                && let Some(token) = cookie::token_of(&line, &self.config.name)
+            {
+                self.map
+                    .insert(name.clone(), header_value(token.to_owned()));
+                any = true;
+            }
+            if self.out.cookies {
+                self.map.append(SET_COOKIE, header_value(line));
+                any = true;
+            }
         }
         if any && !self.varied {
-            add_vary_cookie(self.map);
+            add_vary(self.map, transport);
             self.varied = true;
         }
     }
@@ -585,40 +649,65 @@ async fn create(backend: &StoreBackend, record: &Record) -> Result<SessionId, Er
     ))
 }
 
-/// Adds `Cookie` to `Vary` unless it (or `*`) is already there, so caches
-/// never serve one user's page to another.
-fn add_vary_cookie(headers: &mut HeaderMap) {
+/// Adds what the session token travels in (`Cookie`, the token header,
+/// `Authorization`) to `Vary`, each unless it (or `*`) is already there, so
+/// caches never serve one user's page to another.
+fn add_vary(headers: &mut HeaderMap, transport: &Transport) {
+    if transport.cookies() {
+        add_vary_name(headers, "Cookie");
+    }
+    if let Some(name) = transport.request_header() {
+        add_vary_name(headers, name.as_str());
+    }
+}
+
+fn add_vary_name(headers: &mut HeaderMap, name: &str) {
     let present = headers.get_all(VARY).iter().any(|value| {
         value.to_str().is_ok_and(|v| {
             v.split(',')
-                .any(|token| token.trim() == "*" || token.trim().eq_ignore_ascii_case("cookie"))
+                .any(|token| token.trim() == "*" || token.trim().eq_ignore_ascii_case(name))
         })
     });
     if !present {
-        headers.append(VARY, HeaderValue::from_static("Cookie"));
+        headers.append(VARY, header_value(name.to_owned()));
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use http::HeaderValue;
 
     #[test]
     fn vary_is_added_once() {
+        let cookie = Transport::Cookie;
         let mut headers = HeaderMap::new();
-        add_vary_cookie(&mut headers);
-        add_vary_cookie(&mut headers);
+        add_vary(&mut headers, &cookie);
+        add_vary(&mut headers, &cookie);
         assert_eq!(headers.get_all(VARY).iter().count(), 1);
 
         let mut headers = HeaderMap::new();
         headers.insert(VARY, HeaderValue::from_static("Accept-Encoding, cookie"));
-        add_vary_cookie(&mut headers);
+        add_vary(&mut headers, &cookie);
         assert_eq!(headers.get_all(VARY).iter().count(), 1);
 
         let mut headers = HeaderMap::new();
         headers.insert(VARY, HeaderValue::from_static("Accept-Encoding"));
-        add_vary_cookie(&mut headers);
+        add_vary(&mut headers, &cookie);
         let all: Vec<_> = headers.get_all(VARY).iter().collect();
         assert_eq!(all, ["Accept-Encoding", "Cookie"]);
+
+        let both = Transport::HeaderOrCookie(http::HeaderName::from_static("x-session-token"));
+        let mut headers = HeaderMap::new();
+        add_vary(&mut headers, &both);
+        add_vary(&mut headers, &both);
+        let all: Vec<_> = headers.get_all(VARY).iter().collect();
+        assert_eq!(all, ["Cookie", "x-session-token"]);
+
+        let bearer = Transport::Bearer(http::HeaderName::from_static("x-session-token"));
+        let mut headers = HeaderMap::new();
+        add_vary(&mut headers, &bearer);
+        let all: Vec<_> = headers.get_all(VARY).iter().collect();
+        assert_eq!(all, ["authorization"]);
     }
 }

@@ -341,6 +341,33 @@ impl<H, K> SessionLayer<H, K> {
         self
     }
 
+    /// Where the session token travels (default [`Transport::Cookie`]):
+    /// for API and mobile clients that keep no cookies, a header both ways
+    /// ([`Transport::Header`]), `Authorization: Bearer` in requests
+    /// ([`Transport::Bearer`]), or either beside the cookie
+    /// ([`Transport::HeaderOrCookie`], [`Transport::BearerOrCookie`]: a
+    /// request with the header uses it, otherwise the cookie).
+    ///
+    /// Every mode works the same way: the token is what the cookie would
+    /// hold. The response carries it whenever the client must store a new
+    /// one (and, for a request that came by cookie, as a cookie), and sends
+    /// the header empty when the session ends: the client drops its token.
+    /// A header holds one token, never chunks: a client-side session
+    /// larger than one cookie's budget is the same `CookieTooLarge` error
+    /// answered to a header client. Expose the header to browsers' scripts
+    /// with CORS (`Access-Control-Expose-Headers`); docs/cookie-format.md
+    /// gives the exact rules.
+    ///
+    /// [`Transport::Cookie`]: crate::Transport::Cookie
+    /// [`Transport::Header`]: crate::Transport::Header
+    /// [`Transport::Bearer`]: crate::Transport::Bearer
+    /// [`Transport::HeaderOrCookie`]: crate::Transport::HeaderOrCookie
+    /// [`Transport::BearerOrCookie`]: crate::Transport::BearerOrCookie
+    pub fn transport(mut self, transport: crate::Transport) -> Self {
+        self.config().transport = transport;
+        self
+    }
+
     /// Whether a session changed by a handler that answered with a 5xx
     /// status is still saved (default false: a failed request should not
     /// leave half its changes behind).

@@ -96,7 +96,7 @@ pub mod store;
 #[cfg(feature = "testing")]
 pub mod testing;
 
-pub use config::SameSite;
+pub use config::{SameSite, Transport};
 pub use cookie::MAX_CHUNKS;
 pub use data::SessionData;
 pub use error::{DefaultErrorHandler, Error, ErrorHandler, ErrorKind};

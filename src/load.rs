@@ -8,7 +8,7 @@ use http::HeaderMap;
 
 use crate::backend::{Backend, CookieBackend, Shared, StoreBackend};
 use crate::codec::{Decoded, Memory};
-use crate::cookie::{self, Family};
+use crate::cookie::{self, Family, Via};
 use crate::error::{Error, ErrorKind};
 use crate::id::{self, SessionId};
 use crate::session::{Session, State};
@@ -72,6 +72,9 @@ pub(crate) struct Loaded {
     pub(crate) origin: Option<Origin>,
     /// Server-side: the record the verified id named, if it exists.
     pub(crate) record: Option<LoadedRecord>,
+    /// How the request carried its token: the response answers the same
+    /// way.
+    pub(crate) via: Via,
 }
 
 /// Facts about a verified cookie.
@@ -117,11 +120,12 @@ impl SessionHandle {
             return Ok(loaded);
         }
         let shared = self.shared();
-        let family = cookie::family(headers, &shared.config.name);
-        let loaded = match &shared.backend {
+        let (family, via) = cookie::token(headers, &shared.config);
+        let mut loaded = match &shared.backend {
             Backend::Cookie(backend) => decode(shared, backend, &family),
             Backend::Store(backend) => fetch(shared, backend, &family).await?,
         };
+        loaded.via = via;
         // Two extractions racing in one request both read; the first wins.
         Ok(self.inner.loaded.get_or_init(|| loaded))
     }
@@ -142,6 +146,7 @@ fn empty(family: &Family<'_>, track_changes: bool) -> Loaded {
         chunks: family.chunk_indices(),
         origin: None,
         record: None,
+        via: Via::Nothing,
     }
 }
 

@@ -357,3 +357,58 @@ fn a_session_is_ended_by_its_handle() {
         404
     );
 }
+
+/// `SESSION_TRANSPORT=header`: a client that keeps no cookies holds its
+/// session by the `x-session-token` header alone, in every mode.
+#[test]
+fn a_client_without_cookies_keeps_its_session_in_a_header() {
+    for env in [
+        vec![("SESSION_TRANSPORT", "header")],
+        vec![
+            ("SESSION_TRANSPORT", "header"),
+            ("SESSION_CODEC", "private"),
+        ],
+        vec![("SESSION_TRANSPORT", "header"), ("SESSION_STORE", "memory")],
+        vec![("SESSION_TRANSPORT", "both"), ("SESSION_STORE", "memory")],
+    ] {
+        let server = start(&env);
+        let token = std::cell::RefCell::new(String::new());
+        let send = |method: &str, path: &str, body: &str| {
+            let held = token.borrow().clone();
+            let headers: Vec<(&str, &str)> = if held.is_empty() {
+                Vec::new()
+            } else {
+                vec![("x-session-token", held.as_str())]
+            };
+            let reply =
+                common::http_request_with_headers(&server.addr, method, path, body, &headers);
+            assert_eq!(reply.status, 200, "{env:?} {method} {path}: {}", reply.body);
+            if env[0].1 == "header" {
+                assert!(reply.set_cookies.is_empty(), "{env:?}: no cookie");
+            }
+            if let Some(new) = reply.header("x-session-token") {
+                *token.borrow_mut() = new.to_owned();
+            }
+            reply
+        };
+        assert_eq!(
+            send("PUT", "/session/user", r#""ann""#).body,
+            r#"{"user":"ann"}"#
+        );
+        let reply = send("PUT", "/session/n", "1");
+        assert!(
+            reply
+                .headers
+                .iter()
+                .any(|(name, value)| name == "vary" && value.contains("x-session-token")),
+            "{env:?}"
+        );
+        assert_eq!(send("GET", "/session", "").body, r#"{"n":1,"user":"ann"}"#);
+        send("POST", "/session/clear", "");
+        assert!(
+            token.borrow().is_empty(),
+            "{env:?}: an ended session empties the header"
+        );
+        assert_eq!(send("GET", "/session", "").body, "{}");
+    }
+}

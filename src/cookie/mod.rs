@@ -8,9 +8,10 @@ mod read;
 mod write;
 
 pub use chunk::MAX_CHUNKS;
-pub(crate) use read::{Family, family};
+pub(crate) use read::{Family, Via, token};
 pub(crate) use write::{
     header_value, is_attribute_value, is_cookie_name, removal_cookie, session_cookies, set_cookie,
+    token_of,
 };
 
 /// The largest cookie the layer writes or tries to decode: browsers store

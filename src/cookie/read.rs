@@ -8,6 +8,7 @@ use http::HeaderMap;
 use http::header::COOKIE;
 
 use super::chunk::{self, MAX_CHUNKS};
+use crate::config::Config;
 
 /// How many cookies of the session's name are tried, in the order the
 /// browser sent them (more specific Path first), before giving up: two are
@@ -37,6 +38,60 @@ impl Family<'_> {
         indices.dedup();
         indices
     }
+}
+
+/// How a request carried its session token.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub(crate) enum Via {
+    /// It carried none.
+    #[default]
+    Nothing,
+    Cookie,
+    /// The transport's header (or `Authorization: Bearer`).
+    Header,
+}
+
+/// The request's token by the layer's transport: from the header when the
+/// transport has one and the request carries it (one candidate, no
+/// chunks), from the cookies otherwise (when the transport reads them).
+pub(crate) fn token<'a>(headers: &'a HeaderMap, config: &Config) -> (Family<'a>, Via) {
+    let transport = &config.transport;
+    let from_header = if transport.bearer() {
+        headers
+            .get(http::header::AUTHORIZATION)
+            .and_then(|value| bearer(value.as_bytes()))
+    } else {
+        transport
+            .header()
+            .and_then(|name| headers.get(name))
+            .map(http::HeaderValue::as_bytes)
+    };
+    if let Some(token) = from_header.filter(|token| !token.is_empty()) {
+        let family = Family {
+            candidates: vec![token],
+            ..Family::default()
+        };
+        return (family, Via::Header);
+    }
+    if !transport.cookies() {
+        return (Family::default(), Via::Nothing);
+    }
+    let family = family(headers, &config.name);
+    let via = if family.candidates.is_empty() && family.chunks.is_empty() {
+        Via::Nothing
+    } else {
+        Via::Cookie
+    };
+    (family, via)
+}
+
+/// The token of an `Authorization: Bearer <token>` value (the scheme is
+/// case-insensitive, RFC 9110 section 11.1).
+fn bearer(value: &[u8]) -> Option<&[u8]> {
+    let (scheme, token) = value.split_at_checked(7)?;
+    scheme
+        .eq_ignore_ascii_case(b"bearer ")
+        .then(|| token.trim_ascii())
 }
 
 /// The session family of cookies across every `Cookie` header (HTTP/2 may

@@ -114,6 +114,14 @@ fn expires_at(now: u64, lifetime: Duration) -> OffsetDateTime {
 /// A header value from a Set-Cookie line built here. Every byte of it
 /// comes from a validated cookie name, attribute or codec output, so
 /// failure is a bug in this crate.
+/// The value of a `Set-Cookie` line (`name=value; attributes`) for the
+/// token header, if the line is the cookie called `name` (not a chunk). A
+/// deletion gives the empty value.
+pub(crate) fn token_of<'a>(line: &'a str, name: &str) -> Option<&'a str> {
+    let rest = line.strip_prefix(name)?.strip_prefix('=')?;
+    Some(rest.split(';').next().unwrap_or(""))
+}
+
 pub(crate) fn header_value(line: String) -> HeaderValue {
     HeaderValue::try_from(line).expect("Set-Cookie lines are built from visible ASCII")
 }

@@ -207,7 +207,19 @@ pub fn missing(what: &str) -> bool {
 pub struct Reply {
     pub status: u16,
     pub set_cookies: Vec<String>,
+    /// Every header, names in lower case.
+    pub headers: Vec<(String, String)>,
     pub body: String,
+}
+
+impl Reply {
+    /// The first value of the header `name` (lower case).
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, v)| v.as_str())
+    }
 }
 
 /// One HTTP/1.1 request over a fresh connection to `addr`, sending
@@ -232,14 +244,38 @@ pub fn http_request_as(
     cookie: &str,
     content_type: &str,
 ) -> Reply {
+    let head = format!(
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\nCookie: {cookie}\r\n\r\n",
+        body.len()
+    );
+    exchange(addr, &head, body)
+}
+
+/// One request as a client that keeps no cookies: JSON `body`, and the
+/// `headers` given (a session token, say), no `Cookie`.
+pub fn http_request_with_headers(
+    addr: &str,
+    method: &str,
+    path: &str,
+    body: &str,
+    headers: &[(&str, &str)],
+) -> Reply {
+    let mut head = format!(
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nContent-Type: application/json\r\nContent-Length: {}\r\n",
+        body.len()
+    );
+    for (name, value) in headers {
+        head.push_str(&format!("{name}: {value}\r\n"));
+    }
+    head.push_str("\r\n");
+    exchange(addr, &head, body)
+}
+
+fn exchange(addr: &str, head: &str, body: &str) -> Reply {
     use std::io::{Read, Write};
     let mut stream = std::net::TcpStream::connect(addr).unwrap();
-    write!(
-        stream,
-        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\nCookie: {cookie}\r\n\r\n{body}",
-        body.len()
-    )
-    .unwrap();
+    stream.write_all(head.as_bytes()).unwrap();
+    stream.write_all(body.as_bytes()).unwrap();
     let mut raw = String::new();
     stream.read_to_string(&mut raw).unwrap();
     let (head, body) = raw.split_once("\r\n\r\n").unwrap();
@@ -252,14 +288,19 @@ pub fn http_request_as(
         .unwrap()
         .parse()
         .unwrap();
-    let set_cookies = lines
-        .filter_map(|l| l.split_once(": "))
-        .filter(|(name, _)| name.eq_ignore_ascii_case("set-cookie"))
-        .map(|(_, value)| value.to_owned())
+    let headers: Vec<(String, String)> = lines
+        .filter_map(|l| l.split_once(':'))
+        .map(|(name, value)| (name.to_ascii_lowercase(), value.trim().to_owned()))
+        .collect();
+    let set_cookies = headers
+        .iter()
+        .filter(|(name, _)| name == "set-cookie")
+        .map(|(_, value)| value.clone())
         .collect();
     Reply {
         status,
         set_cookies,
+        headers,
         body: body.to_owned(),
     }
 }
