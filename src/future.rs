@@ -235,7 +235,7 @@ fn save_cookie(
         memory,
     )?;
     let written = lines.len();
-    if written > 1 && !headers.out.cookies {
+    if written > 1 && headers.out.header {
         // A header carries one token: no chunks.
         return Err(Error::with_message(
             ErrorKind::CookieTooLarge,
@@ -258,7 +258,9 @@ fn expire_chunks(headers: &mut Headers<'_>, shared: &Shared, loaded: &Loaded, fr
 }
 
 /// Where a response carries the session token: as the request did; a
-/// request that carried none is answered both ways the transport allows.
+/// request that carried none by cookie where the transport has cookies
+/// (a browser's first request must not see its token in a header a script
+/// can read), by header otherwise. Never both.
 #[derive(Clone, Copy)]
 struct Out {
     cookies: bool,
@@ -267,20 +269,14 @@ struct Out {
 
 impl Out {
     fn new(transport: &Transport, via: Via) -> Self {
-        let header = transport.header().is_some();
-        match via {
-            Via::Header => Self {
-                cookies: false,
-                header,
-            },
-            Via::Cookie => Self {
-                cookies: transport.cookies(),
-                header: false,
-            },
-            Via::Nothing => Self {
-                cookies: transport.cookies(),
-                header,
-            },
+        let by_header = match via {
+            Via::Header => true,
+            Via::Cookie => false,
+            Via::Nothing => !transport.cookies(),
+        } && transport.header().is_some();
+        Self {
+            cookies: !by_header,
+            header: by_header,
         }
     }
 }

@@ -141,12 +141,12 @@ pub(crate) fn verify(keys: &Keyring, name: &str, value: &[u8]) -> Option<Verifie
 /// encrypted, a 16-byte tag.
 const HANDLE_BYTES: usize = 24 + ID_BYTES + 16;
 
-/// The public handle of the session `id`: the id encrypted
-/// (XChaCha20-Poly1305) under the current key, with a nonce derived from
-/// the id (HMAC-SHA256, cut to 24 bytes), so one id always gives one
-/// handle; base64url, 96 characters. It names the session without being
+/// The public handle of the session `id` of the layer whose cookie is
+/// `name`: the id encrypted (XChaCha20-Poly1305) under the current key,
+/// with a nonce derived from the id (HMAC-SHA256, cut to 24 bytes), so one
+/// id always gives one handle under one key; base64url, 96 characters. It names the session without being
 /// usable as its cookie, and only this keyring can turn it back.
-pub(crate) fn handle(keys: &Keyring, id: &SessionId) -> String {
+pub(crate) fn handle(keys: &Keyring, name: &str, id: &SessionId) -> String {
     use chacha20poly1305::aead::inout::InOutBuf;
     use chacha20poly1305::{AeadInOut, XNonce};
     let key = keys.current();
@@ -161,7 +161,7 @@ pub(crate) fn handle(keys: &Keyring, id: &SessionId) -> String {
         .handle_encryption()
         .encrypt_inout_detached(
             &nonce,
-            HANDLE_AAD,
+            &handle_aad(name),
             InOutBuf::from(&mut bytes[24..24 + ID_BYTES]),
         )
         .expect("32 bytes are far below XChaCha20's message limit");
@@ -170,7 +170,7 @@ pub(crate) fn handle(keys: &Keyring, id: &SessionId) -> String {
 }
 
 /// The id a handle names, if any key of the keyring made it.
-pub(crate) fn from_handle(keys: &Keyring, handle: &str) -> Option<SessionId> {
+pub(crate) fn from_handle(keys: &Keyring, name: &str, handle: &str) -> Option<SessionId> {
     use chacha20poly1305::aead::inout::InOutBuf;
     use chacha20poly1305::{AeadInOut, Tag, XNonce};
     if handle.len() != HANDLE_BYTES.div_ceil(3) * 4 {
@@ -181,17 +181,24 @@ pub(crate) fn from_handle(keys: &Keyring, handle: &str) -> Option<SessionId> {
     let nonce = XNonce::try_from(&bytes[..24]).expect("24 bytes");
     let tag = Tag::try_from(&bytes[24 + ID_BYTES..]).expect("16 bytes");
     let mut id = [0u8; ID_BYTES];
+    let aad = handle_aad(name);
     keys.verify(|key| {
         let buffer = InOutBuf::new(&bytes[24..24 + ID_BYTES], &mut id).expect("equal lengths");
         key.handle_encryption()
-            .decrypt_inout_detached(&nonce, HANDLE_AAD, buffer, &tag)
+            .decrypt_inout_detached(&nonce, &aad, buffer, &tag)
             .is_ok()
     })?;
     SessionId::parse(&URL_SAFE_NO_PAD.encode(id))
 }
 
-/// Associated data of handles, so no other ciphertext passes for one.
-const HANDLE_AAD: &[u8] = b"session-layer handle v1";
+/// Associated data of handles: a fixed label, so no other ciphertext
+/// passes for one, and the cookie name, so a handle ends sessions of its
+/// own layer only.
+fn handle_aad(name: &str) -> Vec<u8> {
+    let mut aad = b"session-layer handle v1 ".to_vec();
+    aad.extend_from_slice(name.as_bytes());
+    aad
+}
 
 /// The length of a write stamp: 64 random bits in base64url.
 const STAMP_LEN: usize = 11;
@@ -317,29 +324,41 @@ mod tests {
     #[test]
     fn a_handle_names_one_id_and_only_its_keyring_reads_it() {
         let id = SessionId::generate();
-        let handle = handle(&keys(1), &id);
+        let handle = handle(&keys(1), "session", &id);
         assert_eq!(handle.len(), 96);
-        assert_eq!(handle, super::handle(&keys(1), &id), "stable");
-        assert_ne!(handle, super::handle(&keys(1), &SessionId::generate()));
+        assert_eq!(handle, super::handle(&keys(1), "session", &id), "stable");
+        assert_ne!(
+            handle,
+            super::handle(&keys(1), "session", &SessionId::generate())
+        );
         assert!(!handle.contains(id.as_str()), "the id does not show");
-        assert_eq!(from_handle(&keys(1), &handle), Some(id.clone()));
-        assert_eq!(from_handle(&keys(2), &handle), None, "another key");
+        assert_eq!(from_handle(&keys(1), "session", &handle), Some(id.clone()));
+        assert_eq!(
+            from_handle(&keys(2), "session", &handle),
+            None,
+            "another key"
+        );
+        assert_eq!(
+            from_handle(&keys(1), "other", &handle),
+            None,
+            "another layer"
+        );
         let rotated = Keyring::new(Key::from_bytes(&[2; 32]).unwrap())
             .fallback(Key::from_bytes(&[1; 32]).unwrap());
         assert_eq!(
-            from_handle(&rotated, &handle),
+            from_handle(&rotated, "session", &handle),
             Some(id.clone()),
             "a fallback key"
         );
         // A handle is no cookie, and a cookie is no handle.
         let cookie = sign(&keys(1), "session", &id, None);
         assert!(verify(&keys(1), "session", handle.as_bytes()).is_none());
-        assert_eq!(from_handle(&keys(1), &cookie), None);
+        assert_eq!(from_handle(&keys(1), "session", &cookie), None);
         for i in 0..handle.len() {
             let mut bad = handle.clone().into_bytes();
             bad[i] = if bad[i] == b'A' { b'B' } else { b'A' };
             let bad = String::from_utf8(bad).unwrap();
-            assert_eq!(from_handle(&keys(1), &bad), None, "position {i}");
+            assert_eq!(from_handle(&keys(1), "session", &bad), None, "position {i}");
         }
         for bad in [
             "",
@@ -348,7 +367,7 @@ mod tests {
             &format!("{handle}A"),
             &"é".repeat(48),
         ] {
-            assert_eq!(from_handle(&keys(1), bad), None, "{bad:?}");
+            assert_eq!(from_handle(&keys(1), "session", bad), None, "{bad:?}");
         }
     }
 

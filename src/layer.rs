@@ -167,6 +167,7 @@ impl<H> SessionLayer<H, Keyed> {
             Backend::Store(backend) => Some(crate::Sessions::new(
                 backend.store.clone(),
                 backend.keys.clone(),
+                Arc::new(self.shared.config.clone()),
             )),
             Backend::Cookie(_) => None,
         }

@@ -250,7 +250,7 @@ async fn fetch(
                     data: record.data,
                     permanent: record.permanent,
                     track_changes: true,
-                    stored_as: Some((id.clone(), backend.keys.clone())),
+                    stored_as: Some((id.clone(), backend.keys.clone(), config.name.clone())),
                     ..State::default()
                 });
                 loaded.origin = Some(Origin {

@@ -50,8 +50,9 @@ pub(crate) struct State {
     pub(crate) flushed: bool,
     /// Whether per-key changes are kept (server-side sessions only).
     pub(crate) track_changes: bool,
-    /// Server-side: the record's id and the keys that make its handle.
-    pub(crate) stored_as: Option<(crate::id::SessionId, crate::key::Keyring)>,
+    /// Server-side: the record's id, and the keys and cookie name that
+    /// make its handle; `None` once `cycle_id` or `flush` ends that id.
+    pub(crate) stored_as: Option<(crate::id::SessionId, crate::key::Keyring, Box<str>)>,
 }
 
 impl State {
@@ -301,25 +302,29 @@ impl Session {
         let mut state = self.read();
         state.clear();
         state.flushed = true;
+        state.stored_as = None;
     }
 
     /// The session's public handle: a name for its stored record that
     /// is safe to show, log or put in a URL (the id itself is a bearer
     /// secret; the handle is the id encrypted under the layer's key, so it
-    /// cannot be used as a cookie), and stable for the life of the id.
+    /// cannot be used as a cookie). It stays the same for the life of the
+    /// id while the layer's current key does (after a key rotation it
+    /// changes; the old one still works while the old key is a fallback).
     /// [`Sessions::end`](crate::Sessions::end) ends a session by its handle
     /// ("sign out that device").
     ///
-    /// `None` for a session with no stored record yet (a new session gets
-    /// its id when the response is written: its handle shows from the
-    /// next request on) and for client-side sessions, which the server
-    /// cannot end one by one (see `not_before` in docs/security.md). After
-    /// [`cycle_id`](Self::cycle_id) the handle is the old id's until the
-    /// response is written.
+    /// `None` for a session with no stored record yet, and after
+    /// [`cycle_id`](Self::cycle_id) or [`flush`](Self::flush) in this
+    /// request: the new id exists once the response is written, so its
+    /// handle shows from the next request on (record it then, not in the
+    /// login request). `None` too for client-side sessions, which the
+    /// server cannot end one by one (see `not_before` in
+    /// docs/security.md).
     pub fn handle(&self) -> Option<String> {
         let state = self.read();
-        let (id, keys) = state.stored_as.as_ref()?;
-        Some(crate::id::handle(keys, id))
+        let (id, keys, name) = state.stored_as.as_ref()?;
+        Some(crate::id::handle(keys, name, id))
     }
 
     /// Gives the session a new id, keeping its data, and removes the old
@@ -331,6 +336,7 @@ impl Session {
         let mut state = self.read();
         state.cycle = true;
         state.modified = true;
+        state.stored_as = None;
     }
 
     /// Queues a message for the next page the user sees, as Flask's

@@ -3,6 +3,7 @@
 use std::fmt;
 use std::sync::Arc;
 
+use crate::config::Config;
 use crate::error::Error;
 use crate::id;
 use crate::key::Keyring;
@@ -46,6 +47,9 @@ use crate::store::SessionStore;
 pub struct Sessions {
     store: Arc<dyn SessionStore>,
     keys: Keyring,
+    /// The layer's configuration: its cookie name (handles are bound to
+    /// it) and its clock.
+    config: Arc<Config>,
 }
 
 impl fmt::Debug for Sessions {
@@ -57,16 +61,20 @@ impl fmt::Debug for Sessions {
 }
 
 impl Sessions {
-    pub(crate) fn new(store: Arc<dyn SessionStore>, keys: Keyring) -> Self {
-        Self { store, keys }
+    pub(crate) fn new(store: Arc<dyn SessionStore>, keys: Keyring, config: Arc<Config>) -> Self {
+        Self {
+            store,
+            keys,
+            config,
+        }
     }
 
-    /// Ends the session `handle` names: its record is deleted, so its
+    /// Ends the session `handle` names: its record is removed, so its
     /// cookie is worth nothing from the next request on (a coherent cache
     /// elsewhere drops its copy when the store's message is in). Returns
-    /// false, touching nothing, for a string that is not a handle this
-    /// layer's keys made; a handle whose session already ended returns
-    /// true.
+    /// whether a live session ended: false, touching nothing, for a string
+    /// that is not a handle of this layer's, and for a session that had
+    /// already ended (or expired).
     ///
     /// A handle says which session, not whose: check that it belongs to
     /// the user asking before ending it.
@@ -74,10 +82,9 @@ impl Sessions {
     /// # Errors
     /// The store's, when it cannot delete.
     pub async fn end(&self, handle: &str) -> Result<bool, Error> {
-        let Some(id) = id::from_handle(&self.keys, handle) else {
+        let Some(id) = id::from_handle(&self.keys, &self.config.name, handle) else {
             return Ok(false);
         };
-        self.store.delete(&id).await?;
-        Ok(true)
+        Ok(self.store.take(&id, self.config.now()).await?.is_some())
     }
 }

@@ -669,3 +669,65 @@ async fn a_client_reads_its_own_writes_through_any_servers_cache() {
     assert_eq!(show(&mut jar, &b).await, r#"{"n":"19"}"#);
     assert_eq!(show(&mut old, &a).await, "{}", "the old id is gone");
 }
+
+/// A handle names the stored record: none before it exists, none once the
+/// request ends its id (`cycle_id`, `flush`), and the new id's from the
+/// next request on; `Sessions::end` says whether a live session ended.
+#[tokio::test]
+async fn a_handle_names_the_record_the_next_request_will_use() {
+    let layer =
+        SessionLayer::new(Key::from_bytes(&[5; 32]).unwrap()).with_store(MemoryStore::new());
+    let sessions = layer.sessions().unwrap();
+    let handle = |session: Session| async move { session.handle().unwrap_or_default() };
+    let app = Router::new()
+        .route("/", get(read))
+        .route("/handle", get(handle))
+        .route("/set/{key}/{value}", put(set))
+        .route(
+            "/login",
+            post(|session: Session| async move {
+                session.cycle_id();
+                session.handle().unwrap_or_default()
+            }),
+        )
+        .route(
+            "/logout",
+            post(|session: Session| async move {
+                session.flush();
+                session.handle().unwrap_or_default()
+            }),
+        )
+        .layer(layer);
+    let mut jar = Jar::new();
+    let put_req = |uri: &str| {
+        http::Request::put(uri)
+            .body(axum::body::Body::empty())
+            .unwrap()
+    };
+    let post_req = |uri: &str| {
+        http::Request::post(uri)
+            .body(axum::body::Body::empty())
+            .unwrap()
+    };
+    assert_eq!(jar.get_text(&app, "/handle").await.1, "", "no record yet");
+    jar.send(&app, put_req("/set/user/ann")).await;
+    let before = jar.get_text(&app, "/handle").await.1;
+    assert_eq!(before.len(), 96);
+    let during = body_text(jar.send(&app, post_req("/login")).await).await;
+    assert_eq!(during, "", "the old id is ending");
+    let after = jar.get_text(&app, "/handle").await.1;
+    assert_eq!(after.len(), 96);
+    assert_ne!(after, before, "the new id's");
+    assert!(
+        !sessions.end(&before).await.unwrap(),
+        "the old id had ended"
+    );
+    assert!(sessions.end(&after).await.unwrap());
+    assert_eq!(show(&mut jar, &app).await, "{}", "signed out");
+
+    jar.send(&app, put_req("/set/user/bob")).await;
+    assert_eq!(
+        body_text(jar.send(&app, post_req("/logout")).await).await,
+        ""
+    );
+}

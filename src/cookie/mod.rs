@@ -8,9 +8,9 @@ mod read;
 mod write;
 
 pub use chunk::MAX_CHUNKS;
-pub(crate) use read::{Family, Via, token};
 #[cfg(fuzzing)]
 pub(crate) use read::family;
+pub(crate) use read::{Family, Via, token};
 pub(crate) use write::{
     header_value, is_attribute_value, is_cookie_name, removal_cookie, session_cookies, set_cookie,
     token_of,

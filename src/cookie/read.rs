@@ -40,42 +40,60 @@ impl Family<'_> {
     }
 }
 
-/// How a request carried its session token.
+/// How a request carried its session token, and so how it is answered.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub(crate) enum Via {
-    /// It carried none.
+    /// No token, from a client that did not say it is a header client:
+    /// answered by cookie where the transport has cookies.
     #[default]
     Nothing,
     Cookie,
-    /// The transport's header (or `Authorization: Bearer`).
+    /// The transport's header (or `Authorization: Bearer`), possibly
+    /// empty: answered by header.
     Header,
 }
 
 /// The request's token by the layer's transport: from the header when the
 /// transport has one and the request carries it (one candidate, no
 /// chunks), from the cookies otherwise (when the transport reads them).
+///
+/// A request with the header present but empty (or, in the bearer modes,
+/// `Authorization: Bearer` with no token, or the response header present)
+/// carries no token but says it is a header client: a new session is
+/// handed to it in the header, not in a cookie.
 pub(crate) fn token<'a>(headers: &'a HeaderMap, config: &Config) -> (Family<'a>, Via) {
     let transport = &config.transport;
+    let Some(response_header) = transport.header() else {
+        return from_cookies(headers, config);
+    };
     let from_header = if transport.bearer() {
         headers
             .get(http::header::AUTHORIZATION)
             .and_then(|value| bearer(value.as_bytes()))
     } else {
-        transport
-            .header()
-            .and_then(|name| headers.get(name))
+        headers
+            .get(response_header)
             .map(http::HeaderValue::as_bytes)
     };
-    if let Some(token) = from_header.filter(|token| !token.is_empty()) {
-        let family = Family {
-            candidates: vec![token],
-            ..Family::default()
-        };
-        return (family, Via::Header);
+    match from_header {
+        Some(token) if !token.is_empty() => {
+            let family = Family {
+                candidates: vec![token],
+                ..Family::default()
+            };
+            (family, Via::Header)
+        }
+        _ if from_header.is_some()
+            || headers.contains_key(response_header)
+            || !transport.cookies() =>
+        {
+            (Family::default(), Via::Header)
+        }
+        _ => from_cookies(headers, config),
     }
-    if !transport.cookies() {
-        return (Family::default(), Via::Nothing);
-    }
+}
+
+fn from_cookies<'a>(headers: &'a HeaderMap, config: &Config) -> (Family<'a>, Via) {
     let family = family(headers, &config.name);
     let via = if family.candidates.is_empty() && family.chunks.is_empty() {
         Via::Nothing
