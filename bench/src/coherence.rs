@@ -58,17 +58,6 @@ async fn lag<S: Notifying>(name: &str, a: S, b: S, writes: usize) {
     );
 }
 
-fn rss() -> u64 {
-    let statm = std::fs::read_to_string("/proc/self/statm").unwrap();
-    statm
-        .split_whitespace()
-        .nth(1)
-        .unwrap()
-        .parse::<u64>()
-        .unwrap()
-        * 4096
-}
-
 /// Memory per cached one-key session: the records are first stored (in a
 /// MemoryStore), then loaded once through a cache; the growth of the
 /// process is the cache's.
@@ -81,11 +70,11 @@ async fn cache_memory(sessions: usize) {
         ids.push(id);
     }
     let cache = CachingStore::with_cache(store, sessions as u64 * 2, Duration::from_secs(3600));
-    let before = rss();
+    let before = crate::scale::rss();
     for id in &ids {
         assert!(cache.load(id, now()).await.unwrap().is_some());
     }
-    let after = rss();
+    let after = crate::scale::rss();
     println!(
         "cache memory per cached one-key session ({sessions} cached): {:.0} B",
         after.saturating_sub(before) as f64 / sessions as f64

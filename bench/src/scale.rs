@@ -8,7 +8,8 @@ use axum::Router;
 
 use crate::inprocess::User;
 
-fn rss() -> u64 {
+/// This process's resident memory, in bytes.
+pub fn rss() -> u64 {
     let statm = std::fs::read_to_string("/proc/self/statm").unwrap();
     statm
         .split_whitespace()

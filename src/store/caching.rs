@@ -726,6 +726,15 @@ mod tests {
         }
     }
 
+    /// A coherent cache whose channel listens, and the channel.
+    async fn listening() -> (Reporting, CachingStore<Reporting>, Invalidations) {
+        let backend = Reporting::default();
+        let cache = CachingStore::coherent(backend.clone()).unwrap();
+        let channel = backend.channel().await;
+        channel.connected();
+        (backend, cache, channel)
+    }
+
     async fn v(store: &impl SessionStore, id: &SessionId) -> Option<i64> {
         store.load(id, now()).await.unwrap()?.data["v"].as_i64()
     }
@@ -769,10 +778,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_lost_channel_drops_everything_until_it_is_back() {
-        let backend = Reporting::default();
-        let cache = CachingStore::coherent(backend.clone()).unwrap();
-        let channel = backend.channel().await;
-        channel.connected();
+        let (backend, cache, channel) = listening().await;
         let id = SessionId::generate();
         assert!(cache.create(&id, &record(1)).await.unwrap());
         assert_eq!(v(&cache, &id).await, Some(1));
@@ -794,9 +800,7 @@ mod tests {
 
     #[tokio::test]
     async fn own_writes_are_kept_in_place_unless_another_came_between() {
-        let backend = Reporting::default();
-        let cache = CachingStore::coherent(backend.clone()).unwrap();
-        backend.channel().await.connected();
+        let (backend, cache, channel) = listening().await;
         let id = SessionId::generate();
         assert!(cache.create(&id, &record(1)).await.unwrap());
         backend.write_silently(&id, 100).await;
@@ -810,7 +814,7 @@ mod tests {
 
         // A change reported from elsewhere makes the copy stale: the next
         // apply has no copy to update, and the load after it reads through.
-        backend.channel().await.changed(id.as_str());
+        channel.changed(id.as_str());
         assert!(cache.apply(&id, &set(3)).await.unwrap());
         backend.write_silently(&id, 102).await;
         assert_eq!(v(&cache, &id).await, Some(102), "read through");
@@ -823,10 +827,7 @@ mod tests {
 
     #[tokio::test]
     async fn its_own_messages_count_only_for_writes_that_failed_here() {
-        let backend = Reporting::default();
-        let cache = CachingStore::coherent(backend.clone()).unwrap();
-        let channel = backend.channel().await;
-        channel.connected();
+        let (backend, cache, channel) = listening().await;
         let id = SessionId::generate();
         assert!(cache.create(&id, &record(1)).await.unwrap());
         assert!(cache.apply(&id, &set(2)).await.unwrap());
