@@ -40,7 +40,8 @@ pub(crate) type NotBefore = Arc<dyn Fn(&SessionData) -> Option<SystemTime> + Sen
 /// Cookie attributes and session lifetime policy.
 #[derive(Clone)]
 pub(crate) struct Config {
-    pub(crate) name: Box<str>,
+    /// Shared, so that a loaded session can name its layer without a copy.
+    pub(crate) name: Arc<str>,
     pub(crate) path: Box<str>,
     pub(crate) domain: Option<Box<str>>,
     pub(crate) secure: bool,

@@ -52,7 +52,11 @@ pub(crate) struct State {
     pub(crate) track_changes: bool,
     /// Server-side: the record's id, and the keys and cookie name that
     /// make its handle; `None` once `cycle_id` or `flush` ends that id.
-    pub(crate) stored_as: Option<(crate::id::SessionId, crate::key::Keyring, Box<str>)>,
+    pub(crate) stored_as: Option<(
+        crate::id::SessionId,
+        crate::key::Keyring,
+        std::sync::Arc<str>,
+    )>,
 }
 
 impl State {

@@ -411,11 +411,13 @@ impl<S: SessionStore> SessionStore for CachingStore<S> {
 
     async fn apply(&self, id: &SessionId, changes: &Changes) -> Result<bool, Error> {
         let before = self.state.current(id.as_str());
-        let cached = self
-            .cache
-            .get(id)
-            .await
-            .filter(|(_, read_under)| *read_under == before);
+        // Only a coherent cache keeps its writes (see `keep`): a
+        // time-bounded one need not copy the record out here.
+        let cached = match self.watcher {
+            Some(_) => self.cache.get(id).await,
+            None => None,
+        }
+        .filter(|(_, read_under)| *read_under == before);
         let applied = self.write(id, self.inner.apply(id, changes)).await;
         match (&applied, cached) {
             (Ok(true), Some((mut record, _))) => {
