@@ -49,6 +49,9 @@ pub enum ErrorKind {
     /// or expired elsewhere); its changes were not saved, so that a session
     /// ended on purpose is never brought back.
     SessionEnded,
+    /// The store cannot do what was asked (Memcached cannot list a user's
+    /// sessions).
+    Unsupported,
 }
 
 impl Error {
@@ -93,14 +96,21 @@ impl Error {
         Self::with_source(ErrorKind::Store, source)
     }
 
+    /// An error saying the store cannot do what was asked; `what` says
+    /// what (stores that cannot answer an optional method return it).
+    pub fn unsupported(what: &'static str) -> Self {
+        Self::with_message(ErrorKind::Unsupported, what)
+    }
+
     /// The HTTP status a response reporting this error should carry: 503
     /// when the store failed (try again later), 409 when the session ended
-    /// during the request, 500 otherwise (the server could not keep its
-    /// promise).
+    /// during the request, 501 when the store cannot do what was asked,
+    /// 500 otherwise (the server could not keep its promise).
     pub fn status(&self) -> StatusCode {
         match self.inner.kind {
             ErrorKind::Store => StatusCode::SERVICE_UNAVAILABLE,
             ErrorKind::SessionEnded => StatusCode::CONFLICT,
+            ErrorKind::Unsupported => StatusCode::NOT_IMPLEMENTED,
             _ => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -114,6 +124,7 @@ impl Error {
             ErrorKind::LayerMissing => "SessionLayer is not installed on this route",
             ErrorKind::Store => "session store failed",
             ErrorKind::SessionEnded => "the session ended while the request ran",
+            ErrorKind::Unsupported => "the session store does not support this",
         }
     }
 }

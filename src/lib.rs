@@ -106,8 +106,8 @@ pub use future::ResponseFuture;
 pub use key::{Key, Keyring, MIN_KEY_LEN};
 pub use layer::{Flask, Keyed, SessionLayer};
 pub use service::SessionService;
-pub use session::Session;
-pub use sessions::Sessions;
+pub use session::{MAX_OWNER_META, Session};
+pub use sessions::{SessionInfo, Sessions};
 
 /// The Rust blocks of the README and the guides, compiled (and run where
 /// they can) as doc tests, so the documentation cannot drift from the API.

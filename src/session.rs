@@ -11,7 +11,7 @@ use serde_json::Value;
 
 use crate::data::SessionData;
 use crate::error::{Error, ErrorKind};
-use crate::store::Changes;
+use crate::store::{Changes, OWNER_KEY, OWNER_META_KEY};
 
 /// The session of the current request.
 ///
@@ -343,6 +343,55 @@ impl Session {
         state.stored_as = None;
     }
 
+    /// Records whose session this is (a user id): call it at login,
+    /// beside [`cycle_id`](Self::cycle_id). A server-side store then lists
+    /// the user's sessions and ends them one by one, all at once, or all
+    /// but the current one ([`Sessions`](crate::Sessions): "your devices",
+    /// "sign out everywhere" after a password change).
+    ///
+    /// The owner is a session value like any other, under
+    /// [`OWNER_KEY`](crate::store::OWNER_KEY) (it shows in
+    /// [`keys`](Self::keys)); [`clear`](Self::clear) and
+    /// [`flush`](Self::flush) remove it with the rest, and the store's
+    /// index with it. Client-side sessions carry it in the cookie, where
+    /// the `not_before` hook can read it ([`owner_of`](Self::owner_of)).
+    pub fn set_owner(&self, owner: impl Into<String>) {
+        self.insert_value(OWNER_KEY, Value::String(owner.into()));
+    }
+
+    /// Whose session this is, as [`set_owner`](Self::set_owner) recorded.
+    pub fn owner(&self) -> Option<String> {
+        Self::owner_of(&self.read().data).map(str::to_owned)
+    }
+
+    /// The owner recorded in a session's data: for the `not_before` hook,
+    /// which gets the data.
+    pub fn owner_of(data: &SessionData) -> Option<&str> {
+        data.get(OWNER_KEY).and_then(Value::as_str)
+    }
+
+    /// Records what a sessions page shows of this session (a device name,
+    /// the user agent, where it signed in), returned with it by
+    /// [`Sessions::of`](crate::Sessions::of). Kept small: at most
+    /// [`MAX_OWNER_META`] bytes of JSON. Stored under
+    /// [`OWNER_META_KEY`](crate::store::OWNER_META_KEY).
+    ///
+    /// # Errors
+    /// [`ErrorKind::Serialize`] when `meta` is not JSON or is larger than
+    /// [`MAX_OWNER_META`] bytes; the session is unchanged then.
+    pub fn set_owner_meta<T: Serialize>(&self, meta: T) -> Result<(), Error> {
+        let value =
+            serde_json::to_value(meta).map_err(|e| Error::with_source(ErrorKind::Serialize, e))?;
+        if value.to_string().len() > MAX_OWNER_META {
+            return Err(Error::with_message(
+                ErrorKind::Serialize,
+                "the session's owner metadata is over MAX_OWNER_META bytes",
+            ));
+        }
+        self.insert_value(OWNER_META_KEY, value);
+        Ok(())
+    }
+
     /// Queues a message for the next page the user sees, as Flask's
     /// `flash(message, category)`: stored under `_flashes` as
     /// `[category, message]` pairs, the format Flask reads, so a message
@@ -412,6 +461,10 @@ impl Session {
         self.lock()
     }
 }
+
+/// The most JSON [`Session::set_owner_meta`] keeps, in bytes: a listing of
+/// a user's sessions reads it for each of them.
+pub const MAX_OWNER_META: usize = 1024;
 
 /// Where flashed messages live: Flask's key.
 const FLASHES: &str = "_flashes";

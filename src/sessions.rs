@@ -3,11 +3,14 @@
 use std::fmt;
 use std::sync::Arc;
 
+use serde::Serialize;
+use serde_json::Value;
+
 use crate::config::Config;
 use crate::error::Error;
 use crate::id;
 use crate::key::Keyring;
-use crate::store::SessionStore;
+use crate::store::{OWNER_META_KEY, Record, SessionId, SessionStore};
 
 /// The stored sessions of a server-side layer, named by their public
 /// handles ([`Session::handle`](crate::Session::handle)): end one from a
@@ -87,4 +90,131 @@ impl Sessions {
         };
         Ok(self.store.take(&id, self.config.now()).await?.is_some())
     }
+
+    /// The live sessions of `owner` ([`Session::set_owner`](crate::Session::set_owner)),
+    /// most recently used first: what a "your devices" page shows. The
+    /// store reads them from its owner index in one query (SQL) or a few
+    /// round trips (Redis: one, plus one per session).
+    ///
+    /// # Errors
+    /// The store's; [`ErrorKind::Unsupported`](crate::ErrorKind::Unsupported)
+    /// from a store that cannot list sessions (Memcached).
+    pub async fn of(&self, owner: &str) -> Result<Vec<SessionInfo>, Error> {
+        let now = self.config.now();
+        let mut listed: Vec<SessionInfo> = (self.owned(owner, now).await?.into_iter())
+            .map(|(id, record)| self.info(&id, &record, now))
+            .collect();
+        listed.sort_by(|a, b| b.last_used.cmp(&a.last_used).then(a.handle.cmp(&b.handle)));
+        Ok(listed)
+    }
+
+    /// Ends the session `handle` names if it is one of `owner`'s: what a
+    /// "sign out that device" button calls. Returns whether a live session
+    /// ended (false for a handle of another owner's session, touching it
+    /// not).
+    ///
+    /// # Errors
+    /// The store's, as for [`of`](Self::of).
+    pub async fn end_of(&self, owner: &str, handle: &str) -> Result<bool, Error> {
+        let Some(id) = id::from_handle(&self.keys, &self.config.name, handle) else {
+            return Ok(false);
+        };
+        let now = self.config.now();
+        if !self
+            .owned(owner, now)
+            .await?
+            .iter()
+            .any(|(own, _)| *own == id)
+        {
+            return Ok(false);
+        }
+        Ok(self.store.take(&id, now).await?.is_some())
+    }
+
+    /// Ends every session of `owner` ("sign out everywhere"), returning
+    /// how many live ones ended. A session the owner starts after the
+    /// listing (a login in flight) is not among them.
+    ///
+    /// # Errors
+    /// The store's, as for [`of`](Self::of); sessions ended before the
+    /// failure stay ended.
+    pub async fn end_all(&self, owner: &str) -> Result<u64, Error> {
+        self.end_owned(owner, None).await
+    }
+
+    /// Ends every session of `owner` but the one `keep` names (the
+    /// current one's [`handle`](crate::Session::handle)): "sign out
+    /// everywhere else", after a password change. Returns how many ended.
+    ///
+    /// # Errors
+    /// As [`end_all`](Self::end_all).
+    pub async fn end_all_except(&self, owner: &str, keep: &str) -> Result<u64, Error> {
+        let keep = id::from_handle(&self.keys, &self.config.name, keep);
+        // A handle that names nothing keeps nothing: every session ends.
+        self.end_owned(owner, keep.as_ref()).await
+    }
+
+    async fn end_owned(&self, owner: &str, keep: Option<&SessionId>) -> Result<u64, Error> {
+        let now = self.config.now();
+        let mut ended = 0;
+        for (id, _) in self.owned(owner, now).await? {
+            if Some(&id) != keep && self.store.take(&id, now).await?.is_some() {
+                ended += 1;
+            }
+        }
+        Ok(ended)
+    }
+
+    /// The store's answer, checked again here: a store of one's own that
+    /// lists another owner's session, or an ended one, is not believed.
+    async fn owned(&self, owner: &str, now: u64) -> Result<Vec<(SessionId, Record)>, Error> {
+        let mut owned = self.store.owned(owner, now).await?;
+        owned.retain(|(_, record)| {
+            record.owner() == Some(owner) && !record.outlived(now, self.config.absolute_timeout)
+        });
+        Ok(owned)
+    }
+
+    fn info(&self, id: &SessionId, record: &Record, now: u64) -> SessionInfo {
+        // Every write and refresh sets the expiry to the idle timeout (or
+        // the lifetime) from that moment: counting back gives the last use,
+        // to the layer's refresh interval. Past an absolute timeout's cap
+        // the creation time is the best lower bound.
+        let idle = (self.config.idle_timeout)
+            .unwrap_or(self.config.lifetime)
+            .as_secs();
+        let last_used = record
+            .expires_at
+            .saturating_sub(idle)
+            .clamp(record.created_at, now.max(record.created_at));
+        SessionInfo {
+            handle: id::handle(&self.keys, &self.config.name, id),
+            created_at: record.created_at,
+            last_used,
+            expires_at: record.expires_at,
+            meta: record.data.get(OWNER_META_KEY).cloned(),
+        }
+    }
+}
+
+/// One of an owner's sessions, as [`Sessions::of`] lists it. Serializes as
+/// a JSON object with these field names (times in seconds since the Unix
+/// epoch), ready for a sessions page.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[non_exhaustive]
+pub struct SessionInfo {
+    /// The session's public handle: compare it with the current session's
+    /// [`handle`](crate::Session::handle), pass it to
+    /// [`Sessions::end_of`] to end it.
+    pub handle: String,
+    /// When the session was created (or its id last cycled: a login).
+    pub created_at: u64,
+    /// When it was last written or refreshed, to the layer's refresh
+    /// interval.
+    pub last_used: u64,
+    /// When it expires unless used again.
+    pub expires_at: u64,
+    /// What the application recorded with
+    /// [`Session::set_owner_meta`](crate::Session::set_owner_meta).
+    pub meta: Option<Value>,
 }

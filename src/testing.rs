@@ -20,7 +20,8 @@ use std::time::Duration;
 use serde_json::{Value, json};
 
 use crate::data::SessionData;
-use crate::store::{Changes, Record, SessionId, SessionStore};
+use crate::error::ErrorKind;
+use crate::store::{Changes, OWNER_KEY, OWNER_META_KEY, Record, SessionId, SessionStore};
 
 /// Runs every check against `store`. Takes a few seconds: one check waits
 /// for a record to expire, so stores with native TTLs are checked too.
@@ -42,6 +43,9 @@ pub async fn check_store<S: SessionStore + ?Sized>(store: Arc<S>) {
     concurrent_writes_to_distinct_keys_all_survive(store.clone()).await;
     writes_racing_a_delete_never_resurrect(store.clone()).await;
     the_layers_clock_rules(&*store).await;
+    if owners_index_their_sessions(store.clone()).await {
+        owners_index_many_sessions_at_once(store.clone()).await;
+    }
     records_expire_in_time(&*store).await;
 }
 
@@ -407,6 +411,203 @@ pub async fn writes_racing_a_delete_never_resurrect<S: SessionStore + ?Sized>(st
             "taken once"
         );
     }
+}
+
+/// An owner name no other run shares, with what makes key names hard
+/// (separators, braces of Redis hash tags, quotes, non-ASCII).
+fn unique_owner() -> String {
+    let id = SessionId::generate();
+    format!(
+        "user:{{{}}}/\"ü\" {}",
+        &id.as_str()[..8],
+        &id.as_str()[8..16]
+    )
+}
+
+fn owned_record(owner: &str, meta: Value) -> Record {
+    let mut value = record(json!({"user": 1}));
+    value.data.insert(OWNER_KEY.into(), json!(owner));
+    value.data.insert(OWNER_META_KEY.into(), meta);
+    value
+}
+
+async fn owned_ids<S: SessionStore + ?Sized>(store: &S, owner: &str, at: u64) -> Vec<SessionId> {
+    let owned = store.owned(owner, at).await.expect("owned");
+    for (_, record) in &owned {
+        assert_eq!(record.owner(), Some(owner), "listed under another owner");
+    }
+    let mut ids: Vec<SessionId> = owned.into_iter().map(|(id, _)| id).collect();
+    ids.sort_by(|a, b| a.as_str().cmp(b.as_str()));
+    ids
+}
+
+fn sorted(mut ids: Vec<SessionId>) -> Vec<SessionId> {
+    ids.sort_by(|a, b| a.as_str().cmp(b.as_str()));
+    ids
+}
+
+/// The owner index (`owned`): a store lists exactly the live sessions whose
+/// record names the owner, through every way a record changes (owner set,
+/// moved, removed, cleared; record taken, deleted, expired). Returns false
+/// when the store answers `Unsupported` (it cannot enumerate), true when it
+/// passed.
+pub async fn owners_index_their_sessions<S: SessionStore + ?Sized>(store: Arc<S>) -> bool {
+    let store = &*store;
+    let (ann, bob) = (unique_owner(), unique_owner());
+    match store.owned(&ann, now()).await {
+        Err(error) if error.kind() == ErrorKind::Unsupported => return false,
+        result => assert!(result.expect("owned").is_empty(), "a new owner has none"),
+    }
+    let a = created(store, &owned_record(&ann, json!({"device": "phone"}))).await;
+    let b = created(store, &owned_record(&ann, json!(null))).await;
+    let c = created(store, &owned_record(&bob, json!("laptop"))).await;
+    let d = created(store, &record(json!({"anonymous": true}))).await;
+    assert_eq!(
+        owned_ids(store, &ann, now()).await,
+        sorted(vec![a.clone(), b.clone()])
+    );
+    assert_eq!(owned_ids(store, &bob, now()).await, vec![c.clone()]);
+    let listed = store.owned(&ann, now()).await.expect("owned");
+    let (_, record_a) = listed.iter().find(|(id, _)| *id == a).expect("a listed");
+    assert_eq!(
+        record_a.data[OWNER_META_KEY],
+        json!({"device": "phone"}),
+        "the record comes whole"
+    );
+
+    let expires = now() + 3600;
+    let set_owner = |owner: &str| Changes {
+        set: vec![(OWNER_KEY.into(), json!(owner))],
+        ..Changes::expiry(now(), expires)
+    };
+    assert!(store.apply(&b, &set_owner(&bob)).await.expect("apply"));
+    assert_eq!(
+        owned_ids(store, &ann, now()).await,
+        vec![a.clone()],
+        "b moved away"
+    );
+    assert_eq!(
+        owned_ids(store, &bob, now()).await,
+        sorted(vec![b.clone(), c.clone()]),
+        "b moved in"
+    );
+    let unowned = Changes {
+        removed: vec![OWNER_KEY.into()],
+        ..Changes::expiry(now(), expires)
+    };
+    assert!(store.apply(&a, &unowned).await.expect("apply"));
+    assert_eq!(owned_ids(store, &ann, now()).await, vec![], "owner removed");
+    assert!(store.apply(&d, &set_owner(&ann)).await.expect("apply"));
+    assert_eq!(
+        owned_ids(store, &ann, now()).await,
+        vec![d.clone()],
+        "owner set on a write"
+    );
+    let cleared = Changes {
+        cleared: true,
+        set: vec![("after".into(), json!(1))],
+        ..Changes::expiry(now(), expires)
+    };
+    assert!(store.apply(&d, &cleared).await.expect("apply"));
+    assert_eq!(
+        owned_ids(store, &ann, now()).await,
+        vec![],
+        "a clear removes the owner"
+    );
+    let unrelated = Changes {
+        set: vec![("other".into(), json!(2))],
+        ..Changes::expiry(now(), expires)
+    };
+    assert!(store.apply(&c, &unrelated).await.expect("apply"));
+    assert_eq!(
+        owned_ids(store, &bob, now()).await,
+        sorted(vec![b.clone(), c.clone()]),
+        "other writes keep the owner"
+    );
+
+    // Ended: taken (a cycle's first half), deleted.
+    let taken = store.take(&b, now()).await.expect("take").expect("b live");
+    assert_eq!(
+        owned_ids(store, &bob, now()).await,
+        vec![c.clone()],
+        "taken"
+    );
+    let moved = created(store, &taken).await;
+    assert_eq!(
+        owned_ids(store, &bob, now()).await,
+        sorted(vec![c.clone(), moved.clone()]),
+        "cycled: the new id only"
+    );
+    store.delete(&c).await.expect("delete");
+    assert_eq!(
+        owned_ids(store, &bob, now()).await,
+        vec![moved.clone()],
+        "deleted"
+    );
+
+    // Expired, by the time the store is handed.
+    let later = expires + 60;
+    assert_eq!(
+        owned_ids(store, &bob, later).await,
+        vec![],
+        "expired sessions are not listed"
+    );
+    let short = Record::new(owned_record(&ann, json!(1)).data, false, now(), now() + 1);
+    let e = created(store, &short).await;
+    assert_eq!(owned_ids(store, &ann, now()).await, vec![e.clone()]);
+    assert_eq!(
+        owned_ids(store, &ann, now() + 5).await,
+        vec![],
+        "judged at the now given"
+    );
+    for id in [&a, &d, &e, &moved] {
+        store.delete(id).await.expect("delete");
+    }
+    assert_eq!(owned_ids(store, &ann, now()).await, vec![]);
+    assert_eq!(owned_ids(store, &bob, now()).await, vec![]);
+    true
+}
+
+/// Forty sessions of one owner created at once (logins racing), and forty
+/// of another moved in at once: none is missing from the index.
+pub async fn owners_index_many_sessions_at_once<S: SessionStore + ?Sized>(store: Arc<S>) {
+    let (ann, bob) = (unique_owner(), unique_owner());
+    let creates = (0..40).map(|_| {
+        let (store, ann) = (store.clone(), ann.clone());
+        async move { created(&*store, &owned_record(&ann, json!(null))).await }
+    });
+    let ids = sorted(join_all(creates).await);
+    assert_eq!(
+        owned_ids(&*store, &ann, now()).await,
+        ids,
+        "every login indexed"
+    );
+    let expires = now() + 3600;
+    let moves = ids.iter().map(|id| {
+        let (store, id, bob) = (store.clone(), id.clone(), bob.clone());
+        async move {
+            let changes = Changes {
+                set: vec![(OWNER_KEY.into(), json!(bob))],
+                ..Changes::expiry(now(), expires)
+            };
+            assert!(store.apply(&id, &changes).await.expect("apply"));
+        }
+    });
+    join_all(moves).await;
+    assert_eq!(
+        owned_ids(&*store, &ann, now()).await,
+        vec![],
+        "every one moved out"
+    );
+    assert_eq!(
+        owned_ids(&*store, &bob, now()).await,
+        ids,
+        "every one moved in"
+    );
+    for id in &ids {
+        store.delete(id).await.expect("delete");
+    }
+    assert_eq!(owned_ids(&*store, &bob, now()).await, vec![]);
 }
 
 enum Outcome {

@@ -444,6 +444,12 @@ impl<S: SessionStore> SessionStore for CachingStore<S> {
     async fn delete_expired(&self, now: u64) -> Result<u64, Error> {
         self.inner.delete_expired(now).await
     }
+
+    /// Always from the store behind: a listing is rare, and must not miss
+    /// a session another server created.
+    async fn owned(&self, owner: &str, now: u64) -> Result<Vec<(SessionId, Record)>, Error> {
+        self.inner.owned(owner, now).await
+    }
 }
 
 impl<S: SessionStore> CachingStore<S> {

@@ -7,7 +7,7 @@ use std::sync::{Mutex, MutexGuard, PoisonError};
 
 use async_trait::async_trait;
 
-use super::{Changes, Record, SessionId, SessionStore};
+use super::{Changes, OWNER_KEY, Record, SessionId, SessionStore};
 use crate::error::Error;
 
 /// Shards of the map: requests for different sessions rarely wait on one
@@ -50,6 +50,11 @@ const DEFAULT_MAX_SESSIONS: usize = 100_000;
 ///   bookkeeping.
 pub struct MemoryStore {
     shards: Box<[Mutex<Shard>]>,
+    /// The owner index: each owner's session ids. Entries are added and
+    /// removed under the session's shard lock (then this one), so a write
+    /// and its entry are one step; sessions evicted or expired leave
+    /// theirs until the owner's next listing or the sweep drops them.
+    owners: Mutex<HashMap<Box<str>, Vec<SessionId>>>,
     hasher: RandomState,
     max_sessions: usize,
 }
@@ -183,6 +188,12 @@ impl Compact {
     fn find(&self, key: &str) -> Result<usize, usize> {
         self.entries.binary_search_by(|(k, _)| (**k).cmp(key))
     }
+
+    /// The owner the record holds under [`OWNER_KEY`].
+    fn owner(&self) -> Option<String> {
+        let at = self.find(OWNER_KEY).ok()?;
+        serde_json::from_str(&self.entries[at].1).ok()
+    }
 }
 
 impl Shard {
@@ -303,6 +314,7 @@ impl MemoryStore {
     pub fn new() -> Self {
         Self {
             shards: (0..SHARDS).map(|_| Mutex::default()).collect(),
+            owners: Mutex::default(),
             hasher: RandomState::new(),
             max_sessions: DEFAULT_MAX_SESSIONS,
         }
@@ -346,6 +358,53 @@ impl MemoryStore {
         lock(&self.shards[self.shard_index(id)])
     }
 
+    /// Adds `id` to `owner`'s entry; call under the id's shard lock.
+    fn index(&self, owner: &str, id: &SessionId) {
+        let mut owners = lock(&self.owners);
+        let ids = owners.entry(owner.into()).or_default();
+        if !ids.contains(id) {
+            ids.push(id.clone());
+        }
+    }
+
+    /// Removes `id` from `owner`'s entry; call under the id's shard lock.
+    fn unindex(&self, owner: &str, id: &SessionId) {
+        let mut owners = lock(&self.owners);
+        if let Some(ids) = owners.get_mut(owner) {
+            ids.retain(|own| own != id);
+            if ids.is_empty() {
+                owners.remove(owner);
+            }
+        }
+    }
+
+    /// The live records of `ids` that `owner` holds; the others' entries
+    /// go, each under its shard's lock (a write that re-adds one cannot
+    /// slip between the check and the removal).
+    fn verify(
+        &self,
+        owner: &str,
+        ids: Vec<SessionId>,
+        now: u64,
+    ) -> Result<Vec<(SessionId, Record)>, Error> {
+        let mut live = Vec::with_capacity(ids.len());
+        for id in ids {
+            let (head, tail) = split(&id);
+            let mut shard = self.shard(&id);
+            let held = (shard.find(&head, &tail))
+                .filter(|slot| !slot.record.is_expired(now))
+                .filter(|slot| slot.record.owner().as_deref() == Some(owner));
+            match held {
+                Some(slot) => {
+                    let record = slot.record.record()?;
+                    live.push((id, record));
+                }
+                None => self.unindex(owner, &id),
+            }
+        }
+        Ok(live)
+    }
+
     fn purge_expired(&self, now: u64) -> u64 {
         let mut removed = 0;
         for shard in &*self.shards {
@@ -354,6 +413,14 @@ impl MemoryStore {
             shard.records.retain(|_, slot| !slot.record.is_expired(now));
             removed += (before - shard.records.len()) as u64;
             shard.proven = shard.records.values().filter(|slot| slot.proven).count();
+        }
+        // The index entries of sessions expired or evicted since.
+        let owners: Vec<(Box<str>, Vec<SessionId>)> = (lock(&self.owners).iter())
+            .map(|(owner, ids)| (owner.clone(), ids.clone()))
+            .collect();
+        for (owner, ids) in owners {
+            // A record that does not parse keeps its entry; load reports it.
+            let _ = self.verify(&owner, ids, now);
         }
         removed
     }
@@ -378,20 +445,20 @@ impl SessionStore for MemoryStore {
         match shard.records.get(&head) {
             // Taken: by this id, or (one chance in 2^128 for random ids) by
             // another sharing its first half; the layer then draws anew.
-            Some(slot) if !slot.record.is_expired(now) => Ok(false),
+            Some(slot) if !slot.record.is_expired(now) => return Ok(false),
             // An expired record's id is free again; the new session starts
             // fresh (a key of the old one left in `order` is skipped).
-            Some(_) => {
-                shard.insert(head, Slot::new(tail, record));
-                Ok(true)
-            }
+            Some(_) => shard.insert(head, Slot::new(tail, record)),
             None => {
                 shard.make_room(capacity, now);
                 shard.compact();
                 shard.insert(head, Slot::new(tail, record));
-                Ok(true)
             }
         }
+        if let Some(owner) = record.owner() {
+            self.index(owner, id);
+        }
+        Ok(true)
     }
 
     async fn apply(&self, id: &SessionId, changes: &Changes) -> Result<bool, Error> {
@@ -399,8 +466,20 @@ impl SessionStore for MemoryStore {
         let mut shard = self.shard(id);
         match shard.find(&head, &tail) {
             Some(slot) if !slot.record.is_expired(changes.now) => {
+                let change = changes.owner_change();
+                let old = change.and_then(|_| slot.record.owner());
                 slot.record.apply(changes);
                 slot.used = true;
+                if let Some(new) = change
+                    && old.as_deref() != new
+                {
+                    if let Some(old) = old {
+                        self.unindex(&old, id);
+                    }
+                    if let Some(new) = new {
+                        self.index(new, id);
+                    }
+                }
                 Ok(true)
             }
             Some(_) => {
@@ -415,7 +494,10 @@ impl SessionStore for MemoryStore {
         let (head, tail) = split(id);
         let mut shard = self.shard(id);
         if shard.find(&head, &tail).is_some() {
-            shard.remove(&head);
+            let slot = shard.remove(&head).expect("found just now");
+            if let Some(owner) = slot.record.owner() {
+                self.unindex(&owner, id);
+            }
         }
         Ok(())
     }
@@ -428,6 +510,9 @@ impl SessionStore for MemoryStore {
             return Ok(None);
         }
         let slot = shard.remove(&head).expect("found just now");
+        if let Some(owner) = slot.record.owner() {
+            self.unindex(&owner, id);
+        }
         if slot.record.is_expired(now) {
             return Ok(None);
         }
@@ -436,6 +521,12 @@ impl SessionStore for MemoryStore {
 
     async fn delete_expired(&self, now: u64) -> Result<u64, Error> {
         Ok(self.purge_expired(now))
+    }
+
+    /// From the index, each entry checked under its session's lock.
+    async fn owned(&self, owner: &str, now: u64) -> Result<Vec<(SessionId, Record)>, Error> {
+        let ids = lock(&self.owners).get(owner).cloned().unwrap_or_default();
+        self.verify(owner, ids, now)
     }
 }
 

@@ -95,6 +95,13 @@ impl Record {
         }
     }
 
+    /// The owner the layer recorded for the session
+    /// ([`Session::set_owner`](crate::Session::set_owner)), under
+    /// [`OWNER_KEY`].
+    pub fn owner(&self) -> Option<&str> {
+        self.data.get(OWNER_KEY).and_then(Value::as_str)
+    }
+
     /// Whether the record has expired at `now`.
     pub fn is_expired(&self, now: u64) -> bool {
         self.expires_at <= now
@@ -162,6 +169,19 @@ impl Changes {
             record.permanent = permanent;
         }
         record.expires_at = self.expires_at;
+    }
+
+    /// What the changes do to the session's owner ([`OWNER_KEY`]):
+    /// `None` when they leave it as it was, `Some(None)` when they remove
+    /// it (a removal or a clear), `Some(Some(owner))` when they set it.
+    /// Stores that index sessions by owner update the index from it.
+    pub fn owner_change(&self) -> Option<Option<&str>> {
+        let set = self.set.iter().rev().find(|(key, _)| key == OWNER_KEY);
+        match set {
+            Some((_, value)) => Some(value.as_str()),
+            None if self.cleared || self.removed.iter().any(|key| key == OWNER_KEY) => Some(None),
+            None => None,
+        }
     }
 
     /// Whether the changes touch no value (only expiry or the flag).
@@ -298,7 +318,37 @@ pub trait SessionStore: Debug + Send + Sync + 'static {
         let _ = seen;
         self.load(id, now).await
     }
+
+    /// The live sessions of `owner` at `now` (those whose record holds
+    /// `owner` under [`OWNER_KEY`]), with their ids: what
+    /// [`Sessions`](crate::Sessions) lists and ends.
+    ///
+    /// A store that answers it keeps an index from owner to sessions that
+    /// never misses a live session: an entry is in place before the write
+    /// that sets the owner is acknowledged, and a session whose owner
+    /// changed, or that ended or expired, is left out of the answer (and
+    /// its entry dropped, then or later). The conformance suite checks it.
+    ///
+    /// By default [`ErrorKind::Unsupported`](crate::ErrorKind::Unsupported):
+    /// a store that cannot enumerate (Memcached) says so.
+    async fn owned(&self, owner: &str, now: u64) -> Result<Vec<(SessionId, Record)>, Error> {
+        let _ = (owner, now);
+        Err(Error::unsupported(
+            "this store cannot list sessions by owner",
+        ))
+    }
 }
+
+/// The data key under which the layer keeps a session's owner
+/// ([`Session::set_owner`](crate::Session::set_owner)) as a JSON string.
+/// Stores that index by owner read it from [`Record::owner`] and
+/// [`Changes::owner_change`].
+pub const OWNER_KEY: &str = "\u{10FFFF}owner";
+
+/// The data key under which the layer keeps what an application recorded
+/// to describe a session on a sessions page
+/// ([`Session::set_owner_meta`](crate::Session::set_owner_meta)).
+pub const OWNER_META_KEY: &str = "\u{10FFFF}owner_meta";
 
 /// The data key under which the layer keeps the stamp of a session's last
 /// write, for stores that ask for it ([`SessionStore::stamps_writes`]).
@@ -343,6 +393,10 @@ impl<S: SessionStore + ?Sized> SessionStore for Arc<S> {
         seen: &str,
     ) -> Result<Option<Record>, Error> {
         (**self).load_seen(id, now, seen).await
+    }
+
+    async fn owned(&self, owner: &str, now: u64) -> Result<Vec<(SessionId, Record)>, Error> {
+        (**self).owned(owner, now).await
     }
 }
 
