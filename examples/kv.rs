@@ -35,7 +35,14 @@
 //! session as a JSON object. With a store, `GET /session/handle` answers
 //! the session's public handle (a JSON string; `null` before its first
 //! write) and `DELETE /sessions/{handle}` ends that session
-//! (`{"ended": true}`).
+//! (`{"ended": true}`). Owners ("sign out everywhere"): `POST
+//! /session/owner` (a JSON string) records whose session it is;
+//! `GET /owners/{owner}/sessions` lists that owner's live sessions (a JSON
+//! array of `{"handle", "created_at", "last_used", "expires_at", "meta"}`);
+//! `DELETE /owners/{owner}/sessions` ends them all (`{"ended": N}`);
+//! `DELETE /owners/{owner}/sessions/{handle}` ends one of them
+//! (`{"ended": true}`). A real app asks who is signed in before it lists
+//! or ends anyone's sessions; this one is for poking at the store.
 
 use std::process::ExitCode;
 
@@ -110,20 +117,52 @@ async fn handle(session: Session) -> Json<Option<String>> {
 /// Ends the session a handle names: `{"ended": true}`, or false for a
 /// string that is no handle of this server's. (A real app checks first
 /// that the handle is one of the signed-in user's sessions.)
-async fn end(
-    State(sessions): State<Option<Sessions>>,
-    Path(handle): Path<String>,
-) -> Result<Json<Value>, (axum::http::StatusCode, String)> {
-    let Some(sessions) = sessions else {
-        return Err((
+async fn end(State(sessions): State<Option<Sessions>>, Path(handle): Path<String>) -> Answer {
+    let ended = (stored(sessions)?.end(&handle).await).map_err(|e| failed(&e))?;
+    Ok(Json(serde_json::json!({ "ended": ended })))
+}
+
+async fn set_owner(session: Session, JsonBody(owner): JsonBody<String>) -> Reply {
+    session.set_owner(owner);
+    Ok(Json(session.to_map()))
+}
+
+type Answer = Result<Json<Value>, (axum::http::StatusCode, String)>;
+
+/// The layer's `Sessions`, or the answer for a layer without a store.
+fn stored(sessions: Option<Sessions>) -> Result<Sessions, (axum::http::StatusCode, String)> {
+    sessions.ok_or_else(|| {
+        (
             axum::http::StatusCode::NOT_FOUND,
-            "sessions in cookies cannot be ended by handle: use a SESSION_STORE\n".into(),
-        ));
-    };
-    match sessions.end(&handle).await {
-        Ok(ended) => Ok(Json(serde_json::json!({ "ended": ended }))),
-        Err(e) => Err((e.status(), format!("{e}\n"))),
-    }
+            "sessions in cookies cannot be listed or ended by handle: use a SESSION_STORE\n".into(),
+        )
+    })
+}
+
+fn failed(e: &session_layer::Error) -> (axum::http::StatusCode, String) {
+    (e.status(), format!("{e}\n"))
+}
+
+/// The owner's live sessions, most recently used first.
+async fn owned(State(sessions): State<Option<Sessions>>, Path(owner): Path<String>) -> Answer {
+    let listed = stored(sessions)?.of(&owner).await.map_err(|e| failed(&e))?;
+    Ok(Json(serde_json::to_value(listed).expect("plain fields")))
+}
+
+/// Ends every session of the owner: `{"ended": N}`.
+async fn end_owned(State(sessions): State<Option<Sessions>>, Path(owner): Path<String>) -> Answer {
+    let ended = (stored(sessions)?.end_all(&owner).await).map_err(|e| failed(&e))?;
+    Ok(Json(serde_json::json!({ "ended": ended })))
+}
+
+/// Ends one session of the owner's: `{"ended": bool}` (false for a handle
+/// of someone else's session).
+async fn end_one_owned(
+    State(sessions): State<Option<Sessions>>,
+    Path((owner, handle)): Path<(String, String)>,
+) -> Answer {
+    let ended = (stored(sessions)?.end_of(&owner, &handle).await).map_err(|e| failed(&e))?;
+    Ok(Json(serde_json::json!({ "ended": ended })))
 }
 
 async fn permanent(session: Session, JsonBody(permanent): JsonBody<bool>) -> Reply {
@@ -384,6 +423,9 @@ fn app<K: Clone + Send + Sync + 'static>(
         .route("/session/permanent", post(permanent))
         .route("/session/cycle", post(cycle))
         .route("/sessions/{handle}", delete(end))
+        .route("/session/owner", post(set_owner))
+        .route("/owners/{owner}/sessions", get(owned).delete(end_owned))
+        .route("/owners/{owner}/sessions/{handle}", delete(end_one_owned))
         .with_state(sessions)
         .layer(layer)
 }

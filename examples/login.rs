@@ -9,7 +9,9 @@
 //! Shows what a login needs from a session layer: `cycle_id()` at login,
 //! so an id planted before login is worthless after it (session fixation);
 //! `flush()` at logout, removing the record and the cookie; flash messages
-//! for the next page.
+//! for the next page; and a "your sessions" list (`set_owner` at login,
+//! `Sessions` to list and end them): each device with its browser and when
+//! it was last seen, "sign out" on each, and "sign out everywhere else".
 //!
 //! Environment: `PORT` (default 3000, 0 picks one), `SESSION_SECRET` (at
 //! least 32 bytes; random when unset), `SESSION_SECURE=false` for plain
@@ -19,13 +21,17 @@
 use std::process::ExitCode;
 use std::time::Duration;
 
+use std::time::{SystemTime, UNIX_EPOCH};
+
 use axum::Router;
-use axum::extract::Form;
+use axum::extract::{Form, Path, State};
+use axum::http::HeaderMap;
+use axum::http::header::USER_AGENT;
 use axum::response::{Html, Redirect};
 use axum::routing::{get, post};
 use serde::Deserialize;
 use session_layer::store::MemoryStore;
-use session_layer::{Key, Session, SessionLayer};
+use session_layer::{Key, Session, SessionInfo, SessionLayer, Sessions};
 use tracing_subscriber::EnvFilter;
 
 /// The demo's only password. A real app checks a password hash.
@@ -44,7 +50,61 @@ fn escape(text: &str) -> String {
         .replace('"', "&quot;")
 }
 
-async fn home(session: Session) -> Result<Html<String>, session_layer::Error> {
+/// "3 min ago", from seconds since the Unix epoch.
+fn ago(at: u64) -> String {
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    match now.saturating_sub(at) {
+        s if s < 60 => "just now".into(),
+        s if s < 3600 => format!("{} min ago", s / 60),
+        s => format!("{} h ago", s / 3600),
+    }
+}
+
+/// The signed-in user's sessions, this one first, each with a button that
+/// ends it; then one that ends all the others.
+fn sessions_list(listed: &[SessionInfo], current: Option<&str>) -> String {
+    let mut rows = String::new();
+    let ordered = (listed.iter().filter(|s| Some(s.handle.as_str()) == current))
+        .chain(listed.iter().filter(|s| Some(s.handle.as_str()) != current));
+    for info in ordered {
+        let browser = (info.meta.as_ref())
+            .and_then(|meta| meta.get("browser"))
+            .and_then(|b| b.as_str())
+            .unwrap_or("unknown browser");
+        let this = Some(info.handle.as_str()) == current;
+        let action = if this {
+            "<em>this device</em>".to_owned()
+        } else {
+            format!(
+                "<form method=\"post\" action=\"/sessions/{h}/end\"><button class=\"end\">Sign out</button></form>",
+                h = escape(&info.handle)
+            )
+        };
+        rows.push_str(&format!(
+            "<li class=\"session{}\" data-handle=\"{}\">{} &middot; signed in {} &middot; last seen {} {action}</li>\n",
+            if this { " current" } else { "" },
+            escape(&info.handle),
+            escape(browser),
+            ago(info.created_at),
+            ago(info.last_used),
+        ));
+    }
+    let others =
+        listed.len() - usize::from(current.is_some_and(|c| listed.iter().any(|s| s.handle == c)));
+    let everywhere = if others > 0 {
+        "<form method=\"post\" action=\"/sessions/end-others\"><button id=\"end-others\">Sign out everywhere else</button></form>\n"
+    } else {
+        ""
+    };
+    format!("<h2>Your sessions</h2>\n<ul id=\"sessions\">\n{rows}</ul>\n{everywhere}")
+}
+
+async fn home(
+    State(sessions): State<Sessions>,
+    session: Session,
+) -> Result<Html<String>, session_layer::Error> {
     let flashes: String = session
         .take_flashes()?
         .into_iter()
@@ -59,10 +119,12 @@ async fn home(session: Session) -> Result<Html<String>, session_layer::Error> {
     let body = match session.get::<String>("user")? {
         Some(user) => {
             let visits = session.update("visits", |n: Option<u64>| n.unwrap_or(0) + 1)?;
+            let listed = sessions.of(&user).await?;
             format!(
                 "<p id=\"who\">Signed in as {}</p>\n<p id=\"visits\">{visits} visits this session</p>\n\
-                 <form method=\"post\" action=\"/logout\"><button id=\"logout\">Sign out</button></form>\n",
-                escape(&user)
+                 <form method=\"post\" action=\"/logout\"><button id=\"logout\">Sign out</button></form>\n{}",
+                escape(&user),
+                sessions_list(&listed, session.handle().as_deref())
             )
         }
         None => format!(
@@ -79,6 +141,7 @@ async fn home(session: Session) -> Result<Html<String>, session_layer::Error> {
 
 async fn login(
     session: Session,
+    headers: HeaderMap,
     Form(form): Form<Credentials>,
 ) -> Result<Redirect, session_layer::Error> {
     if form.password != PASSWORD || form.user.trim().is_empty() {
@@ -89,7 +152,54 @@ async fn login(
     // (perhaps one an attacker planted) no longer names this session.
     session.cycle_id();
     session.insert("user", form.user.trim())?;
+    // Whose session this is, and what the sessions page shows of it.
+    session.set_owner(form.user.trim());
+    let browser = (headers.get(USER_AGENT))
+        .and_then(|agent| agent.to_str().ok())
+        .map_or("unknown browser", browser_name);
+    session.set_owner_meta(serde_json::json!({ "browser": browser }))?;
     session.flash("message", &format!("Welcome, {}!", form.user.trim()))?;
+    Ok(Redirect::to("/"))
+}
+
+/// A short name for a browser from its user agent.
+fn browser_name(agent: &str) -> &'static str {
+    let known = [
+        ("Edg/", "Edge"),
+        ("HeadlessChrome", "Headless Chrome"),
+        ("Chrome/", "Chrome"),
+        ("Firefox/", "Firefox"),
+        ("Safari/", "Safari"),
+        ("curl/", "curl"),
+    ];
+    (known.iter().find(|(mark, _)| agent.contains(mark))).map_or("other browser", |(_, name)| name)
+}
+
+/// Ends one of the signed-in user's other sessions ("sign out" on a row).
+async fn end_one(
+    State(sessions): State<Sessions>,
+    session: Session,
+    Path(handle): Path<String>,
+) -> Result<Redirect, session_layer::Error> {
+    let Some(user) = session.owner() else {
+        return Ok(Redirect::to("/"));
+    };
+    // Only a session of this user's: a handle of anyone else's ends nothing.
+    if sessions.end_of(&user, &handle).await? {
+        session.flash("message", "That session is signed out.")?;
+    }
+    Ok(Redirect::to("/"))
+}
+
+/// Ends every session of the signed-in user but this one.
+async fn end_others(
+    State(sessions): State<Sessions>,
+    session: Session,
+) -> Result<Redirect, session_layer::Error> {
+    if let (Some(user), Some(current)) = (session.owner(), session.handle()) {
+        let ended = sessions.end_all_except(&user, &current).await?;
+        session.flash("message", &format!("Signed out {ended} other session(s)."))?;
+    }
     Ok(Redirect::to("/"))
 }
 
@@ -149,10 +259,14 @@ async fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    let sessions = layer.sessions().expect("a server-side layer");
     let app = Router::new()
         .route("/", get(home))
         .route("/login", post(login))
         .route("/logout", post(logout))
+        .route("/sessions/{handle}/end", post(end_one))
+        .route("/sessions/end-others", post(end_others))
+        .with_state(sessions)
         .layer(layer);
     let port = std::env::var("PORT").unwrap_or_else(|_| "3000".into());
     let listener = match tokio::net::TcpListener::bind(format!("127.0.0.1:{port}")).await {

@@ -6,6 +6,8 @@ mod common;
 
 use std::process::Command;
 
+use serde_json::Value;
+
 use common::{ExampleServer as Server, Reply, example_binary, http_request, start_example};
 
 fn start(env: &[(&str, &str)]) -> Server {
@@ -408,4 +410,152 @@ fn a_client_without_cookies_keeps_its_session_in_a_header() {
         );
         assert_eq!(send("GET", "/session", "").body, "{}");
     }
+}
+
+/// The stores a kv test runs on: memory and files always; each server
+/// store that is built and reachable (in CI, one that is not fails).
+fn every_store(dir: &std::path::Path) -> Vec<String> {
+    let mut stores = vec![
+        "memory".to_owned(),
+        format!("file:{}", dir.join("files").display()),
+    ];
+    let servers = [
+        (
+            cfg!(feature = "redis-store"),
+            "REDIS_URL",
+            "redis://127.0.0.1:6379",
+        ),
+        (
+            cfg!(feature = "postgres-store"),
+            "POSTGRES_URL",
+            "postgres://postgres@127.0.0.1:5432/test",
+        ),
+        (
+            cfg!(feature = "mysql-store"),
+            "MYSQL_URL",
+            "mysql://root@127.0.0.1:3306/test",
+        ),
+        (
+            cfg!(feature = "memcached-store"),
+            "MEMCACHED_URL",
+            "memcache://127.0.0.1:11211",
+        ),
+    ];
+    for (built, var, default) in servers {
+        let url = std::env::var(var).unwrap_or_else(|_| default.into());
+        if !built {
+            continue;
+        }
+        if reachable(&url) {
+            stores.push(url);
+        } else {
+            common::missing(&format!("{url} is unreachable"));
+        }
+    }
+    if cfg!(feature = "sqlite-store") {
+        stores.push(format!("sqlite:{}", dir.join("kv.db").display()));
+    }
+    if !cfg!(feature = "file-store") {
+        stores.remove(1);
+    }
+    stores
+}
+
+/// "Sign out everywhere": three devices of one user and one of another's,
+/// listed by owner with their handles, one ended from the list, then all
+/// the rest; on every store that can list (Memcached answers 501).
+#[test]
+fn a_users_sessions_are_listed_and_ended_on_every_store() {
+    let dir = tempfile::tempdir().unwrap();
+    for store in every_store(dir.path()) {
+        let server = start(&[("SESSION_STORE", &store)]);
+        let unique = format!("{}-{}", std::process::id(), free_suffix());
+        let (ann, bob) = (format!("ann-{unique}"), format!("bob-{unique}"));
+        let device = |owner: &str| {
+            let mut client = Client {
+                server: &server,
+                cookie: String::new(),
+            };
+            client.send("PUT", "/session/user", &format!("{owner:?}"));
+            let reply = client.send("POST", "/session/owner", &format!("{owner:?}"));
+            assert_eq!(reply.status, 200, "{store}: {}", reply.body);
+            let handle = client.send("GET", "/session/handle", "").body;
+            let handle: String = serde_json::from_str(&handle).unwrap();
+            (client, handle)
+        };
+        let listing = request(&server, "GET", &format!("/owners/{ann}/sessions"), "", "");
+        if store.starts_with("memcache") {
+            assert_eq!(listing.status, 501, "{store}: {}", listing.body);
+            continue;
+        }
+        assert_eq!(listing.body, "[]", "{store}");
+        let mut phones: Vec<(Client, String)> = (0..3).map(|_| device(&ann)).collect();
+        let (mut bobs, bobs_handle) = device(&bob);
+        let list = |owner: &str| -> Vec<String> {
+            let reply = request(&server, "GET", &format!("/owners/{owner}/sessions"), "", "");
+            assert_eq!(reply.status, 200, "{store}: {}", reply.body);
+            let listed: Vec<Value> = serde_json::from_str(&reply.body).unwrap();
+            let mut handles: Vec<String> = (listed.iter())
+                .map(|s| {
+                    assert!(s["created_at"].as_u64().unwrap() <= s["last_used"].as_u64().unwrap());
+                    assert!(s["last_used"].as_u64().unwrap() < s["expires_at"].as_u64().unwrap());
+                    s["handle"].as_str().unwrap().to_owned()
+                })
+                .collect();
+            handles.sort();
+            handles
+        };
+        let mut expected: Vec<String> = phones.iter().map(|(_, h)| h.clone()).collect();
+        expected.sort();
+        assert_eq!(list(&ann), expected, "{store}: ann's three sessions");
+        assert_eq!(list(&bob), vec![bobs_handle.clone()], "{store}");
+
+        // One ended from the list; not through another owner's path.
+        let path = |owner: &str, handle: &str| format!("/owners/{owner}/sessions/{handle}");
+        let wrong = request(&server, "DELETE", &path(&bob, &phones[0].1), "", "");
+        assert_eq!(wrong.body, r#"{"ended":false}"#, "{store}: not bob's");
+        let one = request(&server, "DELETE", &path(&ann, &phones[0].1), "", "");
+        assert_eq!(one.body, r#"{"ended":true}"#, "{store}");
+        let user = |client: &mut Client| client.send("GET", "/session", "").body;
+        assert_eq!(
+            user(&mut phones[0].0),
+            "{}",
+            "{store}: that device is signed out"
+        );
+        assert!(
+            user(&mut phones[1].0).contains("ann"),
+            "{store}: the others are not"
+        );
+        assert_eq!(list(&ann).len(), 2, "{store}");
+
+        // All the rest.
+        let all = request(
+            &server,
+            "DELETE",
+            &format!("/owners/{ann}/sessions"),
+            "",
+            "",
+        );
+        assert_eq!(all.body, r#"{"ended":2}"#, "{store}");
+        for (client, _) in &mut phones {
+            assert_eq!(user(client), "{}", "{store}: signed out everywhere");
+        }
+        assert_eq!(list(&ann), Vec::<String>::new(), "{store}");
+        assert!(user(&mut bobs).contains("bob"), "{store}: bob is still in");
+        request(
+            &server,
+            "DELETE",
+            &format!("/owners/{bob}/sessions"),
+            "",
+            "",
+        );
+    }
+}
+
+/// A few random hex digits, so that runs sharing a server never share an
+/// owner.
+fn free_suffix() -> String {
+    let mut bytes = [0u8; 6];
+    getrandom::fill(&mut bytes).unwrap();
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
