@@ -78,3 +78,70 @@ fn login_cycles_the_id_flashes_and_logout_ends_the_session() {
         "a logged-out id cannot be replayed"
     );
 }
+
+/// The sessions page over plain HTTP: two sign-ins of one user list each
+/// other, one ends the other with its button's form, and the ended one is
+/// signed out on its next request. (tests/browser.rs drives the same page
+/// in Chromium.)
+#[test]
+fn one_device_signs_another_out_from_the_sessions_page() {
+    let server = start_example("login", &[]);
+    let addr = &server.addr;
+    let sign_in = || {
+        let mut cookie = String::new();
+        let reply = http_request(addr, "POST", "/login", "user=ann&password=letmein", &cookie);
+        update(&mut cookie, &reply);
+        cookie
+    };
+    let (phone, laptop) = (sign_in(), sign_in());
+    let page = http_request(addr, "GET", "/", "", &laptop).body;
+    assert_eq!(page.matches("<li class=\"session").count(), 2, "{page}");
+    assert_eq!(page.matches("this device").count(), 1, "{page}");
+    // The other row's form names the phone's session by its handle.
+    let action = page
+        .split("action=\"")
+        .map(|rest| rest.split('"').next().unwrap())
+        .find(|action| action.starts_with("/sessions/") && action.ends_with("/end"))
+        .expect("a sign-out button for the other device")
+        .to_owned();
+    let mut laptop = laptop;
+    let reply = http_request(addr, "POST", &action, "", &laptop);
+    assert_eq!(reply.status, 303);
+    update(&mut laptop, &reply);
+    let page = http_request(addr, "GET", "/", "", &phone).body;
+    assert!(page.contains("Not signed in"), "{page}");
+    let page = http_request(addr, "GET", "/", "", &laptop).body;
+    assert!(
+        page.contains("Signed in as ann") && page.contains("That session is signed out."),
+        "{page}"
+    );
+    assert_eq!(page.matches("<li class=\"session").count(), 1, "{page}");
+    // The ended handle no longer ends anything, and bob cannot end ann's.
+    let bob = {
+        let mut cookie = String::new();
+        let reply = http_request(addr, "POST", "/login", "user=bob&password=letmein", &cookie);
+        update(&mut cookie, &reply);
+        cookie
+    };
+    let page = http_request(addr, "GET", "/", "", &laptop).body;
+    assert!(!page.contains("Sign out everywhere else"), "{page}");
+    let laptop_handle = page
+        .split("data-handle=\"")
+        .nth(1)
+        .unwrap()
+        .split('"')
+        .next()
+        .unwrap();
+    http_request(
+        addr,
+        "POST",
+        &format!("/sessions/{laptop_handle}/end"),
+        "",
+        &bob,
+    );
+    let page = http_request(addr, "GET", "/", "", &laptop).body;
+    assert!(
+        page.contains("Signed in as ann"),
+        "bob cannot end ann's session: {page}"
+    );
+}
