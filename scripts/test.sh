@@ -6,7 +6,8 @@
 # What the suite needs beyond the Rust toolchain is started, or installed
 # with apt-get, here, so that a fresh machine passes: Redis (and a local
 # three-node Redis Cluster), PostgreSQL, MariaDB and Memcached for the store
-# tests; a Python venv with the pinned Flask for the interop tests; Debian's
+# tests; a Python venv with the pinned Flask for the interop tests and
+# nx-27017 (a MongoDB-wire server, as Debian has no MongoDB); Debian's
 # Chromium and Node.js with playwright-core for the browser test. With
 # CI=true a test whose service is still missing fails rather than skips.
 set -euo pipefail
@@ -106,7 +107,7 @@ if ! port_open 11211; then
     wait_port 11211
 fi
 
-step "prepare: Python venv with the pinned Flask for the interop tests"
+step "prepare: Python venv with the pinned Flask (interop tests) and nx-27017 (MongoStore's test server)"
 if ! .venv/bin/python -c 'import flask' 2>/dev/null \
     || ! cmp -s tests/flask/requirements.txt .venv/requirements.installed; then
     if ! python3 -m venv --help >/dev/null 2>&1; then
@@ -117,7 +118,7 @@ if ! .venv/bin/python -c 'import flask' 2>/dev/null \
     .venv/bin/pip install --quiet --disable-pip-version-check -r tests/flask/requirements.txt
     cp tests/flask/requirements.txt .venv/requirements.installed
 fi
-.venv/bin/python -c 'from importlib.metadata import version as v; print("Flask", v("flask"), "itsdangerous", v("itsdangerous"))'
+.venv/bin/python -c 'from importlib.metadata import version as v; print("Flask", v("flask"), "itsdangerous", v("itsdangerous"), "nx-27017", v("nx-27017"))'
 
 step "prepare: Chromium and playwright-core for the browser test"
 if ! [ -x "${CHROMIUM:-/usr/bin/chromium}" ]; then

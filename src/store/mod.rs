@@ -15,12 +15,15 @@ mod file;
 mod memcached;
 #[cfg(feature = "memory-store")]
 mod memory;
+#[cfg(feature = "mongodb-store")]
+mod mongo;
 #[cfg(any(
     feature = "redis-store",
     feature = "postgres-store",
     feature = "mysql-store",
     feature = "sqlite-store",
-    feature = "memcached-store"
+    feature = "memcached-store",
+    feature = "mongodb-store"
 ))]
 mod net;
 #[cfg(feature = "redis-store")]
@@ -51,6 +54,8 @@ pub use file::FileStore;
 pub use memcached::MemcachedStore;
 #[cfg(feature = "memory-store")]
 pub use memory::MemoryStore;
+#[cfg(feature = "mongodb-store")]
+pub use mongo::MongoStore;
 #[cfg(feature = "redis-store")]
 pub use redis_store::RedisStore;
 #[cfg(any(

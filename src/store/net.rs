@@ -22,7 +22,8 @@ use crate::error::Error;
         feature = "redis-store",
         feature = "postgres-store",
         feature = "mysql-store",
-        feature = "sqlite-store"
+        feature = "sqlite-store",
+        feature = "mongodb-store"
     )),
     allow(dead_code)
 )]

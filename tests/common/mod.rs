@@ -305,47 +305,90 @@ fn exchange(addr: &str, head: &str, body: &str) -> Reply {
     }
 }
 
-/// A redis-server of a test's own on a free port (no persistence), so
+/// A server process of a test's own on a free port (no persistence), so
 /// stopping, restarting or killing its clients disturbs nothing else.
-pub struct RedisServer {
+pub struct ServerProcess {
     child: std::process::Child,
     pub port: u16,
+    scheme: &'static str,
 }
 
-impl RedisServer {
-    pub fn start(port: u16) -> Option<Self> {
-        let child = std::process::Command::new("redis-server")
-            .args([
-                "--port",
-                &port.to_string(),
-                "--bind",
-                "127.0.0.1",
-                "--save",
-                "",
-                "--appendonly",
-                "no",
-            ])
+/// A redis-server of a test's own.
+pub type RedisServer = ServerProcess;
+
+impl ServerProcess {
+    /// Runs `command`, and waits until `port` accepts connections; `None`
+    /// (after `missing`) when `what` is not installed.
+    fn spawn(
+        mut command: std::process::Command,
+        port: u16,
+        what: &str,
+        scheme: &'static str,
+    ) -> Option<Self> {
+        let child = command
             .stdout(std::process::Stdio::null())
             .stderr(std::process::Stdio::null())
             .spawn();
         let Ok(child) = child else {
-            missing("redis-server is not installed");
+            missing(&format!("{what} is not installed"));
             return None;
         };
-        let server = Self { child, port };
-        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        let server = Self {
+            child,
+            port,
+            scheme,
+        };
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
         while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
             assert!(
                 std::time::Instant::now() < deadline,
-                "redis-server did not start on {port}"
+                "{what} did not start on {port}"
             );
             std::thread::sleep(Duration::from_millis(20));
         }
         Some(server)
     }
 
+    /// A redis-server on `port`.
+    pub fn start(port: u16) -> Option<Self> {
+        let mut command = std::process::Command::new("redis-server");
+        command.args([
+            "--port",
+            &port.to_string(),
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+        ]);
+        Self::spawn(command, port, "redis-server", "redis")
+    }
+
+    /// A MongoDB-wire server on `port`: nx-27017 (SQLite-backed, in
+    /// memory) from the venv scripts/test.sh prepares.
+    pub fn start_mongo(port: u16) -> Option<Self> {
+        let binary = concat!(env!("CARGO_MANIFEST_DIR"), "/.venv/bin/nx-27017");
+        let dir = std::env::temp_dir();
+        let mut command = std::process::Command::new(binary);
+        command.args([
+            "--db",
+            "memory",
+            "--host",
+            "127.0.0.1",
+            "-p",
+            &port.to_string(),
+        ]);
+        command
+            .arg("--log-file")
+            .arg(dir.join(format!("nx-27017-{port}.log")))
+            .arg("--pid-file")
+            .arg(dir.join(format!("nx-27017-{port}.pid")));
+        Self::spawn(command, port, "nx-27017 (in .venv)", "mongodb")
+    }
+
     pub fn url(&self) -> String {
-        format!("redis://127.0.0.1:{}", self.port)
+        format!("{}://127.0.0.1:{}", self.scheme, self.port)
     }
 
     pub fn stop(mut self) {
@@ -354,7 +397,7 @@ impl RedisServer {
     }
 }
 
-impl Drop for RedisServer {
+impl Drop for ServerProcess {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
