@@ -18,8 +18,8 @@
 //! - `SESSION_STORE`: `cookie` (the default: the session is in the cookie),
 //!   or server-side (the cookie holds a signed id): `memory`, `file:PATH`,
 //!   `redis://..`, `postgres://..`, `mysql://..`, `sqlite:PATH`,
-//!   `memcache://..` (each with its store feature; `--all-features` has
-//!   them all);
+//!   `memcache://..`, `mongodb://..` (each with its store feature;
+//!   `--all-features` has them all);
 //! - `SESSION_TRANSPORT`: where the session token travels: `cookie` (the
 //!   default), `header` (`x-session-token`, both ways, no cookie), `both`
 //!   (the header when a request has it, the cookie otherwise) or `bearer`
@@ -264,6 +264,15 @@ async fn network_store(layer: SessionLayer, spec: &str) -> Result<SessionLayer, 
                 .map_err(failed)?;
             time_bounded(layer, store)
         }
+        #[cfg(feature = "mongodb-store")]
+        "mongodb" | "mongodb+srv" => {
+            let store = session_layer::store::MongoStore::connect(spec)
+                .await
+                .map_err(failed)?;
+            // The indexes; a real app runs this at deploy time.
+            store.migrate().await.map_err(failed)?;
+            time_bounded(layer, store)
+        }
         _ => {
             drop((layer, failed));
             let known = [
@@ -276,15 +285,17 @@ async fn network_store(layer: SessionLayer, spec: &str) -> Result<SessionLayer, 
                 "sqlite",
                 "memcache",
                 "memcached",
+                "mongodb",
+                "mongodb+srv",
             ];
             Err(if known.contains(&scheme) {
                 format!(
-                    "SESSION_STORE={spec} needs its store feature (redis-store, postgres-store, mysql-store, sqlite-store, memcached-store)"
+                    "SESSION_STORE={spec} needs its store feature (redis-store, postgres-store, mysql-store, sqlite-store, memcached-store, mongodb-store)"
                 )
             } else {
                 format!(
                     "SESSION_STORE={spec:?} is not supported; use cookie, memory, file:PATH, redis://.., \
-                     postgres://.., mysql://.., sqlite:PATH or memcache://.."
+                     postgres://.., mysql://.., sqlite:PATH, memcache://.. or mongodb://.."
                 )
             })
         }

@@ -241,6 +241,11 @@ fn the_kv_api_works_on_every_server_store() {
         let url = format!("sqlite:{}", dir.path().join("kv.db").display());
         kv_api_works_with(&[("SESSION_STORE", &url)]);
     }
+    if cfg!(feature = "mongodb-store")
+        && let Some(mongo) = common::ServerProcess::start_mongo(common::free_port())
+    {
+        kv_api_works_with(&[("SESSION_STORE", &format!("{}/kv", mongo.url()))]);
+    }
 }
 
 /// Two kv processes on one store, each with a coherent cache
@@ -413,8 +418,10 @@ fn a_client_without_cookies_keeps_its_session_in_a_header() {
 }
 
 /// The stores a kv test runs on: memory and files always; each server
-/// store that is built and reachable (in CI, one that is not fails).
-fn every_store(dir: &std::path::Path) -> Vec<String> {
+/// store that is built and reachable (in CI, one that is not fails); a
+/// MongoDB-wire server of the test's own, kept running while the second
+/// half of the answer lives.
+fn every_store(dir: &std::path::Path) -> (Vec<String>, Vec<common::ServerProcess>) {
     let mut stores = vec![
         "memory".to_owned(),
         format!("file:{}", dir.join("files").display()),
@@ -458,7 +465,14 @@ fn every_store(dir: &std::path::Path) -> Vec<String> {
     if !cfg!(feature = "file-store") {
         stores.remove(1);
     }
-    stores
+    let mut servers = Vec::new();
+    if cfg!(feature = "mongodb-store")
+        && let Some(mongo) = common::ServerProcess::start_mongo(common::free_port())
+    {
+        stores.push(format!("{}/kv", mongo.url()));
+        servers.push(mongo);
+    }
+    (stores, servers)
 }
 
 /// "Sign out everywhere": three devices of one user and one of another's,
@@ -467,7 +481,8 @@ fn every_store(dir: &std::path::Path) -> Vec<String> {
 #[test]
 fn a_users_sessions_are_listed_and_ended_on_every_store() {
     let dir = tempfile::tempdir().unwrap();
-    for store in every_store(dir.path()) {
+    let (stores, _servers) = every_store(dir.path());
+    for store in stores {
         let server = start(&[("SESSION_STORE", &store)]);
         let unique = format!("{}-{}", std::process::id(), free_suffix());
         let (ann, bob) = (format!("ann-{unique}"), format!("bob-{unique}"));

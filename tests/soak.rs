@@ -167,6 +167,14 @@ async fn every_store_keeps_every_concurrent_write_without_leaking() {
             }
         }
     }
+    #[cfg(feature = "mongodb-store")]
+    if let Some(server) = common::ServerProcess::start_mongo(common::free_port()) {
+        let store = session_layer::store::MongoStore::connect(&format!("{}/soak", server.url()))
+            .await
+            .unwrap();
+        store.migrate().await.unwrap();
+        soak("mongodb", Arc::new(store)).await;
+    }
     #[cfg(feature = "memcached-store")]
     match session_layer::store::MemcachedStore::connect("memcache://127.0.0.1:11211").await {
         Ok(store) => {

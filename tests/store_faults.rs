@@ -433,3 +433,64 @@ async fn a_full_file_store_disk() {
         "the old record was intact"
     );
 }
+
+/// MongoDB (the nx-27017 test server) stopped and started again: 503s
+/// while it is down, untouched routes unaffected, and the same app serves
+/// again once it is back, without a restart.
+#[cfg(feature = "mongodb-store")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mongodb_going_down_and_coming_back() {
+    use session_layer::store::MongoStore;
+    let Some(server) = common::ServerProcess::start_mongo(free_port()) else {
+        return;
+    };
+    let port = server.port;
+    let url = format!("{}/faults", server.url());
+    let store = MongoStore::connect(&url)
+        .await
+        .unwrap()
+        .timeout(Duration::from_millis(1500));
+    store.migrate().await.unwrap();
+    let app = Router::new()
+        .route("/", get(count))
+        .route("/untouched", get(|| async { "fine" }))
+        .layer(SessionLayer::new(Key::from_bytes(&[8; 32]).unwrap()).with_store(store));
+    let mut jar = Jar::new();
+    assert_eq!(jar.get_text(&app, "/").await, (StatusCode::OK, "1".into()));
+    assert_eq!(jar.get_text(&app, "/").await, (StatusCode::OK, "2".into()));
+
+    server.stop();
+    let response = jar.send(&app, get_req("/")).await;
+    assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(
+        response.extensions().get::<Error>().unwrap().kind(),
+        ErrorKind::Store
+    );
+    let response = Jar::new().send(&app, get_req("/")).await;
+    assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
+    assert!(common::set_cookies(&response).is_empty());
+    assert_eq!(
+        jar.get_text(&app, "/untouched").await,
+        (StatusCode::OK, "fine".into())
+    );
+
+    // Back, empty (it kept everything in memory).
+    let _server = common::ServerProcess::start_mongo(port).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let (status, body) = jar.get_text(&app, "/").await;
+        if status == StatusCode::OK {
+            assert_eq!(
+                body, "1",
+                "a fresh session: the old record went with the server"
+            );
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the store did not recover: {status}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert_eq!(jar.get_text(&app, "/").await, (StatusCode::OK, "2".into()));
+}

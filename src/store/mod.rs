@@ -448,6 +448,21 @@ mod tests {
     use super::*;
     use serde_json::json;
 
+    /// `Session::keys` promises sorted keys, the kv example's answers and
+    /// Flask's cookies rely on it: a dependency that turns on serde_json's
+    /// `preserve_order` (bson 2 does) would break that for the whole build.
+    #[test]
+    fn session_data_keeps_its_keys_sorted_in_every_build() {
+        let mut data = SessionData::new();
+        data.insert("b".into(), Value::from(1));
+        data.insert("a".into(), Value::from(2));
+        assert_eq!(
+            data.keys().collect::<Vec<_>>(),
+            ["a", "b"],
+            "a dependency turned on serde_json's preserve_order"
+        );
+    }
+
     #[test]
     fn changes_apply_in_order_cleared_removed_set() {
         let mut record = Record::new(
