@@ -350,7 +350,7 @@ pub const OWNER_KEY: &str = "\u{10FFFF}owner";
 /// lowercase hex. An owner is any string (separators, `{}` of Redis hash
 /// tags, `..`, non-ASCII, any length); its digest is 64 characters that are
 /// safe in every key and file name, and no two owners share one.
-#[cfg(feature = "redis-store")]
+#[cfg(any(feature = "redis-store", feature = "file-store"))]
 pub(crate) fn owner_digest(owner: &str) -> String {
     use sha2::{Digest, Sha256};
     Sha256::digest(owner.as_bytes())
