@@ -18,7 +18,7 @@ use crate::error::Error;
 
 /// Stores a record if its key is free, or holds a record expired by the
 /// layer's clock: one round trip. ARGV: the change channel ('' for none)
-/// and message, the owner index's part (ARGV[3] to ARGV[8],
+/// and message, the owner index's part (`ARGV[3]` to `ARGV[8]`,
 /// `owners::RECORD_INDEX_LUA` says what), expires_at, now, then
 /// field/value pairs.
 const CREATE: &str = r"
@@ -37,7 +37,7 @@ return 1
 /// Applies a request's changes field by field, atomically: one round trip.
 /// A record expired by the layer's clock (`now`) counts as gone, as in
 /// every store. ARGV: the change channel ('' for none) and message, the
-/// owner index's part (ARGV[3] to ARGV[8]), expires_at, now, cleared
+/// owner index's part (`ARGV[3]` to `ARGV[8]`), expires_at, now, cleared
 /// (0/1), permanent ('' for unchanged, 0, 1), the number of removed
 /// fields, the removed fields, then field/value pairs. Fields go in a few
 /// `HDEL`/`HSET` calls of up to 100 fields each (Lua's `unpack` has a
@@ -75,7 +75,7 @@ return 1
 
 /// Removes a record and returns its fields, atomically with `APPLY`: one
 /// round trip. ARGV: the change channel ('' for none) and message, the
-/// owner index's part (ARGV[3] to ARGV[5]).
+/// owner index's part (`ARGV[3]` to `ARGV[5]`).
 const TAKE: &str = r"
 local fields = redis.call('HGETALL', KEYS[1])
 unindex(KEYS[1])
@@ -85,7 +85,7 @@ return fields
 ";
 
 /// Removes a record: one round trip. ARGV: the change channel ('' for
-/// none) and message, the owner index's part (ARGV[3] to ARGV[5]).
+/// none) and message, the owner index's part (`ARGV[3]` to `ARGV[5]`).
 const DELETE: &str = r"
 unindex(KEYS[1])
 local removed = redis.call('DEL', KEYS[1])

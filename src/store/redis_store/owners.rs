@@ -45,6 +45,10 @@
 //! client-side timeout or retry enters the argument: a record script that
 //! arrives late refuses itself.
 //!
+//! The scripts read the server's clock (`TIME`) before they write, which
+//! Redis allows since 5.0 (scripts replicate their effects, not their
+//! text).
+//!
 //! A write that moves a record's expiry past its `m:x` stops before
 //! writing and names the index; the store extends the index (the same add)
 //! and writes again, so the index always outlives its records. On a
@@ -110,14 +114,14 @@ end
 ";
 
 /// The Lua the record scripts (CREATE, APPLY, TAKE, DELETE) share, after
-/// [`INDEX_LUA`]. Their ARGV[3] is the key prefix, ARGV[4] the session id,
-/// ARGV[5] `here` when the script keeps the index (one server), else the
-/// digest of the index the caller added the session to before the write
-/// ('' for none: a cluster, where the index is in another slot). CREATE
-/// and APPLY add ARGV[6], the owner change ('-' none, '' removed, else the
-/// new owner's digest, whose index is KEYS[2] on one server), ARGV[7], the
-/// time (ms) after which the write is refused ('' for none), and ARGV[8],
-/// the `m:x` the caller's index entry gives.
+/// [`INDEX_LUA`]. Their `ARGV[3]` is the key prefix, `ARGV[4]` the session
+/// id, `ARGV[5]` `here` when the script keeps the index (one server), else
+/// the digest of the index the caller added the session to before the
+/// write ('' for none: a cluster, where the index is in another slot).
+/// CREATE and APPLY add `ARGV[6]`, the owner change ('-' none, '' removed,
+/// else the new owner's digest, whose index is `KEYS[2]` on one server),
+/// `ARGV[7]`, the time (ms) after which the write is refused ('' for none),
+/// and `ARGV[8]`, the `m:x` the caller's index entry gives.
 pub(super) const RECORD_INDEX_LUA: &str = r"
 local function index_of(digest) return ARGV[3] .. 'owner:' .. digest end
 
@@ -201,7 +205,7 @@ return {now, lives, redis.call('ZCARD', KEYS[1])}
 ";
 
 /// Cluster: the server's time (ms) and the index's entries with their
-/// scores, oldest first, up to the rank ARGV[1] (-1 for all).
+/// scores, oldest first, up to the rank `ARGV[1]` (-1 for all).
 const INDEX_READ: &str = r"
 return {server_ms(), redis.call('ZRANGE', KEYS[1], 0, ARGV[1], 'WITHSCORES')}
 ";
@@ -225,8 +229,8 @@ end
 return 0
 ";
 
-/// One server: the records of the index KEYS[1] (the digest ARGV[2]) as
-/// pairs of session id and fields, under the key prefix ARGV[1]; entries
+/// One server: the records of the index `KEYS[1]` (the digest `ARGV[2]`) as
+/// pairs of session id and fields, under the key prefix `ARGV[1]`; entries
 /// whose record is gone (expired) or names another index go.
 const OWNED: &str = r"
 local listed = {}
@@ -251,7 +255,7 @@ fn index_script(body: &str) -> Script {
 }
 
 /// What a record write (CREATE, APPLY) does to the owner index: its
-/// ARGV[3] to ARGV[8], and KEYS[2].
+/// `ARGV[3]` to `ARGV[8]`, and `KEYS[2]`.
 pub(super) struct OwnerWrite {
     /// The owner change: `None` leaves the owner alone, `Some(None)`
     /// removes it, `Some(Some(digest))` sets it.
@@ -334,7 +338,7 @@ impl RedisStore {
     }
 
     /// The keys (the record's, and on one server the new owner's index)
-    /// and ARGV[3] to ARGV[8] of a record write.
+    /// and `ARGV[3]` to `ARGV[8]` of a record write.
     pub(super) fn owner_args(
         &self,
         id: &SessionId,
@@ -373,7 +377,7 @@ impl RedisStore {
         (index, args)
     }
 
-    /// ARGV[3] to ARGV[5] of TAKE and DELETE.
+    /// `ARGV[3]` to `ARGV[5]` of TAKE and DELETE.
     pub(super) fn unindex_args(&self, id: &SessionId) -> [Vec<u8>; 3] {
         let mode: &[u8] = if self.is_cluster() { b"" } else { b"here" };
         [
