@@ -67,6 +67,22 @@ impl SessionId {
         self.to_bytes().iter().map(|b| format!("{b:02x}")).collect()
     }
 
+    /// The id whose [`to_hex`](Self::to_hex) is `hex`: 64 lowercase hex
+    /// digits, nothing else (a store reading back a name it wrote).
+    #[cfg(feature = "file-store")]
+    pub(crate) fn from_hex(hex: &str) -> Option<Self> {
+        if hex.len() != 2 * ID_BYTES || !hex.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
+        {
+            return None;
+        }
+        let mut bytes = [0u8; ID_BYTES];
+        for (byte, pair) in bytes.iter_mut().zip(hex.as_bytes().chunks(2)) {
+            let pair = std::str::from_utf8(pair).ok()?;
+            *byte = u8::from_str_radix(pair, 16).ok()?;
+        }
+        Some(Self(URL_SAFE_NO_PAD.encode(bytes).into()))
+    }
+
     /// The id's 32 bytes: a compact key for stores that hold ids in memory.
     pub(crate) fn to_bytes(&self) -> [u8; ID_BYTES] {
         URL_SAFE_NO_PAD
@@ -269,6 +285,25 @@ mod tests {
             &non_canonical,
         ] {
             assert!(SessionId::parse(bad).is_none(), "{bad:?}");
+        }
+    }
+
+    #[cfg(feature = "file-store")]
+    #[test]
+    fn hex_names_read_back_as_the_id_and_nothing_else() {
+        let id = SessionId::generate();
+        assert_eq!(SessionId::from_hex(&id.to_hex()), Some(id.clone()));
+        let upper = id.to_hex().to_uppercase();
+        let hex = id.to_hex();
+        for bad in [
+            "",
+            &hex[..62],
+            &format!("{hex}0"),
+            &upper,
+            &format!("{}/.", &hex[..62]),
+            &format!("{}+f", &hex[..62]),
+        ] {
+            assert!(SessionId::from_hex(bad).is_none(), "{bad:?}");
         }
     }
 

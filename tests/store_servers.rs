@@ -47,17 +47,350 @@ mod redis {
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
     async fn redis_cluster_store_conforms() {
+        if let Some(store) = cluster().await {
+            session_layer::testing::check_store(Arc::new(store)).await;
+        }
+    }
+
+    fn cluster_nodes() -> Vec<String> {
         let nodes = env_or(
             "REDIS_CLUSTER_NODES",
             "redis://127.0.0.1:7001,redis://127.0.0.1:7002,redis://127.0.0.1:7003",
         );
-        let nodes: Vec<&str> = nodes.split(',').collect();
+        nodes.split(',').map(str::to_owned).collect()
+    }
+
+    async fn cluster() -> Option<RedisStore> {
+        let nodes = cluster_nodes();
+        let nodes: Vec<&str> = nodes.iter().map(String::as_str).collect();
         match RedisStore::cluster(&nodes).await {
-            Ok(store) => session_layer::testing::check_store(Arc::new(store)).await,
+            Ok(store) => Some(store),
             Err(e) => {
                 missing(&format!(
                     "a Redis Cluster at {nodes:?} is unreachable ({e})"
                 ));
+                None
+            }
+        }
+    }
+
+    /// The owner index, as `RedisStore` documents its keys, checked from
+    /// behind the store's back.
+    mod owners {
+        use super::*;
+        use ::redis::aio::ConnectionLike;
+        use ::redis::cmd;
+        use serde_json::json;
+        use session_layer::store::{Changes, OWNER_KEY, Record, SessionId, SessionStore};
+
+        fn now() -> u64 {
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap()
+                .as_secs()
+        }
+
+        /// A prefix of this test's own, so that listing the index of a
+        /// store shows only its entries.
+        fn prefix(test: &str) -> String {
+            format!("test-owners:{}:{test}:", std::process::id())
+        }
+
+        /// An owner no other test shares, with a hash tag in it.
+        fn owner() -> String {
+            format!("ann {{{}}}", &SessionId::generate().as_str()[..12])
+        }
+
+        /// The key of the sorted set indexing `owner`'s sessions.
+        fn index_key(prefix: &str, owner: &str) -> String {
+            use sha2::Digest;
+            let digest: String = (sha2::Sha256::digest(owner.as_bytes()).iter())
+                .map(|b| format!("{b:02x}"))
+                .collect();
+            format!("{prefix}owner:{digest}")
+        }
+
+        fn owned(owner: &str, expires_at: u64) -> Record {
+            let mut data = json!({"user": 1}).as_object().unwrap().clone();
+            data.insert(OWNER_KEY.into(), json!(owner));
+            Record::new(data, false, now(), expires_at)
+        }
+
+        async fn logins(store: &RedisStore, owner: &str, n: usize) -> Vec<SessionId> {
+            let mut ids = Vec::new();
+            for _ in 0..n {
+                let id = SessionId::generate();
+                assert!(
+                    store
+                        .create(&id, &owned(owner, now() + 3600))
+                        .await
+                        .unwrap()
+                );
+                ids.push(id);
+            }
+            ids
+        }
+
+        async fn listed(store: &RedisStore, owner: &str, at: u64) -> Vec<SessionId> {
+            let mut ids: Vec<SessionId> = (store.owned(owner, at).await.unwrap().into_iter())
+                .map(|(id, _)| id)
+                .collect();
+            ids.sort();
+            ids
+        }
+
+        fn sorted(mut ids: Vec<SessionId>) -> Vec<SessionId> {
+            ids.sort();
+            ids
+        }
+
+        /// The session ids in the index, sorted.
+        async fn entries(raw: &mut impl ConnectionLike, index: &str) -> Vec<SessionId> {
+            let mut range = cmd("ZRANGE");
+            range.arg(index).arg(0).arg(-1);
+            let ids: Vec<String> = range.query_async(raw).await.unwrap();
+            sorted(ids.iter().map(|id| SessionId::parse(id).unwrap()).collect())
+        }
+
+        async fn ttl(raw: &mut impl ConnectionLike, key: &str) -> i64 {
+            cmd("TTL").arg(key).query_async(raw).await.unwrap()
+        }
+
+        /// Ages every entry of the index by 20 minutes, past any grace
+        /// period a cluster listing allows an entry whose write may still
+        /// be under way.
+        async fn age(raw: &mut impl ConnectionLike, index: &str) {
+            let entries: Vec<(String, f64)> = cmd("ZRANGE")
+                .arg(index)
+                .arg(0)
+                .arg(-1)
+                .arg("WITHSCORES")
+                .query_async(raw)
+                .await
+                .unwrap();
+            for (id, score) in entries {
+                let aged = score as u64 - 20 * 60 * 1000;
+                let _: i64 = cmd("ZADD")
+                    .arg(index)
+                    .arg("XX")
+                    .arg(aged)
+                    .arg(id)
+                    .query_async(raw)
+                    .await
+                    .unwrap();
+            }
+        }
+
+        async fn single() -> Option<(RedisStore, ::redis::aio::MultiplexedConnection, String)> {
+            let store = super::store().await?;
+            let url = env_or("REDIS_URL", "redis://127.0.0.1:6379");
+            let raw = ::redis::Client::open(url).unwrap();
+            let raw = raw.get_multiplexed_async_connection().await.unwrap();
+            Some((store, raw, String::new()))
+        }
+
+        async fn cluster() -> Option<(RedisStore, ::redis::cluster_async::ClusterConnection)> {
+            let store = super::cluster().await?;
+            let raw = ::redis::cluster::ClusterClient::new(cluster_nodes()).unwrap();
+            Some((store, raw.get_async_connection().await.unwrap()))
+        }
+
+        /// A session refreshed past the expiry its index was given when the
+        /// owner was set (three days on, here) extends the index: an index
+        /// never expires before a session it lists.
+        async fn indexes_outlive_refreshed_sessions(
+            store: RedisStore,
+            raw: &mut impl ConnectionLike,
+            prefix: &str,
+        ) {
+            let store = store.prefix(prefix);
+            let owner = owner();
+            let index = index_key(prefix, &owner);
+            let (id, now) = (SessionId::generate(), now());
+            assert!(store.create(&id, &owned(&owner, now + 60)).await.unwrap());
+            let day: u64 = 86_400;
+            let ttl_now = ttl(raw, &index).await;
+            assert!(
+                (day as i64..=day as i64 + 62).contains(&ttl_now),
+                "the index lives a day past the session: {ttl_now} s"
+            );
+            let refresh = Changes::expiry(now, now + 3 * day);
+            assert!(store.apply(&id, &refresh).await.unwrap());
+            let ttl_later = ttl(raw, &index).await;
+            assert!(
+                ttl_later >= 4 * day as i64 - 5,
+                "the index outlives the refreshed session: {ttl_later} s"
+            );
+            let mut unrelated = Changes::expiry(now, now + 3 * day + 60);
+            unrelated.set.push(("x".into(), json!(1)));
+            assert!(store.apply(&id, &unrelated).await.unwrap());
+            assert_eq!(ttl(raw, &index).await, ttl_later, "no extension needed");
+            assert_eq!(
+                listed(&store, &owner, now + 2 * day).await,
+                vec![id.clone()]
+            );
+            store.delete(&id).await.unwrap();
+        }
+
+        #[tokio::test]
+        async fn redis_indexes_outlive_refreshed_sessions() {
+            if let Some((store, mut raw, _)) = single().await {
+                let prefix = prefix("outlive");
+                indexes_outlive_refreshed_sessions(store, &mut raw, &prefix).await;
+            }
+        }
+
+        #[tokio::test]
+        async fn redis_cluster_indexes_outlive_refreshed_sessions() {
+            if let Some((store, mut raw)) = cluster().await {
+                let prefix = prefix("outlive");
+                indexes_outlive_refreshed_sessions(store, &mut raw, &prefix).await;
+            }
+        }
+
+        /// On one server the index is exact, save for sessions Redis
+        /// expired (or evicted) itself: a listing drops their entries.
+        #[tokio::test]
+        async fn redis_listings_drop_the_entries_of_expired_sessions() {
+            let Some((store, mut raw, _)) = single().await else {
+                return;
+            };
+            let prefix = prefix("expired");
+            let (store, owner) = (store.prefix(&prefix), owner());
+            let index = index_key(&prefix, &owner);
+            let ids = logins(&store, &owner, 2).await;
+            assert_eq!(entries(&mut raw, &index).await, sorted(ids.clone()));
+            // As Redis does when the key's time comes.
+            let gone = format!("{prefix}{}", ids[1].as_str());
+            let _: i64 = cmd("DEL").arg(gone).query_async(&mut raw).await.unwrap();
+            assert_eq!(listed(&store, &owner, now()).await, [ids[0].clone()]);
+            assert_eq!(entries(&mut raw, &index).await, [ids[0].clone()]);
+            store.delete(&ids[0]).await.unwrap();
+            assert_eq!(ttl(&mut raw, &index).await, -2, "an empty index is gone");
+        }
+
+        /// An owner who signs in again and again while old sessions expire
+        /// unseen (no listing) keeps an index of bounded size: each add to
+        /// a large index checks its oldest entries.
+        #[tokio::test]
+        async fn redis_indexes_stay_bounded_without_listings() {
+            let Some((store, mut raw, _)) = single().await else {
+                return;
+            };
+            let prefix = prefix("bounded");
+            let (store, owner) = (store.prefix(&prefix), owner());
+            let index = index_key(&prefix, &owner);
+            let mut live = Vec::new();
+            for (i, id) in logins(&store, &owner, 100).await.into_iter().enumerate() {
+                if i % 10 == 0 {
+                    live.push(id);
+                } else {
+                    let gone = format!("{prefix}{}", id.as_str());
+                    let _: i64 = cmd("DEL").arg(gone).query_async(&mut raw).await.unwrap();
+                }
+            }
+            live.extend(logins(&store, &owner, 40).await);
+            let size = entries(&mut raw, &index).await.len();
+            assert!(size <= 64 + 4, "{size} entries for 50 live sessions");
+            assert_eq!(listed(&store, &owner, now()).await, sorted(live.clone()));
+            for id in &live {
+                store.delete(id).await.unwrap();
+            }
+        }
+
+        /// On a cluster the index is written before the session, so a
+        /// listing meets entries whose write is still under way: it drops
+        /// an entry whose session does not name the owner only once the
+        /// entry is old enough that no such write can still land.
+        #[tokio::test]
+        async fn redis_cluster_listings_drop_stale_entries_once_old() {
+            let Some((store, mut raw)) = cluster().await else {
+                return;
+            };
+            let prefix = prefix("grace");
+            let (store, owner) = (store.prefix(&prefix), owner());
+            let index = index_key(&prefix, &owner);
+            let ids = logins(&store, &owner, 3).await;
+            let (live, ended, moved) = (&ids[0], &ids[1], &ids[2]);
+            store.delete(ended).await.unwrap();
+            let mut move_away = Changes::expiry(now(), now() + 3600);
+            move_away.set.push((OWNER_KEY.into(), json!("bob")));
+            assert!(store.apply(moved, &move_away).await.unwrap());
+            // A login whose session write has not landed yet.
+            let coming = SessionId::generate();
+            let score = now() * 1000;
+            let _: i64 = (cmd("ZADD").arg(&index).arg(score).arg(coming.as_str()))
+                .query_async(&mut raw)
+                .await
+                .unwrap();
+            assert_eq!(listed(&store, &owner, now()).await, vec![live.clone()]);
+            assert_eq!(
+                entries(&mut raw, &index).await,
+                sorted(vec![
+                    live.clone(),
+                    ended.clone(),
+                    moved.clone(),
+                    coming.clone()
+                ]),
+                "young entries stay"
+            );
+            // The write lands, and the session is listed.
+            assert!(
+                store
+                    .create(&coming, &owned(&owner, now() + 3600))
+                    .await
+                    .unwrap()
+            );
+            assert_eq!(
+                listed(&store, &owner, now()).await,
+                sorted(vec![live.clone(), coming.clone()])
+            );
+            age(&mut raw, &index).await;
+            assert_eq!(
+                listed(&store, &owner, now()).await,
+                sorted(vec![live.clone(), coming.clone()])
+            );
+            assert_eq!(
+                entries(&mut raw, &index).await,
+                sorted(vec![live.clone(), coming.clone()]),
+                "old entries of sessions ended or moved go"
+            );
+            for id in [live, moved, &coming] {
+                store.delete(id).await.unwrap();
+            }
+        }
+
+        /// On a cluster too, an owner who signs in again and again keeps a
+        /// bounded index without listings: adds to a large index check its
+        /// oldest entries, dropping those that are old and stale.
+        #[tokio::test]
+        async fn redis_cluster_indexes_stay_bounded_without_listings() {
+            let Some((store, mut raw)) = cluster().await else {
+                return;
+            };
+            let prefix = prefix("bounded");
+            let (store, owner) = (store.prefix(&prefix), owner());
+            let index = index_key(&prefix, &owner);
+            let mut live = Vec::new();
+            for (i, id) in logins(&store, &owner, 70).await.into_iter().enumerate() {
+                if i % 7 == 0 {
+                    live.push(id);
+                } else {
+                    store.delete(&id).await.unwrap();
+                }
+            }
+            assert_eq!(
+                entries(&mut raw, &index).await.len(),
+                70,
+                "ended, not dropped"
+            );
+            age(&mut raw, &index).await;
+            live.extend(logins(&store, &owner, 10).await);
+            let size = entries(&mut raw, &index).await.len();
+            assert!(size < 70, "{size} entries for 20 live sessions");
+            assert_eq!(listed(&store, &owner, now()).await, sorted(live.clone()));
+            for id in &live {
+                store.delete(id).await.unwrap();
             }
         }
     }

@@ -5,6 +5,7 @@
 //! cargo run --release --manifest-path bench/Cargo.toml -- inprocess   # primary table + chart
 //! cargo run --release --manifest-path bench/Cargo.toml -- load        # HTTP over loopback
 //! cargo run --release --manifest-path bench/Cargo.toml -- scale       # MemoryStore at 1k/100k/1M
+//! cargo run --release --manifest-path bench/Cargo.toml -- owner-calls # the owner index on Redis
 //! ```
 
 mod chart;
@@ -12,6 +13,7 @@ mod coherence;
 mod configs;
 mod inprocess;
 mod load;
+mod owners;
 mod scale;
 
 use std::time::Duration;
@@ -77,6 +79,14 @@ fn main() {
                 .build()
                 .unwrap();
             runtime.block_on(coherence::redis_call_costs(3000));
+        }
+        "owner-calls" => {
+            let n = arg(&args, "--n").unwrap_or(200);
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            runtime.block_on(owners::calls(n as u64));
         }
         "round-trips" => {
             let requests = arg(&args, "--requests").unwrap_or(1000);
@@ -148,7 +158,7 @@ fn main() {
         }
         other => {
             eprintln!(
-                "unknown command {other}: use inprocess, load, scale, coherence or round-trips"
+                "unknown command {other}: use inprocess, load, scale, coherence, round-trips or owner-calls"
             );
             std::process::exit(2);
         }

@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 
-use super::{Changes, Record, SessionId, SessionStore};
+use super::{Changes, Record, SessionId, SessionStore, owner_digest};
 use crate::error::Error;
 
 /// Sessions as files: `ROOT/ab/ab12…ef.json`, named by the id's 64 hex
@@ -30,6 +30,15 @@ use crate::error::Error;
 /// - Expired files are ignored when read and removed by
 ///   [`delete_expired`](SessionStore::delete_expired); run it with
 ///   [`spawn_cleanup`](super::spawn_cleanup).
+/// - Sessions are indexed by owner ([`SessionStore::owned`]):
+///   `ROOT/owners/{digest}/` per owner (the SHA-256 of the owner in hex, so
+///   an owner never names a path) holds an empty marker file per session,
+///   named by the id's hex. The marker is made, durably, under the
+///   record's lock before the record that names the owner is written, and
+///   removed when the owner changes and on take, delete and expiry; a
+///   listing checks each marker against its record under the record's
+///   lock, and drops those a crash left behind, as the sweep does. An
+///   owner's directory goes with its last marker.
 ///
 /// Every call runs on Tokio's blocking thread pool.
 #[derive(Debug, Clone)]
@@ -162,6 +171,120 @@ fn locked<R>(dir: &Path, work: impl FnOnce() -> io::Result<R>) -> io::Result<R> 
     work()
 }
 
+/// The directory of the owner indexes, beside the shards.
+const OWNERS: &str = "owners";
+
+/// Whether the entry `name` of the root is a shard of records.
+fn is_shard(name: &std::ffi::OsStr) -> bool {
+    name.len() == 2
+        && name
+            .to_str()
+            .is_some_and(|n| n.bytes().all(|b| b.is_ascii_hexdigit()))
+}
+
+/// Where the marker of `id` in the index of the owner `digest` lives:
+/// (owner's directory, marker).
+fn marker(root: &Path, digest: &str, id: &SessionId) -> (PathBuf, PathBuf) {
+    let dir = root.join(OWNERS).join(digest);
+    let marker = dir.join(id.to_hex());
+    (dir, marker)
+}
+
+/// Puts the marker of `id` in the index of `owner`, durably: call it under
+/// the record's lock, before writing the record that names the owner, so
+/// that a listing never misses a session that was acknowledged.
+fn mark(root: &Path, owner: &str, id: &SessionId) -> io::Result<()> {
+    let (dir, marker) = marker(root, &owner_digest(owner), id);
+    // Another shard's unmark removes the directory with its last marker;
+    // it may do so between our mkdir and our create.
+    for _ in 0..8 {
+        private_dir().create(&dir)?;
+        match private_file().create(true).truncate(false).open(&marker) {
+            Ok(_) => {
+                File::open(&dir)?.sync_all()?;
+                return File::open(root.join(OWNERS))?.sync_all();
+            }
+            Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
+            Err(e) => return Err(e),
+        }
+    }
+    Err(io::Error::other(
+        "an owner's index directory kept being removed while a session was added to it",
+    ))
+}
+
+/// Removes the marker of `id` from the index of the owner `digest`, and
+/// the owner's directory if that was its last marker. Best effort: the
+/// record is gone or moved already, and a marker left behind is dropped by
+/// the next listing or sweep.
+fn unmark(root: &Path, digest: &str, id: &SessionId) {
+    let (dir, marker) = marker(root, digest, id);
+    if let Err(e) = fs::remove_file(&marker)
+        && e.kind() != io::ErrorKind::NotFound
+    {
+        tracing::debug!(error = %e, "a session's owner marker could not be removed");
+    }
+    // Fails, as it should, while other markers are left.
+    let _ = fs::remove_dir(&dir);
+}
+
+/// The record the marker of `id` in the index `digest` stands for, if it
+/// names an owner of that digest (expired or not); otherwise the marker
+/// goes. Under the record's lock, so that no write adding the marker anew
+/// slips between the check and the removal.
+fn check_marker(root: &Path, digest: &str, id: &SessionId) -> io::Result<Option<Record>> {
+    let (shard, file) = paths(root, id);
+    locked(&shard, || {
+        let record = read(&file)?;
+        let named =
+            (record.as_ref().and_then(Record::owner)).is_some_and(|o| owner_digest(o) == digest);
+        if named {
+            return Ok(record);
+        }
+        unmark(root, digest, id);
+        Ok(None)
+    })
+}
+
+/// The ids of the markers in the owner's directory `dir` (none when it is
+/// missing); names that are not an id's hex are not ours and are skipped.
+fn marked(dir: &Path) -> io::Result<Vec<SessionId>> {
+    let entries = match fs::read_dir(dir) {
+        Ok(entries) => entries,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => return Err(e),
+    };
+    let mut ids = Vec::new();
+    for entry in entries {
+        if let Some(id) = entry?.file_name().to_str().and_then(SessionId::from_hex) {
+            ids.push(id);
+        }
+    }
+    Ok(ids)
+}
+
+/// Moves the record of `id` from the index of `old` to that of `new` (each
+/// `None` for no owner): the new marker before the record is written
+/// (`write`), the old one after.
+fn reowned(
+    root: &Path,
+    id: &SessionId,
+    old: Option<&str>,
+    new: Option<&str>,
+    write: impl FnOnce() -> io::Result<()>,
+) -> io::Result<()> {
+    if let Some(new) = new {
+        mark(root, new, id)?;
+    }
+    write()?;
+    if let Some(old) = old
+        && Some(old) != new
+    {
+        unmark(root, &owner_digest(old), id);
+    }
+    Ok(())
+}
+
 fn read(file: &Path) -> io::Result<Option<Record>> {
     match fs::read(file) {
         Ok(bytes) => serde_json::from_slice(&bytes)
@@ -207,10 +330,17 @@ impl SessionStore for FileStore {
         self.blocking(move |root| {
             let (dir, file) = paths(root, &id);
             locked(&dir, || {
-                if read_live(&file, record.created_at)?.is_some() {
+                let old = read(&file)?;
+                if old
+                    .as_ref()
+                    .is_some_and(|o| !o.is_expired(record.created_at))
+                {
                     return Ok(false);
                 }
-                write(&dir, &file, &record)?;
+                let old_owner = old.as_ref().and_then(Record::owner);
+                reowned(root, &id, old_owner, record.owner(), || {
+                    write(&dir, &file, &record)
+                })?;
                 Ok(true)
             })
         })
@@ -225,8 +355,14 @@ impl SessionStore for FileStore {
                 let Some(mut record) = read_live(&file, changes.now)? else {
                     return Ok(false);
                 };
+                let change = changes.owner_change();
+                let old_owner = change.and_then(|_| record.owner().map(str::to_owned));
                 changes.apply_to(&mut record);
-                write(&dir, &file, &record)?;
+                let save = || write(&dir, &file, &record);
+                match change {
+                    None => save()?,
+                    Some(new_owner) => reowned(root, &id, old_owner.as_deref(), new_owner, save)?,
+                }
                 Ok(true)
             })
         })
@@ -237,9 +373,18 @@ impl SessionStore for FileStore {
         let id = id.clone();
         self.blocking(move |root| {
             let (dir, file) = paths(root, &id);
-            locked(&dir, || match fs::remove_file(&file) {
-                Err(e) if e.kind() != io::ErrorKind::NotFound => Err(e),
-                _ => Ok(()),
+            locked(&dir, || {
+                // A record that does not parse is removed all the same.
+                let record = read(&file).ok().flatten();
+                let owner = record.as_ref().and_then(Record::owner);
+                match fs::remove_file(&file) {
+                    Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(e),
+                    _ => {}
+                }
+                if let Some(owner) = owner {
+                    unmark(root, &owner_digest(owner), &id);
+                }
+                Ok(())
             })
         })
         .await
@@ -252,22 +397,29 @@ impl SessionStore for FileStore {
         self.blocking(move |root| {
             let (dir, file) = paths(root, &id);
             locked(&dir, || {
-                let record = read_live(&file, now)?;
+                let record = read(&file)?;
                 match fs::remove_file(&file) {
-                    Err(e) if e.kind() != io::ErrorKind::NotFound => Err(e),
-                    _ => Ok(record),
+                    Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(e),
+                    _ => {}
                 }
+                if let Some(owner) = record.as_ref().and_then(Record::owner) {
+                    unmark(root, &owner_digest(owner), &id);
+                }
+                Ok(record.filter(|record| !record.is_expired(now)))
             })
         })
         .await
     }
 
+    /// Removes expired records with their owner markers, then the markers
+    /// a crash left without their record.
     async fn delete_expired(&self, now: u64) -> Result<u64, Error> {
         self.blocking(move |root| {
             let mut removed = 0;
             for shard in fs::read_dir(root)? {
-                let dir = shard?.path();
-                if !dir.is_dir() {
+                let shard = shard?;
+                let dir = shard.path();
+                if !is_shard(&shard.file_name()) || !dir.is_dir() {
                     continue;
                 }
                 removed += locked(&dir, || {
@@ -277,20 +429,68 @@ impl SessionStore for FileStore {
                         let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("");
                         // Under the lock no write is under way: a temporary
                         // file is what a crash left behind.
-                        let stale = name.starts_with(".tmp-")
-                            || (name.ends_with(".json")
-                                && read(&path)
-                                    .ok()
-                                    .flatten()
-                                    .is_some_and(|r| r.is_expired(now)));
-                        if stale && fs::remove_file(&path).is_ok() && name.ends_with(".json") {
+                        if name.starts_with(".tmp-") {
+                            let _ = fs::remove_file(&path);
+                            continue;
+                        }
+                        let Some(hex) = name.strip_suffix(".json") else {
+                            continue;
+                        };
+                        let expired = read(&path).ok().flatten().filter(|r| r.is_expired(now));
+                        let Some(expired) = expired else {
+                            continue;
+                        };
+                        if fs::remove_file(&path).is_ok() {
                             removed += 1;
+                            if let (Some(owner), Some(id)) =
+                                (expired.owner(), SessionId::from_hex(hex))
+                            {
+                                unmark(root, &owner_digest(owner), &id);
+                            }
                         }
                     }
                     Ok(removed)
                 })?;
             }
+            let owners = match fs::read_dir(root.join(OWNERS)) {
+                Ok(owners) => owners,
+                Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(removed),
+                Err(e) => return Err(e),
+            };
+            for owner in owners {
+                let owner = owner?;
+                let Some(digest) = owner.file_name().to_str().map(str::to_owned) else {
+                    continue;
+                };
+                for id in marked(&owner.path())? {
+                    match check_marker(root, &digest, &id) {
+                        // A record that does not parse keeps its marker;
+                        // load reports it.
+                        Err(e) if e.kind() == io::ErrorKind::InvalidData => {}
+                        checked => drop(checked?),
+                    }
+                }
+            }
             Ok(removed)
+        })
+        .await
+    }
+
+    /// Each marker checked against its record under the record's lock;
+    /// markers of records gone or owned by another go.
+    async fn owned(&self, owner: &str, now: u64) -> Result<Vec<(SessionId, Record)>, Error> {
+        let owner = owner.to_owned();
+        self.blocking(move |root| {
+            let digest = owner_digest(&owner);
+            let mut owned = Vec::new();
+            for id in marked(&root.join(OWNERS).join(&digest))? {
+                let record = check_marker(root, &digest, &id)?;
+                let held = |r: &Record| r.owner() == Some(owner.as_str()) && !r.is_expired(now);
+                if let Some(record) = record.filter(held) {
+                    owned.push((id, record));
+                }
+            }
+            Ok(owned)
         })
         .await
     }
@@ -299,7 +499,7 @@ impl SessionStore for FileStore {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::store::now;
+    use crate::store::{OWNER_KEY, now};
     use serde_json::json;
 
     fn record(expires_at: u64) -> Record {
@@ -327,6 +527,106 @@ mod tests {
         // Nothing but the shard directory (and its lock) was created.
         let shards: Vec<_> = fs::read_dir(dir.path()).unwrap().collect();
         assert_eq!(shards.len(), 1);
+    }
+
+    fn owned(owner: &str, expires_at: u64) -> Record {
+        let mut record = record(expires_at);
+        record.data.insert(OWNER_KEY.into(), json!(owner));
+        record
+    }
+
+    /// The names in `dir`, sorted (none when it is missing).
+    fn names(dir: &Path) -> Vec<String> {
+        let Ok(entries) = fs::read_dir(dir) else {
+            return Vec::new();
+        };
+        let mut names: Vec<String> = entries
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .collect();
+        names.sort();
+        names
+    }
+
+    #[tokio::test]
+    async fn owners_name_no_path_and_markers_follow_their_sessions() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = FileStore::new(dir.path()).unwrap();
+        let owners = dir.path().join(OWNERS);
+        let (ann, bob) = ("../../ann/{x}", "bob");
+        let id = SessionId::generate();
+        assert!(store.create(&id, &owned(ann, now() + 60)).await.unwrap());
+        assert_eq!(
+            names(&owners),
+            [owner_digest(ann)],
+            "only the digest names a path"
+        );
+        assert_eq!(names(&owners.join(owner_digest(ann))), [id.to_hex()]);
+
+        let mut moved = Changes::expiry(now(), now() + 60);
+        moved.set.push((OWNER_KEY.into(), json!(bob)));
+        assert!(store.apply(&id, &moved).await.unwrap());
+        assert_eq!(names(&owners), [owner_digest(bob)], "ann's directory went");
+        assert_eq!(names(&owners.join(owner_digest(bob))), [id.to_hex()]);
+
+        let mut refreshed = Changes::expiry(now(), now() + 120);
+        refreshed.set.push(("a".into(), json!(2)));
+        assert!(store.apply(&id, &refreshed).await.unwrap());
+        assert_eq!(names(&owners.join(owner_digest(bob))), [id.to_hex()]);
+
+        let taken = store.take(&id, now()).await.unwrap().unwrap();
+        assert!(names(&owners).is_empty(), "taken: no marker left");
+        let again = SessionId::generate();
+        assert!(store.create(&again, &taken).await.unwrap());
+        store.delete(&again).await.unwrap();
+        assert!(names(&owners).is_empty(), "deleted: no marker left");
+    }
+
+    /// A crash between a marker and its record's write (or its removal)
+    /// leaves a marker without a record: a listing drops those of its
+    /// owner, the sweep those of everyone, and the sweep takes the markers
+    /// of the records it expires.
+    #[tokio::test]
+    async fn listings_and_the_sweep_drop_markers_left_behind() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = FileStore::new(dir.path()).unwrap();
+        let owners = dir.path().join(OWNERS);
+        let (live, expiring) = (SessionId::generate(), SessionId::generate());
+        assert!(
+            store
+                .create(&live, &owned("ann", now() + 60))
+                .await
+                .unwrap()
+        );
+        assert!(
+            store
+                .create(&expiring, &owned("ann", now() + 60))
+                .await
+                .unwrap()
+        );
+        let (shard, file) = paths(dir.path(), &expiring);
+        write(&shard, &file, &owned("ann", now() - 1)).unwrap();
+        let (ann_left, bob_left) = (SessionId::generate(), SessionId::generate());
+        mark(dir.path(), "ann", &ann_left).unwrap();
+        mark(dir.path(), "bob", &bob_left).unwrap();
+
+        let listed = store.owned("ann", now()).await.unwrap();
+        assert_eq!(listed.len(), 1);
+        assert_eq!(listed[0].0, live);
+        let mut kept = vec![live.to_hex(), expiring.to_hex()];
+        kept.sort();
+        assert_eq!(
+            names(&owners.join(owner_digest("ann"))),
+            kept,
+            "the listing dropped the marker left behind, and kept the expired record's"
+        );
+
+        assert_eq!(store.delete_expired(now()).await.unwrap(), 1);
+        assert_eq!(names(&owners.join(owner_digest("ann"))), [live.to_hex()]);
+        assert_eq!(
+            names(&owners),
+            [owner_digest("ann")],
+            "bob's went, unlisted"
+        );
     }
 
     #[tokio::test]
@@ -434,6 +734,13 @@ mod tests {
             .await
             .unwrap();
         assert_eq!(mode(&file), "600", "a rewritten record");
+        let mut login = Changes::expiry(now(), now() + 120);
+        login.set.push((OWNER_KEY.into(), json!("ann")));
+        store.apply(&id, &login).await.unwrap();
+        let (owner_dir, marker) = marker(&root, &owner_digest("ann"), &id);
+        assert_eq!(mode(&root.join(OWNERS)), "700", "the owner indexes");
+        assert_eq!(mode(&owner_dir), "700", "an owner's index");
+        assert_eq!(mode(&marker), "600", "a marker");
 
         // A sub-directory an earlier version left open to everyone is
         // closed when the store opens: the file names in it are session ids.

@@ -350,6 +350,20 @@ pub trait SessionStore: Debug + Send + Sync + 'static {
 /// [`Changes::owner_change`].
 pub const OWNER_KEY: &str = "\u{10FFFF}owner";
 
+/// The name under which stores that index sessions by owner keep an
+/// owner's index (a Redis key, a directory): the SHA-256 of the owner, in
+/// lowercase hex. An owner is any string (separators, `{}` of Redis hash
+/// tags, `..`, non-ASCII, any length); its digest is 64 characters that are
+/// safe in every key and file name, and no two owners share one.
+#[cfg(any(feature = "redis-store", feature = "file-store"))]
+pub(crate) fn owner_digest(owner: &str) -> String {
+    use sha2::{Digest, Sha256};
+    Sha256::digest(owner.as_bytes())
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
 /// The data key under which the layer keeps what an application recorded
 /// to describe a session on a sessions page
 /// ([`Session::set_owner_meta`](crate::Session::set_owner_meta)).

@@ -10,67 +10,84 @@ use redis::aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig};
 use redis::cluster_async::ClusterConnection;
 use redis::{AsyncConnectionConfig, Cmd, Pipeline, RedisFuture, Script, Value};
 
+mod owners;
+
 use super::net::{KeyPrefix, bounded, prefix_and_timeout};
 use super::{Changes, Record, SessionId, SessionStore};
 use crate::error::Error;
 
 /// Stores a record if its key is free, or holds a record expired by the
 /// layer's clock: one round trip. ARGV: the change channel ('' for none)
-/// and message, expires_at, now, then field/value pairs.
+/// and message, the owner index's part (`ARGV[3]` to `ARGV[8]`,
+/// `owners::RECORD_INDEX_LUA` says what), expires_at, now, then
+/// field/value pairs.
 const CREATE: &str = r"
 local expires = redis.call('HGET', KEYS[1], 'm:e')
-if expires and tonumber(expires) > tonumber(ARGV[4]) then return 0 end
+if expires and tonumber(expires) > tonumber(ARGV[10]) then return 0 end
+if late() then return -1 end
+if expires then unindex(KEYS[1]) end
 redis.call('DEL', KEYS[1])
-for i = 5, #ARGV, 2 do redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1]) end
-redis.call('EXPIREAT', KEYS[1], ARGV[3])
+for i = 11, #ARGV, 2 do redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1]) end
+own(KEYS[1], false, ARGV[9])
+redis.call('EXPIREAT', KEYS[1], ARGV[9])
 if ARGV[1] ~= '' then redis.pcall('PUBLISH', ARGV[1], ARGV[2]) end
 return 1
 ";
 
 /// Applies a request's changes field by field, atomically: one round trip.
 /// A record expired by the layer's clock (`now`) counts as gone, as in
-/// every store. ARGV: the change channel ('' for none) and message,
-/// expires_at, now, cleared (0/1), permanent ('' for unchanged, 0, 1), the
-/// number of removed fields, the removed fields, then field/value pairs.
-/// Fields go in a few `HDEL`/`HSET` calls of up to 100 fields each (Lua's
-/// `unpack` has a bound), not one call per field.
+/// every store. ARGV: the change channel ('' for none) and message, the
+/// owner index's part (`ARGV[3]` to `ARGV[8]`), expires_at, now, cleared
+/// (0/1), permanent ('' for unchanged, 0, 1), the number of removed
+/// fields, the removed fields, then field/value pairs. Fields go in a few
+/// `HDEL`/`HSET` calls of up to 100 fields each (Lua's `unpack` has a
+/// bound), not one call per field. Returns 1 when applied, 0 for no
+/// record, -1 when too late for its index entry, or (on a cluster) the
+/// digest of an index to extend before the write can go.
 const APPLY: &str = r"
-local expires = redis.call('HGET', KEYS[1], 'm:e')
-if not expires or tonumber(expires) <= tonumber(ARGV[4]) then return 0 end
-if ARGV[5] == '1' then
+local record = redis.call('HMGET', KEYS[1], 'm:e', 'm:o', 'm:x')
+if not record[1] or tonumber(record[1]) <= tonumber(ARGV[10]) then return 0 end
+if late() then return -1 end
+local extend = keep_index(KEYS[1], record[2], record[3], ARGV[9])
+if extend then return extend end
+if ARGV[11] == '1' then
   for _, field in ipairs(redis.call('HKEYS', KEYS[1])) do
     if string.sub(field, 1, 2) == 'd:' then redis.call('HDEL', KEYS[1], field) end
   end
 end
-local removed = tonumber(ARGV[7])
-for i = 8, 7 + removed, 100 do
-  redis.call('HDEL', KEYS[1], unpack(ARGV, i, math.min(i + 99, 7 + removed)))
+local removed = tonumber(ARGV[13])
+for i = 14, 13 + removed, 100 do
+  redis.call('HDEL', KEYS[1], unpack(ARGV, i, math.min(i + 99, 13 + removed)))
 end
-local fields = {'m:e', ARGV[3]}
-if ARGV[6] ~= '' then fields[3] = 'm:p'; fields[4] = ARGV[6] end
-for i = 8 + removed, #ARGV, 2 do
+local fields = {'m:e', ARGV[9]}
+if ARGV[12] ~= '' then fields[3] = 'm:p'; fields[4] = ARGV[12] end
+for i = 14 + removed, #ARGV, 2 do
   fields[#fields + 1] = ARGV[i]
   fields[#fields + 1] = ARGV[i + 1]
   if #fields >= 200 then redis.call('HSET', KEYS[1], unpack(fields)); fields = {} end
 end
 if #fields > 0 then redis.call('HSET', KEYS[1], unpack(fields)) end
-redis.call('EXPIREAT', KEYS[1], ARGV[3])
+own(KEYS[1], record[2], ARGV[9])
+redis.call('EXPIREAT', KEYS[1], ARGV[9])
 if ARGV[1] ~= '' then redis.pcall('PUBLISH', ARGV[1], ARGV[2]) end
 return 1
 ";
 
 /// Removes a record and returns its fields, atomically with `APPLY`: one
-/// round trip. ARGV: the change channel ('' for none) and message.
+/// round trip. ARGV: the change channel ('' for none) and message, the
+/// owner index's part (`ARGV[3]` to `ARGV[5]`).
 const TAKE: &str = r"
 local fields = redis.call('HGETALL', KEYS[1])
+unindex(KEYS[1])
 redis.call('DEL', KEYS[1])
 if #fields > 0 and ARGV[1] ~= '' then redis.pcall('PUBLISH', ARGV[1], ARGV[2]) end
 return fields
 ";
 
 /// Removes a record: one round trip. ARGV: the change channel ('' for
-/// none) and message.
+/// none) and message, the owner index's part (`ARGV[3]` to `ARGV[5]`).
 const DELETE: &str = r"
+unindex(KEYS[1])
 local removed = redis.call('DEL', KEYS[1])
 if removed > 0 and ARGV[1] ~= '' then redis.pcall('PUBLISH', ARGV[1], ARGV[2]) end
 return removed
@@ -81,10 +98,15 @@ return removed
 // cache, which could not subscribe either, goes without.
 
 /// The scripts with their SHA1 computed once, for `EVALSHA`.
-static CREATE_SCRIPT: LazyLock<Script> = LazyLock::new(|| Script::new(CREATE));
-static APPLY_SCRIPT: LazyLock<Script> = LazyLock::new(|| Script::new(APPLY));
-static TAKE_SCRIPT: LazyLock<Script> = LazyLock::new(|| Script::new(TAKE));
-static DELETE_SCRIPT: LazyLock<Script> = LazyLock::new(|| Script::new(DELETE));
+static CREATE_SCRIPT: LazyLock<Script> = LazyLock::new(|| record_script(CREATE));
+static APPLY_SCRIPT: LazyLock<Script> = LazyLock::new(|| record_script(APPLY));
+static TAKE_SCRIPT: LazyLock<Script> = LazyLock::new(|| record_script(TAKE));
+static DELETE_SCRIPT: LazyLock<Script> = LazyLock::new(|| record_script(DELETE));
+
+/// A record script, after the owner index's Lua it calls.
+fn record_script(body: &str) -> Script {
+    Script::new(&[owners::INDEX_LUA, owners::RECORD_INDEX_LUA, body].concat())
+}
 
 /// The default bound on every Redis call.
 const DEFAULT_TIMEOUT: Duration = Duration::from_secs(2);
@@ -108,6 +130,29 @@ const DEFAULT_TIMEOUT: Duration = Duration::from_secs(2);
 ///   [`CachingStore::coherent`](super::CachingStore::coherent) on any
 ///   process keeps records until they change. (A cluster store does not
 ///   publish: a cluster broadcasts every message to every node.)
+///
+/// - Sessions are indexed by owner ([`SessionStore::owned`]): a sorted set
+///   `{prefix}owner:{digest}` per owner (the SHA-256 of the owner in hex)
+///   holds its session ids; an owned session's hash adds `m:o` (the
+///   digest) and `m:x` (until when its index is sure to live). On one
+///   server the write scripts keep the index in the same step, and a
+///   listing is one round trip. On a cluster the index is in another slot:
+///   a write that sets an owner adds the entry first (one round trip more,
+///   at logins only), and a listing reads the index and then the records
+///   (concurrently), dropping entries whose record moved on once they are
+///   old enough; a write that sets an owner must reach its server within
+///   60 s of that add, or it refuses itself. Writes that leave the owner
+///   alone cost what they did. An index expires a day after the last
+///   expiry of its sessions, and is extended when a session is refreshed
+///   past it.
+///
+/// # Security
+/// Run Redis with `maxmemory-policy noeviction` (the default) where
+/// "sign out everywhere" must reach every session: a Redis that evicts
+/// keys may evict an owner's index as readily as a session, and the
+/// owner's other sessions are then missing from the list (and survive
+/// [`Sessions::end_all`](crate::Sessions::end_all)) until each signs in
+/// again or is refreshed a day further.
 ///
 /// Connections: one multiplexed connection (redis' `ConnectionManager`),
 /// which pipelines the requests of every task; Redis serves them in order,
@@ -265,18 +310,78 @@ impl RedisStore {
         bounded(self.timeout, cmd.query_async(&mut conn)).await
     }
 
+    /// Runs `script` on `keys` (the first decides the server) with `args`.
     async fn script<T: redis::FromRedisValue>(
         &self,
         script: &Script,
-        key: &str,
-        args: Vec<Vec<u8>>,
+        keys: &[&str],
+        args: &[&[u8]],
     ) -> Result<T, Error> {
         let mut conn = self.conn.clone();
-        let mut invocation = script.key(key);
+        let mut invocation = script.prepare_invoke();
+        for key in keys {
+            invocation.key(*key);
+        }
         for arg in args {
-            invocation.arg(arg);
+            invocation.arg(*arg);
         }
         bounded(self.timeout, invocation.invoke_async(&mut conn)).await
+    }
+
+    /// Runs a record-writing script (CREATE, APPLY) for a record expiring
+    /// at `expires_at`, with the owner index's part of its arguments
+    /// (`owner`, from [`owner_write`](Self::owner_write)) between the
+    /// change notice and `tail`. On a cluster, a record about to outlive
+    /// its index has the index extended and is written again. True when
+    /// written, false when there was no record to write to (APPLY) or the
+    /// id was taken (CREATE).
+    async fn write_record(
+        &self,
+        script: &Script,
+        id: &SessionId,
+        mut owner: owners::OwnerWrite,
+        expires_at: u64,
+        tail: &[Vec<u8>],
+    ) -> Result<bool, Error> {
+        // More than one extension only when other writes keep moving the
+        // session to another owner meanwhile.
+        for _ in 0..3 {
+            let (index, owner_args) = self.owner_args(id, &owner);
+            let key = self.key(id);
+            let keys: Vec<&str> = std::iter::once(key.as_str())
+                .chain(index.as_deref())
+                .collect();
+            let notice = self.notice(id);
+            let args: Vec<&[u8]> = (notice.iter().chain(&owner_args).chain(tail))
+                .map(Vec::as_slice)
+                .collect();
+            match self.script(script, &keys, &args).await? {
+                Value::Int(1) => {
+                    self.after_write(&owner).await;
+                    return Ok(true);
+                }
+                Value::Int(0) => return Ok(false),
+                Value::Int(-1) => {
+                    return Err(Error::store(format!(
+                        "a session write that sets its owner reached Redis over {} s after \
+                         the owner index entry it needs, and was refused",
+                        owners::WRITE_WINDOW.as_secs()
+                    )));
+                }
+                Value::BulkString(digest) => {
+                    let digest = String::from_utf8(digest).map_err(Error::store)?;
+                    self.reindex(&mut owner, digest, id, expires_at).await?;
+                }
+                other => {
+                    return Err(Error::store(format!(
+                        "unexpected reply of a session write script: {other:?}"
+                    )));
+                }
+            }
+        }
+        Err(Error::store(
+            "the session's owner kept changing while its owner index was extended: write refused",
+        ))
     }
 }
 
@@ -317,8 +422,9 @@ fn parse(fields: HashMap<String, Vec<u8>>, now: u64) -> Result<Option<Record>, E
     Ok((!record.is_expired(now)).then_some(record))
 }
 
-fn create_args(mut args: Vec<Vec<u8>>, record: &Record) -> Vec<Vec<u8>> {
-    args.extend([
+/// CREATE's arguments after the owner index's part.
+fn create_tail(record: &Record) -> Vec<Vec<u8>> {
+    let mut args = vec![
         record.expires_at.to_string().into_bytes(),
         record.created_at.to_string().into_bytes(),
         b"m:c".to_vec(),
@@ -331,7 +437,7 @@ fn create_args(mut args: Vec<Vec<u8>>, record: &Record) -> Vec<Vec<u8>> {
         },
         b"m:e".to_vec(),
         record.expires_at.to_string().into_bytes(),
-    ]);
+    ];
     for (key, json) in &record.data {
         args.push(field(key));
         args.push(value(json));
@@ -339,8 +445,9 @@ fn create_args(mut args: Vec<Vec<u8>>, record: &Record) -> Vec<Vec<u8>> {
     args
 }
 
-fn apply_args(mut args: Vec<Vec<u8>>, changes: &Changes) -> Vec<Vec<u8>> {
-    args.extend([
+/// APPLY's arguments after the owner index's part.
+fn apply_tail(changes: &Changes) -> Vec<Vec<u8>> {
+    let mut args = vec![
         changes.expires_at.to_string().into_bytes(),
         changes.now.to_string().into_bytes(),
         if changes.cleared {
@@ -354,7 +461,7 @@ fn apply_args(mut args: Vec<Vec<u8>>, changes: &Changes) -> Vec<Vec<u8>> {
             Some(false) => b"0".to_vec(),
         },
         changes.removed.len().to_string().into_bytes(),
-    ]);
+    ];
     args.extend(changes.removed.iter().map(|key| field(key)));
     for (key, json) in &changes.set {
         args.push(field(key));
@@ -372,38 +479,57 @@ impl SessionStore for RedisStore {
     }
 
     async fn create(&self, id: &SessionId, record: &Record) -> Result<bool, Error> {
-        Ok(self
-            .script::<i64>(
-                &CREATE_SCRIPT,
-                &self.key(id),
-                create_args(self.notice(id), record),
-            )
-            .await?
-            == 1)
+        let expires_at = record.expires_at;
+        let owner = self.owner_write(id, Some(record.owner()), expires_at);
+        let owner = owner.await?;
+        let tail = create_tail(record);
+        self.write_record(&CREATE_SCRIPT, id, owner, expires_at, &tail)
+            .await
     }
 
     async fn apply(&self, id: &SessionId, changes: &Changes) -> Result<bool, Error> {
-        Ok(self
-            .script::<i64>(
-                &APPLY_SCRIPT,
-                &self.key(id),
-                apply_args(self.notice(id), changes),
-            )
-            .await?
-            == 1)
+        let expires_at = changes.expires_at;
+        let owner = self.owner_write(id, changes.owner_change(), expires_at);
+        let owner = owner.await?;
+        let tail = apply_tail(changes);
+        self.write_record(&APPLY_SCRIPT, id, owner, expires_at, &tail)
+            .await
     }
 
     async fn delete(&self, id: &SessionId) -> Result<(), Error> {
-        self.script::<i64>(&DELETE_SCRIPT, &self.key(id), self.notice(id))
-            .await
-            .map(drop)
+        self.end(&DELETE_SCRIPT, id).await.map(|_: i64| ())
     }
 
     async fn take(&self, id: &SessionId, now: u64) -> Result<Option<Record>, Error> {
-        let fields: HashMap<String, Vec<u8>> = self
-            .script(&TAKE_SCRIPT, &self.key(id), self.notice(id))
-            .await?;
-        parse(fields, now)
+        parse(self.end(&TAKE_SCRIPT, id).await?, now)
+    }
+
+    /// One server: one round trip (a script reads the index and the
+    /// records). A cluster: one to read the index, the records read
+    /// concurrently, and one more when stale entries go.
+    async fn owned(&self, owner: &str, now: u64) -> Result<Vec<(SessionId, Record)>, Error> {
+        let mut owned = Vec::new();
+        for (id, fields) in self.indexed_records(owner).await? {
+            if let Some(record) = parse(fields, now)?
+                && record.owner() == Some(owner)
+            {
+                owned.push((id, record));
+            }
+        }
+        Ok(owned)
+    }
+}
+
+impl RedisStore {
+    /// Runs TAKE or DELETE on the record of `id`.
+    async fn end<T: redis::FromRedisValue>(
+        &self,
+        script: &Script,
+        id: &SessionId,
+    ) -> Result<T, Error> {
+        let (notice, index) = (self.notice(id), self.unindex_args(id));
+        let args: Vec<&[u8]> = notice.iter().chain(&index).map(Vec::as_slice).collect();
+        self.script(script, &[&self.key(id)], &args).await
     }
 }
 
