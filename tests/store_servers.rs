@@ -201,7 +201,11 @@ mod sql {
 
     async fn conforms(url: &str, what: &str) {
         with_table(url, what, "test", |store, _, _| async move {
-            store.migrate().await.expect("migrate");
+            // Processes starting at once take turns.
+            let (a, b, c) = tokio::join!(store.migrate(), store.migrate(), store.migrate());
+            for migrated in [a, b, c] {
+                migrated.expect("migrate");
+            }
             store.migrate().await.expect("migrate is idempotent");
             session_layer::testing::check_store(Arc::new(store.clone())).await;
             let swept = session_layer::store::SessionStore::delete_expired(&store, u64::MAX).await;
@@ -211,9 +215,9 @@ mod sql {
     }
 
     /// A table the migration before owners made, holding a session:
-    /// `migrate` adds the owner column and its index (and changes nothing
-    /// when run again), the session still loads and saves, and owners are
-    /// listed, that session among them once it has one.
+    /// `migrate` adds the owner column and its index (run by several at
+    /// once, and again after), the session still loads and saves, and
+    /// owners are listed, that session among them once it has one.
     async fn upgrades_a_table_made_before_owners(url: &str, what: &str) {
         use session_layer::store::{Changes, OWNER_KEY, Record, SessionId, SessionStore};
         with_table(url, what, "upgrade", |store, db, table| async move {
@@ -233,8 +237,16 @@ mod sql {
             );
             db.run(&insert).await;
 
-            store.migrate().await.expect("migrate upgrades the table");
-            store.migrate().await.expect("and is idempotent");
+            // Processes starting at once: one upgrades the table, the
+            // others wait for it, then find nothing to do.
+            let (a, b, c) = tokio::join!(store.migrate(), store.migrate(), store.migrate());
+            for migrated in [a, b, c] {
+                migrated.expect("migrate upgrades the table");
+            }
+            store
+                .migrate()
+                .await
+                .expect("and changes nothing run again");
             let owner_indexes = db.count(&db.owner_indexes(&table)).await;
             assert_eq!(owner_indexes, 1, "one index on the owner column");
             let loaded = store.load(&old, now).await.unwrap();

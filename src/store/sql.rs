@@ -595,10 +595,18 @@ impl SqlStore {
     /// and its index. Call it once at start-up (or run the same statements
     /// in your own migrations: `migration_sql` returns them).
     ///
-    /// Running it again changes nothing. Where the database has no
-    /// `ADD COLUMN IF NOT EXISTS` (MySQL, SQLite), it asks the catalog
-    /// (`information_schema.COLUMNS`, `pragma_table_info`) whether the
-    /// owner column is there before adding it.
+    /// Running it again changes nothing, and processes that start at once
+    /// take turns: the migration holds a lock of the table's own (on
+    /// PostgreSQL an advisory lock, in one transaction; on MySQL a named
+    /// lock, `GET_LOCK`; on SQLite the database's write lock, in one
+    /// transaction). Where the database has no `ADD COLUMN IF NOT EXISTS`
+    /// (MySQL, SQLite), it asks the catalog (`information_schema`,
+    /// `pragma_table_info`) before adding the owner column and its index.
+    ///
+    /// Each statement is bounded by [`timeout`](Self::timeout). Indexing
+    /// the owner column of a large table takes a while (on MySQL, seconds
+    /// per million rows): give `migrate` a longer one for it
+    /// (`store.clone().timeout(..).migrate()`).
     ///
     /// # Errors
     /// [`ErrorKind::Store`](crate::ErrorKind::Store) when the statements fail.
@@ -606,86 +614,122 @@ impl SqlStore {
     /// On MySQL/MariaDB it also checks that an existing table's `data`
     /// column is `utf8mb4` (a table an earlier version created on a
     /// `latin1` database is not), and fails with the statement that fixes
-    /// it rather than let sessions be refused or mangled.
+    /// it, before changing anything, rather than let sessions be refused
+    /// or mangled.
     pub async fn migrate(&self) -> Result<(), Error> {
-        // The table (an old one is checked before anything changes it),
-        // then the owner column a table made before owners lacks, then the
-        // indexes (the owner's needs its column).
-        let mut statements = self.migration_sql().into_iter();
-        if let Some(create_table) = statements.next() {
-            self.execute(&create_table).await?;
-        }
-        // Irrefutable when MySQL is the only SQL feature built.
-        #[cfg(feature = "mysql-store")]
-        #[allow(irrefutable_let_patterns)]
-        if let Pool::MySql(pool) = &self.pool {
-            self.check_mysql_charset(pool).await?;
-        }
-        self.add_owner_column().await?;
-        for statement in statements {
-            self.execute(&statement).await?;
-        }
-        Ok(())
-    }
-
-    async fn execute(&self, statement: &str) -> Result<(), Error> {
-        by_backend!(self, pool => {
-            bounded(self.timeout, sqlx::query(statement).execute(pool)).await?;
-        });
-        Ok(())
-    }
-
-    /// Adds the owner column (on MySQL with its index) to a table made
-    /// before owners, on the databases without `ADD COLUMN IF NOT EXISTS`;
-    /// PostgreSQL's is among [`migration_sql`](Self::migration_sql)'s
-    /// statements.
-    async fn add_owner_column(&self) -> Result<(), Error> {
-        let Some((count, add)) = self.owner_upgrade_sql() else {
-            return Ok(());
-        };
-        let has_owner = || async {
-            let columns: i64 = by_backend!(self, pool => {
-                let query = sqlx::query_scalar(count).bind(&self.sql.table);
-                bounded(self.timeout, query.fetch_one(pool)).await?
-            });
-            Ok::<_, Error>(columns > 0)
-        };
-        if has_owner().await? {
-            return Ok(());
-        }
-        if let Err(error) = self.execute(&add).await {
-            // Another process's migration may have added it since we asked.
-            if !has_owner().await? {
-                return Err(error);
+        match &self.pool {
+            // DDL is transactional here: the migration commits as one, under
+            // an advisory lock of the table's own.
+            #[cfg(feature = "postgres-store")]
+            Pool::Postgres(pool) => {
+                let mut tx = bounded(self.timeout, pool.begin()).await?;
+                let lock = sqlx::query("SELECT pg_advisory_xact_lock($1)")
+                    .bind(migration_lock_key(&self.sql.table));
+                bounded(self.timeout, lock.execute(&mut *tx)).await?;
+                self.migration_steps::<sqlx::Postgres>(&mut *tx).await?;
+                bounded(self.timeout, tx.commit()).await
+            }
+            // MySQL commits every DDL statement: the lock is a connection's,
+            // one of the migration's own, which releases it when it closes
+            // (even if this future is dropped halfway).
+            #[cfg(feature = "mysql-store")]
+            Pool::MySql(pool) => {
+                self.check_mysql_charset(pool).await?;
+                let mut connection = bounded(self.timeout, pool.acquire()).await?.detach();
+                // The server stops waiting after the timeout (and answers
+                // 0); the call's own bound leaves it the time to say so.
+                let lock = sqlx::query_scalar("SELECT GET_LOCK(?, ?)")
+                    .bind(derived_name(&self.sql.table, "migration"))
+                    .bind(self.timeout.as_secs().max(1));
+                let locked: Option<i64> =
+                    bounded(self.timeout * 2, lock.fetch_one(&mut connection)).await?;
+                let done = match locked {
+                    Some(1) => self.migration_steps::<sqlx::MySql>(&mut connection).await,
+                    _ => Err(Error::store(
+                        "another process's migration of the table held its lock past the timeout",
+                    )),
+                };
+                let _ = bounded(self.timeout, sqlx::Connection::close(connection)).await;
+                done
+            }
+            // One transaction, holding the database's write lock from the start.
+            #[cfg(feature = "sqlite-store")]
+            Pool::Sqlite(pool) => {
+                let mut tx = bounded(self.timeout, pool.begin_with("BEGIN IMMEDIATE")).await?;
+                self.migration_steps::<sqlx::Sqlite>(&mut *tx).await?;
+                bounded(self.timeout, tx.commit()).await
             }
         }
+    }
+
+    /// The migration, on a connection that holds the table's migration
+    /// lock: the table, then what a table made before owners lacks, then
+    /// the indexes (the owner's needs its column).
+    async fn migration_steps<DB>(&self, connection: &mut DB::Connection) -> Result<(), Error>
+    where
+        DB: sqlx::Database,
+        for<'c> &'c mut DB::Connection: sqlx::Executor<'c, Database = DB>,
+        for<'q> <DB as sqlx::Database>::Arguments<'q>: sqlx::IntoArguments<'q, DB>,
+        for<'q> &'q str: sqlx::Encode<'q, DB> + sqlx::Type<DB>,
+        for<'r> (i64,): sqlx::FromRow<'r, DB::Row>,
+    {
+        let mut statements = self.migration_sql().into_iter();
+        if let Some(create_table) = statements.next() {
+            let create_table = sqlx::query(&create_table).execute(&mut *connection);
+            bounded(self.timeout, create_table).await?;
+        }
+        for (count, add) in self.owner_upgrade_sql() {
+            let count = sqlx::query_scalar(count).bind(self.sql.table.as_str());
+            let present: i64 = bounded(self.timeout, count.fetch_one(&mut *connection)).await?;
+            if present == 0 {
+                bounded(self.timeout, sqlx::query(&add).execute(&mut *connection)).await?;
+            }
+        }
+        for statement in statements {
+            bounded(
+                self.timeout,
+                sqlx::query(&statement).execute(&mut *connection),
+            )
+            .await?;
+        }
         Ok(())
     }
 
-    /// A query counting the table's owner columns (the table's name bound)
-    /// and the statement that adds the column, where no statement adds it
-    /// only if missing; `None` on PostgreSQL, where one does.
-    fn owner_upgrade_sql(&self) -> Option<(&'static str, String)> {
+    /// What a table made before owners needs, where the database cannot
+    /// add it only if missing: each a query counting what is there (the
+    /// table's name bound) and the statement that adds it when nothing is.
+    /// PostgreSQL's statements add the column only if missing themselves.
+    fn owner_upgrade_sql(&self) -> Vec<(&'static str, String)> {
         let t = &self.sql.table;
         match &self.pool {
             #[cfg(feature = "postgres-store")]
-            Pool::Postgres(_) => None,
-            // MariaDB has ADD COLUMN IF NOT EXISTS; MySQL 8 has not.
+            Pool::Postgres(_) => Vec::new(),
+            // MariaDB has ADD COLUMN and CREATE INDEX IF NOT EXISTS; MySQL 8
+            // has neither. Two statements: a nullable column is added in
+            // place at once, where one ALTER adding the index too would
+            // copy the table.
             #[cfg(feature = "mysql-store")]
-            Pool::MySql(_) => Some((
-                "SELECT COUNT(*) FROM information_schema.COLUMNS \
-                 WHERE TABLE_SCHEMA = DATABASE() AND TABLE_NAME = ? AND COLUMN_NAME = 'owner'",
-                format!(
-                    "ALTER TABLE {t} ADD COLUMN {}, ADD INDEX {} (owner)",
-                    mysql_owner_column(),
-                    derived_name(t, "owner")
+            Pool::MySql(_) => vec![
+                (
+                    "SELECT COUNT(*) FROM information_schema.COLUMNS \
+                     WHERE TABLE_SCHEMA = DATABASE() AND TABLE_NAME = ? AND COLUMN_NAME = 'owner'",
+                    format!("ALTER TABLE {t} ADD COLUMN {}", mysql_owner_column()),
                 ),
-            )),
+                (
+                    "SELECT COUNT(*) FROM information_schema.STATISTICS \
+                     WHERE TABLE_SCHEMA = DATABASE() AND TABLE_NAME = ? AND COLUMN_NAME = 'owner' \
+                     AND SEQ_IN_INDEX = 1",
+                    format!(
+                        "ALTER TABLE {t} ADD INDEX {} (owner)",
+                        derived_name(t, "owner")
+                    ),
+                ),
+            ],
             #[cfg(feature = "sqlite-store")]
-            Pool::Sqlite(_) => Some((
+            Pool::Sqlite(_) => vec![(
                 "SELECT COUNT(*) FROM pragma_table_info(?) WHERE name = 'owner'",
                 format!("ALTER TABLE {t} ADD COLUMN owner TEXT"),
-            )),
+            )],
         }
     }
 
@@ -714,10 +758,11 @@ impl SqlStore {
     /// A table made before owners needs the `owner` column first. On
     /// PostgreSQL the statements add it (`ADD COLUMN IF NOT EXISTS`); on
     /// MySQL/MariaDB run `ALTER TABLE sessions ADD COLUMN owner
-    /// VARCHAR(255) CHARACTER SET utf8mb4 COLLATE utf8mb4_bin NULL, ADD
-    /// INDEX sessions_owner (owner)` once, and on SQLite `ALTER TABLE
-    /// sessions ADD COLUMN owner TEXT` before them (`sessions` being the
-    /// table's name); `migrate` does so itself when the column is missing.
+    /// VARCHAR(255) CHARACTER SET utf8mb4 COLLATE utf8mb4_bin NULL` and
+    /// `ALTER TABLE sessions ADD INDEX sessions_owner (owner)` once, and on
+    /// SQLite `ALTER TABLE sessions ADD COLUMN owner TEXT` before them
+    /// (`sessions` being the table's name); `migrate` does so itself when
+    /// they are missing.
     pub fn migration_sql(&self) -> Vec<String> {
         let t = &self.sql.table;
         let owner_index = derived_name(t, "owner");
@@ -790,6 +835,15 @@ fn derived_name(table: &str, what: &str) -> String {
     let digest = sha2::Sha256::digest(table.as_bytes());
     let hex: String = digest[..8].iter().map(|b| format!("{b:02x}")).collect();
     format!("{what}_{hex}")
+}
+
+/// PostgreSQL's advisory lock for migrating `table`: 64 bits of a SHA-256
+/// naming the crate and the table.
+#[cfg(feature = "postgres-store")]
+fn migration_lock_key(table: &str) -> i64 {
+    use sha2::Digest;
+    let digest = sha2::Sha256::digest(format!("session-layer migration of {table}"));
+    i64::from_be_bytes(digest[..8].try_into().expect("8 bytes"))
 }
 
 /// PostgreSQL's change channel.
