@@ -1391,3 +1391,87 @@ macro_rules! read_modify_write {
     }};
 }
 use read_modify_write;
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+    use crate::error::ErrorKind;
+    use crate::store::OWNER_KEY;
+
+    fn setting_owner(owner: &str) -> Changes {
+        Changes {
+            set: vec![(OWNER_KEY.into(), json!(owner))],
+            ..Changes::expiry(1, 2)
+        }
+    }
+
+    #[test]
+    fn owners_over_the_limit_are_refused_not_cut_short() {
+        let sql = Sql::new("sessions", Dialect::MySql);
+        // Characters, not bytes: 255 two-byte characters fit.
+        let longest = "ü".repeat(SqlStore::MAX_OWNER_CHARS);
+        assert_eq!(sql.owner_written(&longest).unwrap(), longest);
+        let too_long = "a".repeat(SqlStore::MAX_OWNER_CHARS + 1);
+        let refused = sql.owner_change(&setting_owner(&too_long)).unwrap_err();
+        assert_eq!(refused.kind(), ErrorKind::Store);
+        let cause = std::error::Error::source(&refused).unwrap().to_string();
+        assert!(cause.contains("up to 255 characters"), "{cause}");
+        // Removing an owner, however long the old one was, is no write of one.
+        let removed = Changes {
+            removed: vec![OWNER_KEY.into()],
+            ..Changes::expiry(1, 2)
+        };
+        assert_eq!(sql.owner_change(&removed).unwrap(), Some(None));
+    }
+
+    #[test]
+    fn postgres_owner_text_holds_no_nul_and_keeps_owners_apart() {
+        let postgres = Sql::new("sessions", Dialect::Postgres);
+        let nul = postgres.owner_text("a\0b");
+        assert!(!nul.contains('\0'), "PostgreSQL's text refuses U+0000");
+        assert_ne!(
+            nul,
+            postgres.owner_text("a\u{10FFFF}0b"),
+            "nor do two owners meet"
+        );
+        assert_eq!(postgres.owner_text("ann"), "ann");
+        for dialect in [Dialect::MySql, Dialect::Sqlite] {
+            assert_eq!(Sql::new("sessions", dialect).owner_text("a\0b"), "a\0b");
+        }
+    }
+
+    /// A save that leaves the owner names no owner column, so that it costs
+    /// what it did before owners.
+    #[cfg(feature = "mysql-store")]
+    #[test]
+    fn mysql_saves_name_the_owner_column_only_when_the_owner_changes() {
+        let other = Changes {
+            set: vec![("cart".into(), json!(3))],
+            ..Changes::expiry(1, 2)
+        };
+        assert_eq!(other.owner_change(), None);
+        assert!(!mysql_apply_sql("sessions", &other, false).contains("owner"));
+        let moved = setting_owner("ann");
+        let statement = mysql_apply_sql("sessions", &moved, true);
+        assert!(statement.contains(", owner = ? WHERE"), "{statement}");
+    }
+
+    #[test]
+    fn derived_names_stay_within_63_bytes_and_apart() {
+        assert_eq!(derived_name("sessions", "owner"), "sessions_owner");
+        let long = "t".repeat(63);
+        let names = [
+            derived_name(&long, "owner"),
+            derived_name(&long, "changes"),
+            derived_name(&"t".repeat(62), "owner"),
+        ];
+        for name in &names {
+            assert!(name.len() <= 63, "{name}");
+            assert_ne!(*name, long, "an index never takes the table's name");
+        }
+        assert_ne!(names[0], names[1]);
+        assert_ne!(names[0], names[2]);
+    }
+}
