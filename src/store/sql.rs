@@ -699,6 +699,10 @@ impl SqlStore {
     /// add it only if missing: each a query counting what is there (the
     /// table's name bound) and the statement that adds it when nothing is.
     /// PostgreSQL's statements add the column only if missing themselves.
+    #[cfg_attr(
+        not(any(feature = "mysql-store", feature = "sqlite-store")),
+        allow(unused_variables)
+    )]
     fn owner_upgrade_sql(&self) -> Vec<(&'static str, String)> {
         let t = &self.sql.table;
         match &self.pool {
