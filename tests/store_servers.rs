@@ -68,6 +68,8 @@ mod redis {
     feature = "sqlite-store"
 ))]
 mod sql {
+    use std::time::Duration;
+
     use super::*;
     use session_layer::store::SqlStore;
 
@@ -338,6 +340,24 @@ mod sql {
         .await;
     }
 
+    /// `migrate` at a start, on a table already up to date, waits for no
+    /// reader of the table: an `ALTER TABLE` would (even one with nothing
+    /// to add), and every session query would queue behind it.
+    async fn migrating_again_waits_for_no_reader(url: &str, what: &str) {
+        with_table(url, what, "readers", |store, db, table| async move {
+            store.migrate().await.unwrap();
+            let read = format!("SELECT COUNT(*) FROM {table}");
+            on_db!(&db, pool => {
+                let mut reading = pool.begin().await.unwrap();
+                sqlx::query(&read).execute(&mut *reading).await.unwrap();
+                let migrated = store.clone().timeout(Duration::from_secs(2)).migrate().await;
+                reading.rollback().await.unwrap();
+                migrated.expect("migrate waits for no reader");
+            });
+        })
+        .await;
+    }
+
     #[cfg(feature = "postgres-store")]
     fn postgres_url() -> String {
         env_or("POSTGRES_URL", "postgres://postgres@127.0.0.1:5432/test")
@@ -378,6 +398,26 @@ mod sql {
         let dir = tempfile::tempdir().unwrap();
         let url = format!("sqlite:{}", dir.path().join("sessions.db").display());
         owners_match_exactly(&url, "SQLite").await;
+    }
+
+    #[cfg(feature = "postgres-store")]
+    #[tokio::test]
+    async fn postgres_migrating_again_waits_for_no_reader() {
+        migrating_again_waits_for_no_reader(&postgres_url(), "PostgreSQL").await;
+    }
+
+    #[cfg(feature = "mysql-store")]
+    #[tokio::test]
+    async fn mysql_migrating_again_waits_for_no_reader() {
+        migrating_again_waits_for_no_reader(&mysql_url(), "MariaDB/MySQL").await;
+    }
+
+    #[cfg(feature = "sqlite-store")]
+    #[tokio::test]
+    async fn sqlite_migrating_again_waits_for_no_reader() {
+        let dir = tempfile::tempdir().unwrap();
+        let url = format!("sqlite:{}", dir.path().join("sessions.db").display());
+        migrating_again_waits_for_no_reader(&url, "SQLite").await;
     }
 
     #[cfg(feature = "mysql-store")]

@@ -599,13 +599,20 @@ impl SqlStore {
     /// take turns: the migration holds a lock of the table's own (on
     /// PostgreSQL an advisory lock, in one transaction; on MySQL a named
     /// lock, `GET_LOCK`; on SQLite the database's write lock, in one
-    /// transaction). Where the database has no `ADD COLUMN IF NOT EXISTS`
-    /// (MySQL, SQLite), it asks the catalog (`information_schema`,
-    /// `pragma_table_info`) before adding the owner column and its index.
+    /// transaction). It asks the catalog (`pg_attribute`,
+    /// `information_schema`, `pragma_table_info`) before it adds the owner
+    /// column or its MySQL index, rather than run `ALTER TABLE ... IF NOT
+    /// EXISTS` at every start: `ALTER TABLE` waits for the table's
+    /// strongest lock even when there is nothing to add, and every session
+    /// query would queue behind it while a long transaction reads the
+    /// table.
     ///
-    /// Each statement is bounded by [`timeout`](Self::timeout). Indexing
-    /// the owner column of a large table takes a while (on MySQL, seconds
-    /// per million rows): give `migrate` a longer one for it
+    /// Each statement is bounded by [`timeout`](Self::timeout), on the
+    /// server too where it can be (PostgreSQL's `lock_timeout` and
+    /// `statement_timeout`, MySQL's `lock_wait_timeout`), so that a
+    /// statement given up on does not hold the table. Indexing the owner
+    /// column of a large table takes a while (on MySQL, seconds per
+    /// million rows): give `migrate` a longer timeout for it
     /// (`store.clone().timeout(..).migrate()`).
     ///
     /// # Errors
@@ -623,6 +630,13 @@ impl SqlStore {
             #[cfg(feature = "postgres-store")]
             Pool::Postgres(pool) => {
                 let mut tx = bounded(self.timeout, pool.begin()).await?;
+                let bound = format!("{}ms", self.timeout.as_millis().max(1));
+                let server_bound = sqlx::query(
+                    "SELECT set_config('lock_timeout', $1, true), \
+                     set_config('statement_timeout', $1, true)",
+                )
+                .bind(bound);
+                bounded(self.timeout, server_bound.execute(&mut *tx)).await?;
                 let lock = sqlx::query("SELECT pg_advisory_xact_lock($1)")
                     .bind(migration_lock_key(&self.sql.table));
                 bounded(self.timeout, lock.execute(&mut *tx)).await?;
@@ -636,6 +650,9 @@ impl SqlStore {
             Pool::MySql(pool) => {
                 self.check_mysql_charset(pool).await?;
                 let mut connection = bounded(self.timeout, pool.acquire()).await?.detach();
+                let server_bound = sqlx::query("SET SESSION lock_wait_timeout = ?")
+                    .bind(self.timeout.as_secs().max(1));
+                bounded(self.timeout, server_bound.execute(&mut connection)).await?;
                 // The server stops waiting after the timeout (and answers
                 // 0); the call's own bound leaves it the time to say so.
                 let lock = sqlx::query_scalar("SELECT GET_LOCK(?, ?)")
@@ -695,21 +712,22 @@ impl SqlStore {
         Ok(())
     }
 
-    /// What a table made before owners needs, where the database cannot
-    /// add it only if missing: each a query counting what is there (the
-    /// table's name bound) and the statement that adds it when nothing is.
-    /// PostgreSQL's statements add the column only if missing themselves.
-    #[cfg_attr(
-        not(any(feature = "mysql-store", feature = "sqlite-store")),
-        allow(unused_variables)
-    )]
+    /// What a table made before owners needs: each a query counting what
+    /// is there (the table's name bound) and the statement that adds it
+    /// when nothing is.
     fn owner_upgrade_sql(&self) -> Vec<(&'static str, String)> {
         let t = &self.sql.table;
         match &self.pool {
+            // to_regclass finds the table as the statements do, by the
+            // search path.
             #[cfg(feature = "postgres-store")]
-            Pool::Postgres(_) => Vec::new(),
-            // MariaDB has ADD COLUMN and CREATE INDEX IF NOT EXISTS; MySQL 8
-            // has neither. Two statements: a nullable column is added in
+            Pool::Postgres(_) => vec![(
+                "SELECT COUNT(*) FROM pg_attribute \
+                 WHERE attrelid = to_regclass($1) AND attname = 'owner' AND NOT attisdropped",
+                format!("ALTER TABLE {t} ADD COLUMN owner {POSTGRES_OWNER_TYPE}"),
+            )],
+            // (MariaDB has ADD COLUMN and CREATE INDEX IF NOT EXISTS; MySQL 8
+            // has neither.) Two statements: a nullable column is added in
             // place at once, where one ALTER adding the index too would
             // copy the table.
             #[cfg(feature = "mysql-store")]
@@ -759,14 +777,14 @@ impl SqlStore {
     /// The statements [`migrate`](Self::migrate) runs, for your own
     /// migration tool: they create the table and its indexes.
     ///
-    /// A table made before owners needs the `owner` column first. On
-    /// PostgreSQL the statements add it (`ADD COLUMN IF NOT EXISTS`); on
-    /// MySQL/MariaDB run `ALTER TABLE sessions ADD COLUMN owner
-    /// VARCHAR(255) CHARACTER SET utf8mb4 COLLATE utf8mb4_bin NULL` and
-    /// `ALTER TABLE sessions ADD INDEX sessions_owner (owner)` once, and on
-    /// SQLite `ALTER TABLE sessions ADD COLUMN owner TEXT` before them
-    /// (`sessions` being the table's name); `migrate` does so itself when
-    /// they are missing.
+    /// A table made before owners needs the `owner` column first, which
+    /// `migrate` adds when it is missing; in a tool of your own, run once
+    /// before them (`sessions` being the table's name): on PostgreSQL
+    /// `ALTER TABLE sessions ADD COLUMN IF NOT EXISTS owner TEXT COLLATE
+    /// "C"`; on MySQL/MariaDB `ALTER TABLE sessions ADD COLUMN owner
+    /// VARCHAR(255) CHARACTER SET utf8mb4 COLLATE utf8mb4_bin NULL`, then
+    /// `ALTER TABLE sessions ADD INDEX sessions_owner (owner)`; on SQLite
+    /// `ALTER TABLE sessions ADD COLUMN owner TEXT`.
     pub fn migration_sql(&self) -> Vec<String> {
         let t = &self.sql.table;
         let owner_index = derived_name(t, "owner");
@@ -778,9 +796,8 @@ impl SqlStore {
                 format!(
                     "CREATE TABLE IF NOT EXISTS {t} (id VARCHAR(43) COLLATE \"C\" PRIMARY KEY, data TEXT NOT NULL, \
                      permanent BOOLEAN NOT NULL, created_at BIGINT NOT NULL, expires_at BIGINT NOT NULL, \
-                     owner TEXT COLLATE \"C\")"
+                     owner {POSTGRES_OWNER_TYPE})"
                 ),
-                format!("ALTER TABLE {t} ADD COLUMN IF NOT EXISTS owner TEXT COLLATE \"C\""),
                 format!("CREATE INDEX IF NOT EXISTS {t}_expires_at ON {t} (expires_at)"),
                 format!(
                     "CREATE INDEX IF NOT EXISTS {owner_index} ON {t} (owner) WHERE owner IS NOT NULL"
@@ -812,6 +829,10 @@ impl SqlStore {
         }
     }
 }
+
+/// PostgreSQL's owner column: compared byte for byte (`C`), as the id is.
+#[cfg(feature = "postgres-store")]
+const POSTGRES_OWNER_TYPE: &str = "TEXT COLLATE \"C\"";
 
 /// MySQL's owner column: `VARCHAR` short enough for an index in `utf8mb4`
 /// (four bytes a character), any owner text, and matched exactly
