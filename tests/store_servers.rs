@@ -402,58 +402,370 @@ mod redis {
     feature = "sqlite-store"
 ))]
 mod sql {
+    use std::time::Duration;
+
     use super::*;
     use session_layer::store::SqlStore;
 
-    /// A table of this run's own, migrated; dropped by the caller.
-    async fn store(url: &str, what: &str) -> Option<SqlStore> {
-        match SqlStore::connect(url).await {
-            Ok(store) => {
-                let store = store.table(&format!("sessions_test_{}", std::process::id()));
-                store.migrate().await.expect("migrate");
-                store.migrate().await.expect("migrate is idempotent");
-                Some(store)
+    /// A connection pool for a test's own statements, beside the store.
+    #[derive(Clone)]
+    enum Db {
+        #[cfg(feature = "postgres-store")]
+        Postgres(sqlx::PgPool),
+        #[cfg(feature = "mysql-store")]
+        MySql(sqlx::MySqlPool),
+        #[cfg(feature = "sqlite-store")]
+        Sqlite(sqlx::SqlitePool),
+    }
+
+    /// The same body for every database, on its own pool type.
+    macro_rules! on_db {
+        ($db:expr, $pool:ident => $body:expr) => {
+            match $db {
+                #[cfg(feature = "postgres-store")]
+                Db::Postgres($pool) => $body,
+                #[cfg(feature = "mysql-store")]
+                Db::MySql($pool) => $body,
+                #[cfg(feature = "sqlite-store")]
+                Db::Sqlite($pool) => $body,
             }
+        };
+    }
+
+    impl Db {
+        async fn connect(url: &str) -> Db {
+            #[cfg(feature = "postgres-store")]
+            if url.starts_with("postgres") {
+                return Db::Postgres(sqlx::PgPool::connect(url).await.unwrap());
+            }
+            #[cfg(feature = "mysql-store")]
+            if url.starts_with("mysql") {
+                return Db::MySql(sqlx::MySqlPool::connect(url).await.unwrap());
+            }
+            #[cfg(feature = "sqlite-store")]
+            if url.starts_with("sqlite") {
+                return Db::Sqlite(sqlx::SqlitePool::connect(url).await.unwrap());
+            }
+            unreachable!("no SQL feature for {url}")
+        }
+
+        async fn run(&self, statement: &str) {
+            on_db!(self, pool => {
+                sqlx::query(statement).execute(pool).await.unwrap();
+            })
+        }
+
+        async fn count(&self, query: &str) -> i64 {
+            on_db!(self, pool => sqlx::query_scalar(query).fetch_one(pool).await.unwrap())
+        }
+
+        /// The statements the migration before owners ran.
+        fn migration_before_owners(&self, t: &str) -> Vec<String> {
+            match self {
+                #[cfg(feature = "postgres-store")]
+                Db::Postgres(_) => vec![
+                    format!(
+                        "CREATE TABLE IF NOT EXISTS {t} (id VARCHAR(43) COLLATE \"C\" PRIMARY KEY, data TEXT NOT NULL, \
+                         permanent BOOLEAN NOT NULL, created_at BIGINT NOT NULL, expires_at BIGINT NOT NULL)"
+                    ),
+                    format!("CREATE INDEX IF NOT EXISTS {t}_expires_at ON {t} (expires_at)"),
+                ],
+                #[cfg(feature = "mysql-store")]
+                Db::MySql(_) => vec![format!(
+                    "CREATE TABLE IF NOT EXISTS {t} (id VARCHAR(43) CHARACTER SET ascii COLLATE ascii_bin PRIMARY KEY, \
+                     data LONGTEXT CHARACTER SET utf8mb4 NOT NULL, permanent BOOLEAN NOT NULL, created_at BIGINT NOT NULL, \
+                     expires_at BIGINT NOT NULL, INDEX {t}_expires_at (expires_at))"
+                )],
+                #[cfg(feature = "sqlite-store")]
+                Db::Sqlite(_) => vec![
+                    format!(
+                        "CREATE TABLE IF NOT EXISTS {t} (id TEXT PRIMARY KEY, data TEXT NOT NULL, \
+                         permanent INTEGER NOT NULL, created_at INTEGER NOT NULL, expires_at INTEGER NOT NULL)"
+                    ),
+                    format!("CREATE INDEX IF NOT EXISTS {t}_expires_at ON {t} (expires_at)"),
+                ],
+            }
+        }
+
+        /// A query counting the indexes of `t` that lead with `owner`.
+        fn owner_indexes(&self, t: &str) -> String {
+            match self {
+                #[cfg(feature = "postgres-store")]
+                Db::Postgres(_) => format!(
+                    "SELECT COUNT(*) FROM pg_index i JOIN pg_attribute a \
+                     ON a.attrelid = i.indrelid AND a.attnum = i.indkey[0] \
+                     WHERE i.indrelid = '{t}'::regclass AND a.attname = 'owner'"
+                ),
+                #[cfg(feature = "mysql-store")]
+                Db::MySql(_) => format!(
+                    "SELECT COUNT(*) FROM information_schema.STATISTICS WHERE TABLE_SCHEMA = DATABASE() \
+                     AND TABLE_NAME = '{t}' AND COLUMN_NAME = 'owner' AND SEQ_IN_INDEX = 1"
+                ),
+                #[cfg(feature = "sqlite-store")]
+                Db::Sqlite(_) => format!(
+                    "SELECT COUNT(*) FROM pragma_index_list('{t}') AS l, pragma_index_info(l.name) AS i \
+                     WHERE i.seqno = 0 AND i.name = 'owner'"
+                ),
+            }
+        }
+    }
+
+    /// Runs `check` on a store on a table of this run's own,
+    /// `sessions_{name}_{pid}` (not migrated), with a pool for statements
+    /// of its own, and drops the table whatever the outcome; skips when
+    /// the server cannot be reached (a failure under CI=true).
+    async fn with_table<F, Fut>(url: &str, what: &str, name: &str, check: F)
+    where
+        F: FnOnce(SqlStore, Db, String) -> Fut,
+        Fut: Future<Output = ()> + Send + 'static,
+    {
+        let store = match SqlStore::connect(url).await {
+            Ok(store) => store,
             Err(e) => {
                 missing(&format!("{what} at {url} is unreachable ({e})"));
-                None
+                return;
             }
+        };
+        let table = format!("sessions_{name}_{}", std::process::id());
+        let db = Db::connect(url).await;
+        let outcome = tokio::spawn(check(store.table(&table), db.clone(), table.clone())).await;
+        db.run(&format!("DROP TABLE IF EXISTS {table}")).await;
+        if let Err(failed) = outcome {
+            std::panic::resume_unwind(failed.into_panic());
         }
     }
 
     async fn conforms(url: &str, what: &str) {
-        if let Some(store) = store(url, what).await {
+        with_table(url, what, "test", |store, _, _| async move {
+            // Processes starting at once take turns.
+            let (a, b, c) = tokio::join!(store.migrate(), store.migrate(), store.migrate());
+            for migrated in [a, b, c] {
+                migrated.expect("migrate");
+            }
+            store.migrate().await.expect("migrate is idempotent");
             session_layer::testing::check_store(Arc::new(store.clone())).await;
             let swept = session_layer::store::SessionStore::delete_expired(&store, u64::MAX).await;
             assert!(swept.is_ok(), "{swept:?}");
-            drop_table(url).await;
-        }
+        })
+        .await;
     }
 
-    /// Leaves the test database as it was.
-    async fn drop_table(url: &str) {
-        let statement = format!("DROP TABLE sessions_test_{}", std::process::id());
-        #[cfg(feature = "postgres-store")]
-        if url.starts_with("postgres") {
-            let pool = sqlx::PgPool::connect(url).await.unwrap();
-            sqlx::query(&statement).execute(&pool).await.unwrap();
-        }
-        #[cfg(feature = "mysql-store")]
-        if url.starts_with("mysql") {
-            let pool = sqlx::MySqlPool::connect(url).await.unwrap();
-            sqlx::query(&statement).execute(&pool).await.unwrap();
-        }
-        let _ = (url, statement);
+    /// A table the migration before owners made, holding a session:
+    /// `migrate` adds the owner column and its index (run by several at
+    /// once, and again after), the session still loads and saves, and
+    /// owners are listed, that session among them once it has one.
+    async fn upgrades_a_table_made_before_owners(url: &str, what: &str) {
+        use session_layer::store::{Changes, OWNER_KEY, Record, SessionId, SessionStore};
+        with_table(url, what, "upgrade", |store, db, table| async move {
+            for statement in db.migration_before_owners(&table) {
+                db.run(&statement).await;
+            }
+            let now = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap()
+                .as_secs();
+            let old = SessionId::generate();
+            let insert = format!(
+                "INSERT INTO {table} (id, data, permanent, created_at, expires_at) \
+                 VALUES ('{}', '{{\"user\":\"old\"}}', false, {now}, {})",
+                old.as_str(),
+                now + 600
+            );
+            db.run(&insert).await;
+
+            // Processes starting at once: one upgrades the table, the
+            // others wait for it, then find nothing to do.
+            let (a, b, c) = tokio::join!(store.migrate(), store.migrate(), store.migrate());
+            for migrated in [a, b, c] {
+                migrated.expect("migrate upgrades the table");
+            }
+            store
+                .migrate()
+                .await
+                .expect("and changes nothing run again");
+            let owner_indexes = db.count(&db.owner_indexes(&table)).await;
+            assert_eq!(owner_indexes, 1, "one index on the owner column");
+            let loaded = store.load(&old, now).await.unwrap();
+            assert_eq!(loaded.expect("the old session loads").data["user"], "old");
+            assert!(store.owned("ann", now).await.unwrap().is_empty());
+
+            let mut owned = Changes::expiry(now, now + 600);
+            owned.set = vec![(OWNER_KEY.into(), serde_json::json!("ann"))];
+            assert!(
+                store.apply(&old, &owned).await.unwrap(),
+                "the old session saves"
+            );
+            let mut data = serde_json::Map::new();
+            data.insert(OWNER_KEY.into(), serde_json::json!("ann"));
+            let new = SessionId::generate();
+            let record = Record::new(data, false, now, now + 600);
+            assert!(store.create(&new, &record).await.unwrap());
+            let listed = store.owned("ann", now).await.unwrap();
+            let mut ids: Vec<&str> = listed.iter().map(|(id, _)| id.as_str()).collect();
+            ids.sort_unstable();
+            let mut expected = vec![old.as_str(), new.as_str()];
+            expected.sort_unstable();
+            assert_eq!(ids, expected, "both sessions listed");
+            let (_, listed_old) = listed.iter().find(|(id, _)| *id == old).unwrap();
+            assert_eq!(listed_old.data["user"], "old", "with their data");
+        })
+        .await;
+    }
+
+    /// Owners are matched exactly, whatever the database's string
+    /// comparison (MySQL's ignores trailing spaces), those holding U+0000
+    /// or the escape's mark included (PostgreSQL's text refuses U+0000);
+    /// an owner over `MAX_OWNER_CHARS` is refused, never cut short.
+    async fn owners_match_exactly(url: &str, what: &str) {
+        use session_layer::store::{Changes, OWNER_KEY, Record, SessionId, SessionStore};
+        with_table(url, what, "exact", |store, _, _| async move {
+            store.migrate().await.unwrap();
+            let now = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap()
+                .as_secs();
+            let longest = "ü".repeat(SqlStore::MAX_OWNER_CHARS);
+            let owners = [
+                "ann",
+                "ann ",
+                "Ann",
+                "änn",
+                "a\0b",
+                "a\u{10FFFF}0b",
+                &longest,
+            ];
+            let record = |owner: &str| {
+                let mut data = serde_json::Map::new();
+                data.insert(OWNER_KEY.into(), serde_json::json!(owner));
+                Record::new(data, false, now, now + 600)
+            };
+            let mut ids = Vec::new();
+            for owner in owners {
+                let id = SessionId::generate();
+                assert!(
+                    store.create(&id, &record(owner)).await.unwrap(),
+                    "{owner:?}"
+                );
+                ids.push(id);
+            }
+            for (owner, id) in owners.iter().zip(&ids) {
+                let listed = store.owned(owner, now).await.unwrap();
+                let listed: Vec<&SessionId> = listed.iter().map(|(id, _)| id).collect();
+                assert_eq!(listed, vec![id], "{owner:?} has its session only");
+            }
+
+            let too_long = "x".repeat(SqlStore::MAX_OWNER_CHARS + 1);
+            let refused = store
+                .create(&SessionId::generate(), &record(&too_long))
+                .await;
+            assert_eq!(refused.unwrap_err().kind(), session_layer::ErrorKind::Store);
+            let mut moved = Changes::expiry(now, now + 600);
+            moved.set = vec![(OWNER_KEY.into(), serde_json::json!(too_long))];
+            let refused = store.apply(&ids[0], &moved).await;
+            assert_eq!(refused.unwrap_err().kind(), session_layer::ErrorKind::Store);
+            let kept = store.load(&ids[0], now).await.unwrap().unwrap();
+            assert_eq!(
+                kept.owner(),
+                Some("ann"),
+                "the refused save changed nothing"
+            );
+            assert!(store.owned(&too_long, now).await.unwrap().is_empty());
+        })
+        .await;
+    }
+
+    /// `migrate` at a start, on a table already up to date, waits for no
+    /// reader of the table: an `ALTER TABLE` would (even one with nothing
+    /// to add), and every session query would queue behind it.
+    async fn migrating_again_waits_for_no_reader(url: &str, what: &str) {
+        with_table(url, what, "readers", |store, db, table| async move {
+            store.migrate().await.unwrap();
+            let read = format!("SELECT COUNT(*) FROM {table}");
+            on_db!(&db, pool => {
+                let mut reading = pool.begin().await.unwrap();
+                sqlx::query(&read).execute(&mut *reading).await.unwrap();
+                let migrated = store.clone().timeout(Duration::from_secs(2)).migrate().await;
+                reading.rollback().await.unwrap();
+                migrated.expect("migrate waits for no reader");
+            });
+        })
+        .await;
+    }
+
+    #[cfg(feature = "postgres-store")]
+    fn postgres_url() -> String {
+        env_or("POSTGRES_URL", "postgres://postgres@127.0.0.1:5432/test")
+    }
+
+    #[cfg(feature = "mysql-store")]
+    fn mysql_url() -> String {
+        env_or("MYSQL_URL", "mysql://root@127.0.0.1:3306/test")
     }
 
     #[cfg(feature = "postgres-store")]
     #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
     async fn postgres_store_conforms() {
-        conforms(
-            &env_or("POSTGRES_URL", "postgres://postgres@127.0.0.1:5432/test"),
-            "PostgreSQL",
-        )
-        .await;
+        conforms(&postgres_url(), "PostgreSQL").await;
+    }
+
+    #[cfg(feature = "postgres-store")]
+    #[tokio::test]
+    async fn postgres_upgrades_a_table_made_before_owners() {
+        upgrades_a_table_made_before_owners(&postgres_url(), "PostgreSQL").await;
+    }
+
+    #[cfg(feature = "postgres-store")]
+    #[tokio::test]
+    async fn postgres_owners_match_exactly() {
+        owners_match_exactly(&postgres_url(), "PostgreSQL").await;
+    }
+
+    #[cfg(feature = "mysql-store")]
+    #[tokio::test]
+    async fn mysql_owners_match_exactly() {
+        owners_match_exactly(&mysql_url(), "MariaDB/MySQL").await;
+    }
+
+    #[cfg(feature = "sqlite-store")]
+    #[tokio::test]
+    async fn sqlite_owners_match_exactly() {
+        let dir = tempfile::tempdir().unwrap();
+        let url = format!("sqlite:{}", dir.path().join("sessions.db").display());
+        owners_match_exactly(&url, "SQLite").await;
+    }
+
+    #[cfg(feature = "postgres-store")]
+    #[tokio::test]
+    async fn postgres_migrating_again_waits_for_no_reader() {
+        migrating_again_waits_for_no_reader(&postgres_url(), "PostgreSQL").await;
+    }
+
+    #[cfg(feature = "mysql-store")]
+    #[tokio::test]
+    async fn mysql_migrating_again_waits_for_no_reader() {
+        migrating_again_waits_for_no_reader(&mysql_url(), "MariaDB/MySQL").await;
+    }
+
+    #[cfg(feature = "sqlite-store")]
+    #[tokio::test]
+    async fn sqlite_migrating_again_waits_for_no_reader() {
+        let dir = tempfile::tempdir().unwrap();
+        let url = format!("sqlite:{}", dir.path().join("sessions.db").display());
+        migrating_again_waits_for_no_reader(&url, "SQLite").await;
+    }
+
+    #[cfg(feature = "mysql-store")]
+    #[tokio::test]
+    async fn mysql_upgrades_a_table_made_before_owners() {
+        upgrades_a_table_made_before_owners(&mysql_url(), "MariaDB/MySQL").await;
+    }
+
+    #[cfg(feature = "sqlite-store")]
+    #[tokio::test]
+    async fn sqlite_upgrades_a_table_made_before_owners() {
+        let dir = tempfile::tempdir().unwrap();
+        let url = format!("sqlite:{}", dir.path().join("sessions.db").display());
+        upgrades_a_table_made_before_owners(&url, "SQLite").await;
     }
 
     /// A pool, and a store on a migrated table of this run's own
@@ -615,11 +927,7 @@ mod sql {
     #[cfg(feature = "mysql-store")]
     #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
     async fn mysql_store_conforms() {
-        conforms(
-            &env_or("MYSQL_URL", "mysql://root@127.0.0.1:3306/test"),
-            "MariaDB/MySQL",
-        )
-        .await;
+        conforms(&mysql_url(), "MariaDB/MySQL").await;
     }
 
     /// A database whose default character set is latin1 still keeps emoji

@@ -1,5 +1,6 @@
 //! `SqlStore`: sessions in PostgreSQL, MySQL/MariaDB or SQLite, via sqlx.
 
+use std::borrow::Cow;
 use std::fmt;
 use std::time::Duration;
 
@@ -15,7 +16,13 @@ const DEFAULT_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Sessions in a SQL table, one row per session: `id`, `data` (the JSON
 /// object), `permanent`, `created_at`, `expires_at` (seconds since the
-/// epoch, indexed for [`delete_expired`](SessionStore::delete_expired)).
+/// epoch, indexed for [`delete_expired`](SessionStore::delete_expired)),
+/// and `owner` (the session's owner as [`Record::owner`] reads it from
+/// `data`, or `NULL`; indexed for [`owned`](SessionStore::owned)).
+///
+/// Every write that sets or removes the owner sets the column in the same
+/// statement (or transaction) as the data; other writes leave it alone.
+/// Owners are at most [`MAX_OWNER_CHARS`](Self::MAX_OWNER_CHARS) long.
 ///
 /// The table is created by [`migrate`](Self::migrate), which you call,
 /// never behind your back. How `apply` stays atomic per key:
@@ -87,12 +94,19 @@ struct Sql {
     )]
     take: String,
     update: String,
+    /// `update` that also sets the owner column, for the saves that set or
+    /// remove the owner; the others leave the column out, and with it the
+    /// owner index (SQLite rewrites the entries of every index on a column
+    /// its `SET` names, whatever the value).
+    update_owner: String,
     #[cfg_attr(
         not(any(feature = "mysql-store", feature = "sqlite-store")),
         allow(dead_code)
     )]
     delete: String,
     delete_expired: String,
+    /// The live rows of one owner, by the owner column's index.
+    owned: String,
     /// PostgreSQL's save: one `UPDATE` merging the changes member by
     /// member (`json_each`, `json_object_agg`) under the row lock the
     /// statement takes. `json`, not `jsonb`: it keeps each value's text as
@@ -165,12 +179,13 @@ impl Sql {
                 p(2)
             ),
             insert: format!(
-                "INSERT INTO {table} (id, data, permanent, created_at, expires_at) VALUES ({}, {}, {}, {}, {})",
+                "INSERT INTO {table} (id, data, permanent, created_at, expires_at, owner) VALUES ({}, {}, {}, {}, {}, {})",
                 p(1),
                 p(2),
                 p(3),
                 p(4),
-                p(5)
+                p(5),
+                p(6)
             ),
             lock: format!(
                 "SELECT data, permanent FROM {table} WHERE id = {} AND expires_at > {}{for_update}",
@@ -189,14 +204,35 @@ impl Sql {
                 p(3),
                 p(4)
             ),
+            update_owner: format!(
+                "UPDATE {table} SET data = {}, permanent = {}, expires_at = {}, owner = {} WHERE id = {}",
+                p(1),
+                p(2),
+                p(3),
+                p(4),
+                p(5)
+            ),
             delete: format!("DELETE FROM {table} WHERE id = {}", p(1)),
             delete_expired: format!("DELETE FROM {table} WHERE expires_at <= {}", p(1)),
+            owned: format!(
+                "SELECT {id}, data, permanent, created_at, expires_at FROM {table} WHERE owner = {} AND expires_at > {}",
+                p(1),
+                p(2),
+                // sqlx reads a column of a binary collation (MySQL's id is
+                // ascii_bin) as bytes.
+                id = if dialect == Dialect::MySql {
+                    "CAST(id AS CHAR)"
+                } else {
+                    "id"
+                }
+            ),
             create_upsert: format!(
-                "WITH created AS (INSERT INTO {table} (id, data, permanent, created_at, expires_at) \
-                 VALUES ($1, $2, $3, $4, $5) ON CONFLICT (id) DO UPDATE SET data = EXCLUDED.data, \
+                "WITH created AS (INSERT INTO {table} (id, data, permanent, created_at, expires_at, owner) \
+                 VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (id) DO UPDATE SET data = EXCLUDED.data, \
                  permanent = EXCLUDED.permanent, created_at = EXCLUDED.created_at, \
-                 expires_at = EXCLUDED.expires_at WHERE {table}.expires_at <= $4 RETURNING 1) \
-                 SELECT pg_notify($6, $7)::text FROM created"
+                 expires_at = EXCLUDED.expires_at, owner = EXCLUDED.owner \
+                 WHERE {table}.expires_at <= $4 RETURNING 1) \
+                 SELECT pg_notify($7, $8)::text FROM created"
             ),
             take_returning: format!(
                 "WITH taken AS (DELETE FROM {table} WHERE id = $1 \
@@ -208,14 +244,15 @@ impl Sql {
                 "WITH deleted AS (DELETE FROM {table} WHERE id = $1 RETURNING 1) \
                  SELECT pg_notify($2, $3)::text FROM deleted"
             ),
-            channel: channel_name(table),
+            channel: derived_name(table, "changes"),
             apply_json: format!(
                 "WITH applied AS (UPDATE {table} SET data = (SELECT COALESCE(json_object_agg(merged.k, merged.v), '{{}}'::json)::text \
                  FROM (SELECT old.key AS k, old.value AS v \
                  FROM json_each(CASE WHEN $1 THEN '{{}}'::json ELSE {table}.data::json END) AS old \
                  WHERE NOT (old.key = ANY($2::text[])) \
                  UNION ALL SELECT new.key, new.value FROM json_each($3::json) AS new) AS merged), \
-                 permanent = COALESCE($4, permanent), expires_at = $5 \
+                 permanent = COALESCE($4, permanent), expires_at = $5, \
+                 owner = CASE WHEN $11 THEN $12 ELSE owner END \
                  WHERE id = $6 AND expires_at > $7 AND (data::json -> $8) IS NOT NULL RETURNING 1) \
                  SELECT pg_notify($9, $10)::text FROM applied"
             ),
@@ -377,15 +414,57 @@ type Row = (String, bool, i64, i64);
 
 impl Sql {
     fn record_from_row(&self, row: Option<Row>) -> Result<Option<Record>, Error> {
-        row.map(|(data, permanent, created_at, expires_at)| {
-            Ok(Record::new(
-                self.read_data(&data).map_err(Error::store)?,
-                permanent,
-                to_u64(created_at),
-                to_u64(expires_at),
-            ))
-        })
-        .transpose()
+        row.map(|row| self.record(row)).transpose()
+    }
+
+    fn record(&self, (data, permanent, created_at, expires_at): Row) -> Result<Record, Error> {
+        Ok(Record::new(
+            self.read_data(&data).map_err(Error::store)?,
+            permanent,
+            to_u64(created_at),
+            to_u64(expires_at),
+        ))
+    }
+}
+
+/// The owner column: kept beside `data` by every write, so that
+/// [`owned`](SessionStore::owned) is one indexed `SELECT`.
+impl Sql {
+    /// The column's text for `owner`: the owner as it is, except that on
+    /// PostgreSQL, whose text types refuse U+0000 too, a string holding it
+    /// (or the mark) takes the escape `data` takes; equal owners still
+    /// have equal text.
+    fn owner_text<'a>(&self, owner: &'a str) -> Cow<'a, str> {
+        if self.nul_free && owner.contains(['\0', '\u{10FFFF}']) {
+            Cow::Owned(nul_free::escape_str(owner))
+        } else {
+            Cow::Borrowed(owner)
+        }
+    }
+
+    /// The column's text for a write that sets `owner`; an owner longer
+    /// than [`SqlStore::MAX_OWNER_CHARS`] is refused, never cut short.
+    fn owner_written<'a>(&self, owner: &'a str) -> Result<Cow<'a, str>, Error> {
+        let chars = owner.chars().count();
+        if chars > SqlStore::MAX_OWNER_CHARS {
+            return Err(Error::store(format!(
+                "SqlStore keeps owners of up to {} characters; this one has {chars}",
+                SqlStore::MAX_OWNER_CHARS
+            )));
+        }
+        Ok(self.owner_text(owner))
+    }
+
+    /// What a save does to the column, as [`Changes::owner_change`] says:
+    /// `None` leaves it, `Some(None)` empties it, `Some(Some(text))` sets it.
+    fn owner_change<'a>(
+        &self,
+        changes: &'a Changes,
+    ) -> Result<Option<Option<Cow<'a, str>>>, Error> {
+        changes
+            .owner_change()
+            .map(|owner| owner.map(|owner| self.owner_written(owner)).transpose())
+            .transpose()
     }
 }
 
@@ -411,6 +490,17 @@ macro_rules! by_backend {
 }
 
 impl SqlStore {
+    /// The longest owner ([`Session::set_owner`](crate::Session::set_owner))
+    /// a `SqlStore` keeps, in characters (Unicode scalar values): MySQL's
+    /// indexed `owner` column is a `VARCHAR(255)` (in `utf8mb4`, within
+    /// InnoDB's index key limit), and the limit is the same on every
+    /// database, so that a table's sessions move between them.
+    ///
+    /// A write that would store a longer owner fails with
+    /// [`ErrorKind::Store`](crate::ErrorKind::Store) and changes nothing:
+    /// an owner is never cut short, which could make two owners one.
+    pub const MAX_OWNER_CHARS: usize = 255;
+
     /// Connects by URL: `postgres://…`, `mysql://…` (MariaDB too) or
     /// `sqlite:PATH` (the file is created if missing), each when its
     /// feature is on. Call [`migrate`](Self::migrate) before first use.
@@ -500,9 +590,30 @@ impl SqlStore {
         self
     }
 
-    /// Creates the table and its expiry index if they do not exist. Call
-    /// it once at start-up (or run the same statements in your own
-    /// migrations: `migration_sql` returns them).
+    /// Creates the table and its indexes (expiry, owner) if they do not
+    /// exist, and gives a table an earlier version made the owner column
+    /// and its index. Call it once at start-up (or run the same statements
+    /// in your own migrations: `migration_sql` returns them).
+    ///
+    /// Running it again changes nothing, and processes that start at once
+    /// take turns: the migration holds a lock of the table's own (on
+    /// PostgreSQL an advisory lock, in one transaction; on MySQL a named
+    /// lock, `GET_LOCK`; on SQLite the database's write lock, in one
+    /// transaction). It asks the catalog (`pg_attribute`,
+    /// `information_schema`, `pragma_table_info`) before it adds the owner
+    /// column or its MySQL index, rather than run `ALTER TABLE ... IF NOT
+    /// EXISTS` at every start: `ALTER TABLE` waits for the table's
+    /// strongest lock even when there is nothing to add, and every session
+    /// query would queue behind it while a long transaction reads the
+    /// table.
+    ///
+    /// Each statement is bounded by [`timeout`](Self::timeout), on the
+    /// server too where it can be (PostgreSQL's `lock_timeout` and
+    /// `statement_timeout`, MySQL's `lock_wait_timeout`), so that a
+    /// statement given up on does not hold the table. Indexing the owner
+    /// column of a large table takes a while (on MySQL, seconds per
+    /// million rows): give `migrate` a longer timeout for it
+    /// (`store.clone().timeout(..).migrate()`).
     ///
     /// # Errors
     /// [`ErrorKind::Store`](crate::ErrorKind::Store) when the statements fail.
@@ -510,20 +621,138 @@ impl SqlStore {
     /// On MySQL/MariaDB it also checks that an existing table's `data`
     /// column is `utf8mb4` (a table an earlier version created on a
     /// `latin1` database is not), and fails with the statement that fixes
-    /// it rather than let sessions be refused or mangled.
+    /// it, before changing anything, rather than let sessions be refused
+    /// or mangled.
     pub async fn migrate(&self) -> Result<(), Error> {
-        for statement in self.migration_sql() {
-            by_backend!(self, pool => {
-                bounded(self.timeout, sqlx::query(&statement).execute(pool)).await?;
-            });
+        match &self.pool {
+            // DDL is transactional here: the migration commits as one, under
+            // an advisory lock of the table's own.
+            #[cfg(feature = "postgres-store")]
+            Pool::Postgres(pool) => {
+                let mut tx = bounded(self.timeout, pool.begin()).await?;
+                let bound = format!("{}ms", self.timeout.as_millis().max(1));
+                let server_bound = sqlx::query(
+                    "SELECT set_config('lock_timeout', $1, true), \
+                     set_config('statement_timeout', $1, true)",
+                )
+                .bind(bound);
+                bounded(self.timeout, server_bound.execute(&mut *tx)).await?;
+                let lock = sqlx::query("SELECT pg_advisory_xact_lock($1)")
+                    .bind(migration_lock_key(&self.sql.table));
+                bounded(self.timeout, lock.execute(&mut *tx)).await?;
+                self.migration_steps::<sqlx::Postgres>(&mut *tx).await?;
+                bounded(self.timeout, tx.commit()).await
+            }
+            // MySQL commits every DDL statement: the lock is a connection's,
+            // one of the migration's own, which releases it when it closes
+            // (even if this future is dropped halfway).
+            #[cfg(feature = "mysql-store")]
+            Pool::MySql(pool) => {
+                self.check_mysql_charset(pool).await?;
+                let mut connection = bounded(self.timeout, pool.acquire()).await?.detach();
+                let server_bound = sqlx::query("SET SESSION lock_wait_timeout = ?")
+                    .bind(self.timeout.as_secs().max(1));
+                bounded(self.timeout, server_bound.execute(&mut connection)).await?;
+                // The server stops waiting after the timeout (and answers
+                // 0); the call's own bound leaves it the time to say so.
+                let lock = sqlx::query_scalar("SELECT GET_LOCK(?, ?)")
+                    .bind(derived_name(&self.sql.table, "migration"))
+                    .bind(self.timeout.as_secs().max(1));
+                let locked: Option<i64> =
+                    bounded(self.timeout * 2, lock.fetch_one(&mut connection)).await?;
+                let done = match locked {
+                    Some(1) => self.migration_steps::<sqlx::MySql>(&mut connection).await,
+                    _ => Err(Error::store(
+                        "another process's migration of the table held its lock past the timeout",
+                    )),
+                };
+                let _ = bounded(self.timeout, sqlx::Connection::close(connection)).await;
+                done
+            }
+            // One transaction, holding the database's write lock from the start.
+            #[cfg(feature = "sqlite-store")]
+            Pool::Sqlite(pool) => {
+                let mut tx = bounded(self.timeout, pool.begin_with("BEGIN IMMEDIATE")).await?;
+                self.migration_steps::<sqlx::Sqlite>(&mut *tx).await?;
+                bounded(self.timeout, tx.commit()).await
+            }
         }
-        // Irrefutable when MySQL is the only SQL feature built.
-        #[cfg(feature = "mysql-store")]
-        #[allow(irrefutable_let_patterns)]
-        if let Pool::MySql(pool) = &self.pool {
-            self.check_mysql_charset(pool).await?;
+    }
+
+    /// The migration, on a connection that holds the table's migration
+    /// lock: the table, then what a table made before owners lacks, then
+    /// the indexes (the owner's needs its column).
+    async fn migration_steps<DB>(&self, connection: &mut DB::Connection) -> Result<(), Error>
+    where
+        DB: sqlx::Database,
+        for<'c> &'c mut DB::Connection: sqlx::Executor<'c, Database = DB>,
+        for<'q> <DB as sqlx::Database>::Arguments<'q>: sqlx::IntoArguments<'q, DB>,
+        for<'q> &'q str: sqlx::Encode<'q, DB> + sqlx::Type<DB>,
+        for<'r> (i64,): sqlx::FromRow<'r, DB::Row>,
+    {
+        let mut statements = self.migration_sql().into_iter();
+        if let Some(create_table) = statements.next() {
+            let create_table = sqlx::query(&create_table).execute(&mut *connection);
+            bounded(self.timeout, create_table).await?;
+        }
+        for (count, add) in self.owner_upgrade_sql() {
+            let count = sqlx::query_scalar(count).bind(self.sql.table.as_str());
+            let present: i64 = bounded(self.timeout, count.fetch_one(&mut *connection)).await?;
+            if present == 0 {
+                bounded(self.timeout, sqlx::query(&add).execute(&mut *connection)).await?;
+            }
+        }
+        for statement in statements {
+            bounded(
+                self.timeout,
+                sqlx::query(&statement).execute(&mut *connection),
+            )
+            .await?;
         }
         Ok(())
+    }
+
+    /// What a table made before owners needs: each a query counting what
+    /// is there (the table's name bound) and the statement that adds it
+    /// when nothing is.
+    fn owner_upgrade_sql(&self) -> Vec<(&'static str, String)> {
+        let t = &self.sql.table;
+        match &self.pool {
+            // to_regclass finds the table as the statements do, by the
+            // search path.
+            #[cfg(feature = "postgres-store")]
+            Pool::Postgres(_) => vec![(
+                "SELECT COUNT(*) FROM pg_attribute \
+                 WHERE attrelid = to_regclass($1) AND attname = 'owner' AND NOT attisdropped",
+                format!("ALTER TABLE {t} ADD COLUMN owner {POSTGRES_OWNER_TYPE}"),
+            )],
+            // (MariaDB has ADD COLUMN and CREATE INDEX IF NOT EXISTS; MySQL 8
+            // has neither.) Two statements: a nullable column is added in
+            // place at once, where one ALTER adding the index too would
+            // copy the table.
+            #[cfg(feature = "mysql-store")]
+            Pool::MySql(_) => vec![
+                (
+                    "SELECT COUNT(*) FROM information_schema.COLUMNS \
+                     WHERE TABLE_SCHEMA = DATABASE() AND TABLE_NAME = ? AND COLUMN_NAME = 'owner'",
+                    format!("ALTER TABLE {t} ADD COLUMN {}", mysql_owner_column()),
+                ),
+                (
+                    "SELECT COUNT(*) FROM information_schema.STATISTICS \
+                     WHERE TABLE_SCHEMA = DATABASE() AND TABLE_NAME = ? AND COLUMN_NAME = 'owner' \
+                     AND SEQ_IN_INDEX = 1",
+                    format!(
+                        "ALTER TABLE {t} ADD INDEX {} (owner)",
+                        derived_name(t, "owner")
+                    ),
+                ),
+            ],
+            #[cfg(feature = "sqlite-store")]
+            Pool::Sqlite(_) => vec![(
+                "SELECT COUNT(*) FROM pragma_table_info(?) WHERE name = 'owner'",
+                format!("ALTER TABLE {t} ADD COLUMN owner TEXT"),
+            )],
+        }
     }
 
     #[cfg(feature = "mysql-store")]
@@ -546,17 +775,33 @@ impl SqlStore {
     }
 
     /// The statements [`migrate`](Self::migrate) runs, for your own
-    /// migration tool.
+    /// migration tool: they create the table and its indexes.
+    ///
+    /// A table made before owners needs the `owner` column first, which
+    /// `migrate` adds when it is missing; in a tool of your own, run once
+    /// before them (`sessions` being the table's name): on PostgreSQL
+    /// `ALTER TABLE sessions ADD COLUMN IF NOT EXISTS owner TEXT COLLATE
+    /// "C"`; on MySQL/MariaDB `ALTER TABLE sessions ADD COLUMN owner
+    /// VARCHAR(255) CHARACTER SET utf8mb4 COLLATE utf8mb4_bin NULL`, then
+    /// `ALTER TABLE sessions ADD INDEX sessions_owner (owner)`; on SQLite
+    /// `ALTER TABLE sessions ADD COLUMN owner TEXT`.
     pub fn migration_sql(&self) -> Vec<String> {
         let t = &self.sql.table;
+        let owner_index = derived_name(t, "owner");
         match &self.pool {
+            // The owner index leaves out sessions without one, so that
+            // their writes never touch it.
             #[cfg(feature = "postgres-store")]
             Pool::Postgres(_) => vec![
                 format!(
                     "CREATE TABLE IF NOT EXISTS {t} (id VARCHAR(43) COLLATE \"C\" PRIMARY KEY, data TEXT NOT NULL, \
-                     permanent BOOLEAN NOT NULL, created_at BIGINT NOT NULL, expires_at BIGINT NOT NULL)"
+                     permanent BOOLEAN NOT NULL, created_at BIGINT NOT NULL, expires_at BIGINT NOT NULL, \
+                     owner {POSTGRES_OWNER_TYPE})"
                 ),
                 format!("CREATE INDEX IF NOT EXISTS {t}_expires_at ON {t} (expires_at)"),
+                format!(
+                    "CREATE INDEX IF NOT EXISTS {owner_index} ON {t} (owner) WHERE owner IS NOT NULL"
+                ),
             ],
             // ascii_bin: ids are case-sensitive; the default collation is not.
             // utf8mb4 for the data whatever the database's default: latin1
@@ -566,32 +811,64 @@ impl SqlStore {
             Pool::MySql(_) => vec![format!(
                 "CREATE TABLE IF NOT EXISTS {t} (id VARCHAR(43) CHARACTER SET ascii COLLATE ascii_bin PRIMARY KEY, \
                  data LONGTEXT CHARACTER SET utf8mb4 NOT NULL, permanent BOOLEAN NOT NULL, created_at BIGINT NOT NULL, \
-                 expires_at BIGINT NOT NULL, INDEX {t}_expires_at (expires_at))"
+                 expires_at BIGINT NOT NULL, {}, INDEX {t}_expires_at (expires_at), INDEX {owner_index} (owner))",
+                mysql_owner_column()
             )],
             #[cfg(feature = "sqlite-store")]
             Pool::Sqlite(_) => vec![
                 format!(
                     "CREATE TABLE IF NOT EXISTS {t} (id TEXT PRIMARY KEY, data TEXT NOT NULL, \
-                     permanent INTEGER NOT NULL, created_at INTEGER NOT NULL, expires_at INTEGER NOT NULL)"
+                     permanent INTEGER NOT NULL, created_at INTEGER NOT NULL, expires_at INTEGER NOT NULL, \
+                     owner TEXT)"
                 ),
                 format!("CREATE INDEX IF NOT EXISTS {t}_expires_at ON {t} (expires_at)"),
+                format!(
+                    "CREATE INDEX IF NOT EXISTS {owner_index} ON {t} (owner) WHERE owner IS NOT NULL"
+                ),
             ],
         }
     }
 }
 
-/// PostgreSQL's change channel for `table`: `{table}_changes`, or, where
-/// that would pass PostgreSQL's 63-byte limit on names, `changes_` and 16
-/// hex digits of the name's SHA-256.
-fn channel_name(table: &str) -> String {
-    let name = format!("{table}_changes");
+/// PostgreSQL's owner column: compared byte for byte (`C`), as the id is.
+#[cfg(feature = "postgres-store")]
+const POSTGRES_OWNER_TYPE: &str = "TEXT COLLATE \"C\"";
+
+/// MySQL's owner column: `VARCHAR` short enough for an index in `utf8mb4`
+/// (four bytes a character), any owner text, and matched exactly
+/// (`utf8mb4_bin`: case and accents count; it is never read back, so
+/// sqlx's reading of `_bin` columns as bytes does not matter).
+#[cfg(feature = "mysql-store")]
+fn mysql_owner_column() -> String {
+    format!(
+        "owner VARCHAR({}) CHARACTER SET utf8mb4 COLLATE utf8mb4_bin NULL",
+        SqlStore::MAX_OWNER_CHARS
+    )
+}
+
+/// A name for something of `table`'s (`what`: `changes`, its PostgreSQL
+/// change channel; `owner`, its owner index): `{table}_{what}`, or, where
+/// that would pass PostgreSQL's 63-byte limit on names (which would cut it
+/// short, maybe to a name already taken), `{what}_` and 16 hex digits of
+/// the table name's SHA-256.
+fn derived_name(table: &str, what: &str) -> String {
+    let name = format!("{table}_{what}");
     if name.len() <= 63 {
         return name;
     }
     use sha2::Digest;
     let digest = sha2::Sha256::digest(table.as_bytes());
     let hex: String = digest[..8].iter().map(|b| format!("{b:02x}")).collect();
-    format!("changes_{hex}")
+    format!("{what}_{hex}")
+}
+
+/// PostgreSQL's advisory lock for migrating `table`: 64 bits of a SHA-256
+/// naming the crate and the table.
+#[cfg(feature = "postgres-store")]
+fn migration_lock_key(table: &str) -> i64 {
+    use sha2::Digest;
+    let digest = sha2::Sha256::digest(format!("session-layer migration of {table}"));
+    i64::from_be_bytes(digest[..8].try_into().expect("8 bytes"))
 }
 
 /// PostgreSQL's change channel.
@@ -748,6 +1025,7 @@ impl SqlStore {
     /// the database): SQLite's save, and the others' when their one
     /// statement cannot take the row (an older row on PostgreSQL, a
     /// document MariaDB's JSON functions refuse).
+    /// `owner`: the owner column's change ([`Sql::owner_change`]);
     /// `notice`: the channel and message to notify in the transaction when
     /// it applied (PostgreSQL).
     async fn apply_in_transaction<DB>(
@@ -755,6 +1033,7 @@ impl SqlStore {
         pool: &sqlx::Pool<DB>,
         id: &SessionId,
         changes: &Changes,
+        owner: Option<Option<&str>>,
         notice: Option<(String, String)>,
     ) -> Result<bool, Error>
     where
@@ -765,11 +1044,12 @@ impl SqlStore {
         for<'q> String: sqlx::Encode<'q, DB> + sqlx::Type<DB>,
         for<'q> i64: sqlx::Encode<'q, DB> + sqlx::Type<DB>,
         for<'q> bool: sqlx::Encode<'q, DB> + sqlx::Type<DB>,
+        for<'q> Option<String>: sqlx::Encode<'q, DB> + sqlx::Type<DB>,
         for<'r> (String, bool): sqlx::FromRow<'r, DB::Row>,
     {
         bounded(self.timeout, async {
             let mut tx = pool.begin_with(self.sql.begin).await?;
-            let applied = read_modify_write!(tx, self.sql, id, changes);
+            let applied = read_modify_write!(tx, self.sql, id, changes, owner);
             if let (true, Some((channel, message))) = (applied, notice) {
                 sqlx::query("SELECT pg_notify($1, $2)::text")
                     .bind(channel)
@@ -789,6 +1069,7 @@ impl SqlStore {
         pool: &sqlx::PgPool,
         id: &SessionId,
         changes: &Changes,
+        owner: Option<Option<&str>>,
     ) -> Result<bool, Error> {
         let escape = |key: &String| {
             if self.sql.nul_free && key.contains(['\0', '\u{10FFFF}']) {
@@ -814,7 +1095,9 @@ impl SqlStore {
             .bind(to_i64(changes.now))
             .bind(nul_free::MARKER)
             .bind(&self.sql.channel)
-            .bind(self.notice(id));
+            .bind(self.notice(id))
+            .bind(owner.is_some())
+            .bind(owner.flatten());
         let notice = Some((self.sql.channel.clone(), self.notice(id)));
         match tokio::time::timeout(self.timeout, statement.fetch_optional(pool)).await {
             Ok(Ok(Some(_))) => Ok(true),
@@ -822,7 +1105,7 @@ impl SqlStore {
             // a raw U+0000 `json` refuses): the transaction tells which,
             // and rewrites such a row in the current form.
             Ok(Ok(None) | Err(sqlx::Error::Database(_))) => {
-                self.apply_in_transaction(pool, id, changes, notice).await
+                (self.apply_in_transaction(pool, id, changes, owner, notice)).await
             }
             Ok(Err(error)) => Err(Error::store(error)),
             Err(elapsed) => Err(Error::store(elapsed)),
@@ -835,8 +1118,9 @@ impl SqlStore {
         pool: &sqlx::MySqlPool,
         id: &SessionId,
         changes: &Changes,
+        owner: Option<Option<&str>>,
     ) -> Result<bool, Error> {
-        let statement = mysql_apply_sql(&self.sql.table, changes);
+        let statement = mysql_apply_sql(&self.sql.table, changes, owner.is_some());
         let mut query = sqlx::query(&statement);
         for key in &changes.removed {
             query = query.bind(json_path(key));
@@ -844,18 +1128,20 @@ impl SqlStore {
         for (key, value) in &changes.set {
             query = query.bind(json_path(key)).bind(value.to_string());
         }
-        let query = query
+        query = query
             .bind(changes.permanent)
-            .bind(to_i64(changes.expires_at))
-            .bind(id.as_str())
-            .bind(to_i64(changes.now));
+            .bind(to_i64(changes.expires_at));
+        if let Some(owner) = owner {
+            query = query.bind(owner);
+        }
+        let query = query.bind(id.as_str()).bind(to_i64(changes.now));
         match tokio::time::timeout(self.timeout, query.execute(pool)).await {
             Ok(Ok(done)) => Ok(done.rows_affected() == 1),
             // The server refused the JSON functions on this document (say
             // MariaDB's limit of 32 nested levels): a transaction does the
             // merge here instead, so valid data never fails to save.
             Ok(Err(sqlx::Error::Database(_))) => {
-                self.apply_in_transaction(pool, id, changes, None).await
+                (self.apply_in_transaction(pool, id, changes, owner, None)).await
             }
             Ok(Err(error)) => Err(Error::store(error)),
             Err(elapsed) => Err(Error::store(elapsed)),
@@ -865,9 +1151,10 @@ impl SqlStore {
 
 /// MySQL/MariaDB's save as one statement: `JSON_REMOVE` and `JSON_SET` on
 /// the row's document (or `{}` when the request cleared it), with a path
-/// and, for a set, a JSON value bound per key.
+/// and, for a set, a JSON value bound per key; and the owner column, bound
+/// too, when `owner` says the changes set or remove the owner.
 #[cfg(feature = "mysql-store")]
-fn mysql_apply_sql(table: &str, changes: &Changes) -> String {
+fn mysql_apply_sql(table: &str, changes: &Changes, owner: bool) -> String {
     let mut document = if changes.cleared { "'{}'" } else { "data" }.to_owned();
     if !changes.removed.is_empty() {
         document = format!(
@@ -879,9 +1166,10 @@ fn mysql_apply_sql(table: &str, changes: &Changes) -> String {
         let pairs = ", ?, JSON_EXTRACT(?, '$')".repeat(changes.set.len());
         document = format!("JSON_SET({document}{pairs})");
     }
+    let owner = if owner { ", owner = ?" } else { "" };
     format!(
         "UPDATE {table} SET data = {document}, permanent = COALESCE(?, permanent), \
-         expires_at = ? WHERE id = ? AND expires_at > ?"
+         expires_at = ?{owner} WHERE id = ? AND expires_at > ?"
     )
 }
 
@@ -915,6 +1203,10 @@ impl SessionStore for SqlStore {
 
     async fn create(&self, id: &SessionId, record: &Record) -> Result<bool, Error> {
         let data = self.sql.write_data(&record.data);
+        let owner = (record.owner())
+            .map(|owner| self.sql.owner_written(owner))
+            .transpose()?;
+        let owner = owner.as_deref();
         match &self.pool {
             // One statement: inserted, or an expired row replaced.
             #[cfg(feature = "postgres-store")]
@@ -925,6 +1217,7 @@ impl SessionStore for SqlStore {
                     .bind(record.permanent)
                     .bind(to_i64(record.created_at))
                     .bind(to_i64(record.expires_at))
+                    .bind(owner)
                     .bind(&self.sql.channel)
                     .bind(self.notice(id));
                 Ok(bounded(self.timeout, upsert.fetch_optional(pool))
@@ -932,23 +1225,26 @@ impl SessionStore for SqlStore {
                     .is_some())
             }
             #[cfg(feature = "mysql-store")]
-            Pool::MySql(pool) => insert_unless_live!(self, pool, id, record, data),
+            Pool::MySql(pool) => insert_unless_live!(self, pool, id, record, data, owner),
             #[cfg(feature = "sqlite-store")]
-            Pool::Sqlite(pool) => insert_unless_live!(self, pool, id, record, data),
+            Pool::Sqlite(pool) => insert_unless_live!(self, pool, id, record, data, owner),
         }
     }
 
     /// One statement on PostgreSQL and MySQL/MariaDB (one round trip, per
     /// key atomic under the row lock the statement takes); a transaction on
-    /// SQLite, in process.
+    /// SQLite, in process. The owner column changes in the same write,
+    /// when the changes set or remove the owner.
     async fn apply(&self, id: &SessionId, changes: &Changes) -> Result<bool, Error> {
+        let owner = self.sql.owner_change(changes)?;
+        let owner = owner.as_ref().map(Option::as_deref);
         match &self.pool {
             #[cfg(feature = "postgres-store")]
-            Pool::Postgres(pool) => self.apply_postgres(pool, id, changes).await,
+            Pool::Postgres(pool) => self.apply_postgres(pool, id, changes, owner).await,
             #[cfg(feature = "mysql-store")]
-            Pool::MySql(pool) => self.apply_mysql(pool, id, changes).await,
+            Pool::MySql(pool) => self.apply_mysql(pool, id, changes, owner).await,
             #[cfg(feature = "sqlite-store")]
-            Pool::Sqlite(pool) => self.apply_in_transaction(pool, id, changes, None).await,
+            Pool::Sqlite(pool) => (self.apply_in_transaction(pool, id, changes, owner, None)).await,
         }
     }
 
@@ -1007,13 +1303,34 @@ impl SessionStore for SqlStore {
         });
         Ok(done)
     }
+
+    /// One `SELECT` by the owner column's index. The records have the last
+    /// word: MySQL compares strings padded with spaces (`'a' = 'a '`), so
+    /// a row whose record names another owner is left out.
+    async fn owned(&self, owner: &str, now: u64) -> Result<Vec<(SessionId, Record)>, Error> {
+        let text = self.sql.owner_text(owner);
+        let rows: Vec<(String, String, bool, i64, i64)> = by_backend!(self, pool => {
+            let query = sqlx::query_as(&self.sql.owned).bind(&*text).bind(to_i64(now));
+            bounded(self.timeout, query.fetch_all(pool)).await?
+        });
+        let mut owned = Vec::with_capacity(rows.len());
+        for (id, data, permanent, created_at, expires_at) in rows {
+            let id = SessionId::parse(&id)
+                .ok_or_else(|| Error::store("a row's id is not a session id"))?;
+            let record = self.sql.record((data, permanent, created_at, expires_at))?;
+            if record.owner() == Some(owner) {
+                owned.push((id, record));
+            }
+        }
+        Ok(owned)
+    }
 }
 
 /// MySQL's and SQLite's create: an expired row with the id no longer counts
 /// as taken, then an insert that a live row refuses.
 #[cfg(any(feature = "mysql-store", feature = "sqlite-store"))]
 macro_rules! insert_unless_live {
-    ($store:ident, $pool:ident, $id:expr, $record:expr, $data:expr) => {{
+    ($store:ident, $pool:ident, $id:expr, $record:expr, $data:expr, $owner:expr) => {{
         let clear = sqlx::query(&$store.sql.clear_expired_id)
             .bind($id.as_str())
             .bind(to_i64($record.created_at));
@@ -1023,7 +1340,8 @@ macro_rules! insert_unless_live {
             .bind(&$data)
             .bind($record.permanent)
             .bind(to_i64($record.created_at))
-            .bind(to_i64($record.expires_at));
+            .bind(to_i64($record.expires_at))
+            .bind($owner);
         match tokio::time::timeout($store.timeout, insert.execute($pool)).await {
             Ok(Ok(_)) => Ok(true),
             Ok(Err(e)) if is_unique_violation(&e) => Ok(false),
@@ -1061,9 +1379,10 @@ macro_rules! take_in_transaction {
 use take_in_transaction;
 
 /// Inside a transaction that holds the row (`SELECT ... FOR UPDATE`) or the
-/// database (SQLite's `BEGIN IMMEDIATE`): read, apply, write.
+/// database (SQLite's `BEGIN IMMEDIATE`): read, apply, write (the owner
+/// column too when `$owner`, the column's change, says so).
 macro_rules! read_modify_write {
-    ($tx:ident, $sql:expr, $id:expr, $changes:expr) => {{
+    ($tx:ident, $sql:expr, $id:expr, $changes:expr, $owner:expr) => {{
         let row: Option<(String, bool)> = sqlx::query_as(&$sql.lock)
             .bind($id.as_str())
             .bind(to_i64($changes.now))
@@ -1077,16 +1396,107 @@ macro_rules! read_modify_write {
                     .map_err(|e| sqlx::Error::Decode(Box::new(e)))?;
                 let mut record = Record::new(data, permanent, 0, 0);
                 $changes.apply_to(&mut record);
-                sqlx::query(&$sql.update)
+                let owner: Option<Option<&str>> = $owner;
+                let update = if owner.is_some() {
+                    &$sql.update_owner
+                } else {
+                    &$sql.update
+                };
+                let mut update = sqlx::query(update)
                     .bind($sql.write_data(&record.data))
                     .bind(record.permanent)
-                    .bind(to_i64(record.expires_at))
-                    .bind($id.as_str())
-                    .execute(&mut *$tx)
-                    .await?;
+                    .bind(to_i64(record.expires_at));
+                if let Some(owner) = owner {
+                    update = update.bind(owner.map(str::to_owned));
+                }
+                update.bind($id.as_str()).execute(&mut *$tx).await?;
                 true
             }
         }
     }};
 }
 use read_modify_write;
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+    use crate::error::ErrorKind;
+    use crate::store::OWNER_KEY;
+
+    fn setting_owner(owner: &str) -> Changes {
+        Changes {
+            set: vec![(OWNER_KEY.into(), json!(owner))],
+            ..Changes::expiry(1, 2)
+        }
+    }
+
+    #[test]
+    fn owners_over_the_limit_are_refused_not_cut_short() {
+        let sql = Sql::new("sessions", Dialect::MySql);
+        // Characters, not bytes: 255 two-byte characters fit.
+        let longest = "ü".repeat(SqlStore::MAX_OWNER_CHARS);
+        assert_eq!(sql.owner_written(&longest).unwrap(), longest);
+        let too_long = "a".repeat(SqlStore::MAX_OWNER_CHARS + 1);
+        let refused = sql.owner_change(&setting_owner(&too_long)).unwrap_err();
+        assert_eq!(refused.kind(), ErrorKind::Store);
+        let cause = std::error::Error::source(&refused).unwrap().to_string();
+        assert!(cause.contains("up to 255 characters"), "{cause}");
+        // Removing an owner, however long the old one was, is no write of one.
+        let removed = Changes {
+            removed: vec![OWNER_KEY.into()],
+            ..Changes::expiry(1, 2)
+        };
+        assert_eq!(sql.owner_change(&removed).unwrap(), Some(None));
+    }
+
+    #[test]
+    fn postgres_owner_text_holds_no_nul_and_keeps_owners_apart() {
+        let postgres = Sql::new("sessions", Dialect::Postgres);
+        let nul = postgres.owner_text("a\0b");
+        assert!(!nul.contains('\0'), "PostgreSQL's text refuses U+0000");
+        assert_ne!(
+            nul,
+            postgres.owner_text("a\u{10FFFF}0b"),
+            "nor do two owners meet"
+        );
+        assert_eq!(postgres.owner_text("ann"), "ann");
+        for dialect in [Dialect::MySql, Dialect::Sqlite] {
+            assert_eq!(Sql::new("sessions", dialect).owner_text("a\0b"), "a\0b");
+        }
+    }
+
+    /// A save that leaves the owner names no owner column, so that it costs
+    /// what it did before owners.
+    #[cfg(feature = "mysql-store")]
+    #[test]
+    fn mysql_saves_name_the_owner_column_only_when_the_owner_changes() {
+        let other = Changes {
+            set: vec![("cart".into(), json!(3))],
+            ..Changes::expiry(1, 2)
+        };
+        assert_eq!(other.owner_change(), None);
+        assert!(!mysql_apply_sql("sessions", &other, false).contains("owner"));
+        let moved = setting_owner("ann");
+        let statement = mysql_apply_sql("sessions", &moved, true);
+        assert!(statement.contains(", owner = ? WHERE"), "{statement}");
+    }
+
+    #[test]
+    fn derived_names_stay_within_63_bytes_and_apart() {
+        assert_eq!(derived_name("sessions", "owner"), "sessions_owner");
+        let long = "t".repeat(63);
+        let names = [
+            derived_name(&long, "owner"),
+            derived_name(&long, "changes"),
+            derived_name(&"t".repeat(62), "owner"),
+        ];
+        for name in &names {
+            assert!(name.len() <= 63, "{name}");
+            assert_ne!(*name, long, "an index never takes the table's name");
+        }
+        assert_ne!(names[0], names[1]);
+        assert_ne!(names[0], names[2]);
+    }
+}
