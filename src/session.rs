@@ -350,7 +350,7 @@ impl Session {
     /// "sign out everywhere" after a password change).
     ///
     /// The owner is a session value like any other, under
-    /// [`OWNER_KEY`](crate::store::OWNER_KEY) (it shows in
+    /// [`OWNER_KEY`] (it shows in
     /// [`keys`](Self::keys)); [`clear`](Self::clear) and
     /// [`flush`](Self::flush) remove it with the rest, and the store's
     /// index with it. Client-side sessions carry it in the cookie, where
@@ -374,7 +374,7 @@ impl Session {
     /// the user agent, where it signed in), returned with it by
     /// [`Sessions::of`](crate::Sessions::of). Kept small: at most
     /// [`MAX_OWNER_META`] bytes of JSON. Stored under
-    /// [`OWNER_META_KEY`](crate::store::OWNER_META_KEY).
+    /// [`OWNER_META_KEY`].
     ///
     /// # Errors
     /// [`ErrorKind::Serialize`] when `meta` is not JSON or is larger than
