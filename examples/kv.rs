@@ -319,7 +319,8 @@ fn file_store(_: &str) -> Result<MemoryStore, String> {
     feature = "postgres-store",
     feature = "mysql-store",
     feature = "sqlite-store",
-    feature = "memcached-store"
+    feature = "memcached-store",
+    feature = "mongodb-store"
 ))]
 fn cache_wanted() -> Result<bool, String> {
     match std::env::var("SESSION_CACHE").as_deref() {
@@ -367,7 +368,8 @@ async fn coherent<S: session_layer::store::SessionStore>(
     feature = "postgres-store",
     feature = "mysql-store",
     feature = "sqlite-store",
-    feature = "memcached-store"
+    feature = "memcached-store",
+    feature = "mongodb-store"
 ))]
 fn time_bounded<S: session_layer::store::SessionStore>(
     layer: SessionLayer,
