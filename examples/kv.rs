@@ -251,11 +251,13 @@ async fn network_store(layer: SessionLayer, spec: &str) -> Result<SessionLayer, 
             // The example creates its table; a real app runs this in its
             // own migrations.
             store.migrate().await.map_err(failed)?;
+            // Only PostgreSQL reports changes (a coherent cache); a build
+            // without postgres-store has no `coherent` for SqlStore.
+            #[cfg(feature = "postgres-store")]
             if scheme.starts_with("postgres") {
-                coherent(layer, store).await
-            } else {
-                time_bounded(layer, store)
+                return coherent(layer, store).await;
             }
+            time_bounded(layer, store)
         }
         #[cfg(feature = "memcached-store")]
         "memcache" | "memcached" => {
