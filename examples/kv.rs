@@ -225,12 +225,7 @@ fn transport() -> Result<Transport, String> {
 /// A store on a server, by URL; each kind needs its cargo feature.
 async fn network_store(layer: SessionLayer, spec: &str) -> Result<SessionLayer, String> {
     let scheme = spec.split(':').next().unwrap_or("");
-    let failed = |e: session_layer::Error| {
-        format!(
-            "SESSION_STORE={spec}: {e} ({:?})",
-            std::error::Error::source(&e)
-        )
-    };
+    let failed = |e: session_layer::Error| format!("SESSION_STORE={spec}: {}", with_cause(&e));
     match scheme {
         #[cfg(feature = "redis-store")]
         "redis" | "rediss" => {
@@ -307,7 +302,7 @@ async fn network_store(layer: SessionLayer, spec: &str) -> Result<SessionLayer, 
 #[cfg(feature = "file-store")]
 fn file_store(path: &str) -> Result<session_layer::store::FileStore, String> {
     session_layer::store::FileStore::new(path)
-        .map_err(|e| format!("SESSION_STORE=file:{path}: {e}"))
+        .map_err(|e| format!("SESSION_STORE=file:{path}: {}", with_cause(&e)))
 }
 
 #[cfg(not(feature = "file-store"))]
@@ -345,7 +340,7 @@ async fn coherent<S: session_layer::store::Notifying>(
     if !cache_wanted()? {
         return Ok(layer.with_store(store));
     }
-    let cache = session_layer::store::CachingStore::coherent(store).map_err(|e| e.to_string())?;
+    let cache = session_layer::store::CachingStore::coherent(store).map_err(|e| with_cause(&e))?;
     // Serve once the cache hears of changes (it reads through until then).
     if !cache.wait_caching(std::time::Duration::from_secs(5)).await {
         eprintln!("warning: the session cache is not listening for changes yet; reading through");
@@ -388,6 +383,16 @@ fn time_bounded<S: session_layer::store::SessionStore>(
         layer
     };
     Ok(layer)
+}
+
+/// An error and its cause: `Error`'s text says what failed (a store
+/// call), its `source()` why (the server refused the connection, the
+/// directory cannot be written).
+fn with_cause(error: &session_layer::Error) -> String {
+    match std::error::Error::source(error) {
+        Some(cause) => format!("{error}: {cause}"),
+        None => error.to_string(),
+    }
 }
 
 /// The key from `SESSION_SECRET`, or a random one with a warning.
