@@ -204,8 +204,10 @@ async fn router() -> Result<Router, String> {
         }
         Ok(spec) => network_store(layer, spec).await?,
     };
+    let layer = layer.secure(secure).transport(transport()?);
+    // From the finished layer: `Sessions` keeps the settings it has now.
     let sessions = layer.sessions();
-    Ok(app(layer.secure(secure).transport(transport()?), sessions))
+    Ok(app(layer, sessions))
 }
 
 /// `SESSION_TRANSPORT`: where the token travels.

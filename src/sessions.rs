@@ -17,7 +17,8 @@ use crate::store::{OWNER_META_KEY, Record, SessionId, SessionStore};
 /// "your devices" page, an admin tool, or after a password change.
 ///
 /// Get it from [`SessionLayer::sessions`](crate::SessionLayer::sessions)
-/// and hand it to handlers as state; clones share the store.
+/// once the layer is configured (it keeps the layer's settings as they
+/// are then) and hand it to handlers as state; clones share the store.
 ///
 /// ```
 /// # #[cfg(all(feature = "axum", feature = "memory-store"))]
