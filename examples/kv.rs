@@ -204,8 +204,10 @@ async fn router() -> Result<Router, String> {
         }
         Ok(spec) => network_store(layer, spec).await?,
     };
+    let layer = layer.secure(secure).transport(transport()?);
+    // From the finished layer: `Sessions` keeps the settings it has now.
     let sessions = layer.sessions();
-    Ok(app(layer.secure(secure).transport(transport()?), sessions))
+    Ok(app(layer, sessions))
 }
 
 /// `SESSION_TRANSPORT`: where the token travels.
@@ -225,12 +227,7 @@ fn transport() -> Result<Transport, String> {
 /// A store on a server, by URL; each kind needs its cargo feature.
 async fn network_store(layer: SessionLayer, spec: &str) -> Result<SessionLayer, String> {
     let scheme = spec.split(':').next().unwrap_or("");
-    let failed = |e: session_layer::Error| {
-        format!(
-            "SESSION_STORE={spec}: {e} ({:?})",
-            std::error::Error::source(&e)
-        )
-    };
+    let failed = |e: session_layer::Error| format!("SESSION_STORE={spec}: {}", with_cause(&e));
     match scheme {
         #[cfg(feature = "redis-store")]
         "redis" | "rediss" => {
@@ -251,11 +248,13 @@ async fn network_store(layer: SessionLayer, spec: &str) -> Result<SessionLayer, 
             // The example creates its table; a real app runs this in its
             // own migrations.
             store.migrate().await.map_err(failed)?;
+            // Only PostgreSQL reports changes (a coherent cache); a build
+            // without postgres-store has no `coherent` for SqlStore.
+            #[cfg(feature = "postgres-store")]
             if scheme.starts_with("postgres") {
-                coherent(layer, store).await
-            } else {
-                time_bounded(layer, store)
+                return coherent(layer, store).await;
             }
+            time_bounded(layer, store)
         }
         #[cfg(feature = "memcached-store")]
         "memcache" | "memcached" => {
@@ -305,7 +304,7 @@ async fn network_store(layer: SessionLayer, spec: &str) -> Result<SessionLayer, 
 #[cfg(feature = "file-store")]
 fn file_store(path: &str) -> Result<session_layer::store::FileStore, String> {
     session_layer::store::FileStore::new(path)
-        .map_err(|e| format!("SESSION_STORE=file:{path}: {e}"))
+        .map_err(|e| format!("SESSION_STORE=file:{path}: {}", with_cause(&e)))
 }
 
 #[cfg(not(feature = "file-store"))]
@@ -319,7 +318,8 @@ fn file_store(_: &str) -> Result<MemoryStore, String> {
     feature = "postgres-store",
     feature = "mysql-store",
     feature = "sqlite-store",
-    feature = "memcached-store"
+    feature = "memcached-store",
+    feature = "mongodb-store"
 ))]
 fn cache_wanted() -> Result<bool, String> {
     match std::env::var("SESSION_CACHE").as_deref() {
@@ -342,7 +342,7 @@ async fn coherent<S: session_layer::store::Notifying>(
     if !cache_wanted()? {
         return Ok(layer.with_store(store));
     }
-    let cache = session_layer::store::CachingStore::coherent(store).map_err(|e| e.to_string())?;
+    let cache = session_layer::store::CachingStore::coherent(store).map_err(|e| with_cause(&e))?;
     // Serve once the cache hears of changes (it reads through until then).
     if !cache.wait_caching(std::time::Duration::from_secs(5)).await {
         eprintln!("warning: the session cache is not listening for changes yet; reading through");
@@ -367,7 +367,8 @@ async fn coherent<S: session_layer::store::SessionStore>(
     feature = "postgres-store",
     feature = "mysql-store",
     feature = "sqlite-store",
-    feature = "memcached-store"
+    feature = "memcached-store",
+    feature = "mongodb-store"
 ))]
 fn time_bounded<S: session_layer::store::SessionStore>(
     layer: SessionLayer,
@@ -384,6 +385,16 @@ fn time_bounded<S: session_layer::store::SessionStore>(
         layer
     };
     Ok(layer)
+}
+
+/// An error and its cause: `Error`'s text says what failed (a store
+/// call), its `source()` why (the server refused the connection, the
+/// directory cannot be written).
+fn with_cause(error: &session_layer::Error) -> String {
+    match std::error::Error::source(error) {
+        Some(cause) => format!("{error}: {cause}"),
+        None => error.to_string(),
+    }
 }
 
 /// The key from `SESSION_SECRET`, or a random one with a warning.

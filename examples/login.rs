@@ -240,6 +240,13 @@ fn layer() -> Result<SessionLayer, String> {
                 session_layer::store::FileStore::new(&spec[5..]).map_err(|e| with_cause(&e))?;
             layer.with_store(store)
         }
+        #[cfg(not(feature = "file-store"))]
+        Ok(spec) if spec.starts_with("file:") => {
+            return Err(format!(
+                "SESSION_STORE={spec:?} needs the file-store feature: \
+                 cargo run --features file-store --example login"
+            ));
+        }
         Ok(other) => return Err(format!("SESSION_STORE={other:?}: use memory or file:PATH")),
     })
 }

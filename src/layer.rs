@@ -162,6 +162,13 @@ impl<H> SessionLayer<H, Keyed> {
     /// ([`Session::handle`](crate::Session::handle)); `None` until
     /// [`with_store`](Self::with_store) (client-side sessions cannot be
     /// ended one by one: see `not_before`).
+    ///
+    /// Call it on the finished layer: the `Sessions` keeps the settings the
+    /// layer has now (store, keys, cookie name, timeouts, clock) and does
+    /// not see later ones. Taken before
+    /// [`cookie_name`](Self::cookie_name), its handles are not the
+    /// sessions' own: `end_of` ends nothing, and `end_all_except` ends
+    /// the current session too.
     pub fn sessions(&self) -> Option<crate::Sessions> {
         match &self.shared.backend {
             Backend::Store(backend) => Some(crate::Sessions::new(

@@ -17,7 +17,8 @@ use crate::store::{OWNER_META_KEY, Record, SessionId, SessionStore};
 /// "your devices" page, an admin tool, or after a password change.
 ///
 /// Get it from [`SessionLayer::sessions`](crate::SessionLayer::sessions)
-/// and hand it to handlers as state; clones share the store.
+/// once the layer is configured (it keeps the layer's settings as they
+/// are then) and hand it to handlers as state; clones share the store.
 ///
 /// ```
 /// # #[cfg(all(feature = "axum", feature = "memory-store"))]
@@ -93,8 +94,10 @@ impl Sessions {
 
     /// The live sessions of `owner` ([`Session::set_owner`](crate::Session::set_owner)),
     /// most recently used first: what a "your devices" page shows. The
-    /// store reads them from its owner index in one query (SQL) or a few
-    /// round trips (Redis: one, plus one per session).
+    /// store reads them from its owner index: one round trip on SQL,
+    /// MongoDB and a single Redis server (one script), two rounds on a
+    /// Redis Cluster (the index, then the records); docs/stores.md gives
+    /// each store's cost.
     ///
     /// # Errors
     /// The store's; [`ErrorKind::Unsupported`](crate::ErrorKind::Unsupported)
@@ -135,7 +138,8 @@ impl Sessions {
     /// how many live ones ended. It lists again after ending what it found,
     /// until a listing finds nothing more (a login of the owner's in flight
     /// meanwhile is caught if it lands by then): one listing when there
-    /// was nothing to end, two otherwise.
+    /// was nothing to end, usually two otherwise, and never more than
+    /// three.
     ///
     /// # Errors
     /// The store's, as for [`of`](Self::of); sessions ended before the
@@ -147,6 +151,11 @@ impl Sessions {
     /// Ends every session of `owner` but the one `keep` names (the
     /// current one's [`handle`](crate::Session::handle)): "sign out
     /// everywhere else", after a password change. Returns how many ended.
+    ///
+    /// `keep` must be a handle of this layer's: a string that is not one
+    /// (empty, mistyped, made under a key no longer in the keyring) keeps
+    /// nothing, and every session of `owner` ends, the current one
+    /// included.
     ///
     /// # Errors
     /// As [`end_all`](Self::end_all).

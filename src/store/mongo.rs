@@ -37,6 +37,7 @@ const DEFAULT_DATABASE: &str = "session_layer";
 ///   data: { "k<key>": "<the value's JSON>", ... },
 ///   permanent: false, created_at: <secs>, expires_at: <secs>,
 ///   expires: ISODate(...),          // the TTL index's field
+///   v: <n>,                         // write count: a rewrite of data checks it
 ///   owner: "<owner>" }              // when the session has one
 /// ```
 ///
