@@ -123,7 +123,7 @@ async fn end(State(sessions): State<Option<Sessions>>, Path(handle): Path<String
 }
 
 async fn set_owner(session: Session, JsonBody(owner): JsonBody<String>) -> Reply {
-    session.set_owner(owner);
+    session.set_owner(owner)?;
     Ok(Json(session.to_map()))
 }
 

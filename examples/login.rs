@@ -153,7 +153,7 @@ async fn login(
     session.cycle_id();
     session.insert("user", form.user.trim())?;
     // Whose session this is, and what the sessions page shows of it.
-    session.set_owner(form.user.trim());
+    session.set_owner(form.user.trim())?;
     let browser = (headers.get(USER_AGENT))
         .and_then(|agent| agent.to_str().ok())
         .map_or("unknown browser", browser_name);

@@ -106,7 +106,7 @@ pub use future::ResponseFuture;
 pub use key::{Key, Keyring, MIN_KEY_LEN};
 pub use layer::{Flask, Keyed, SessionLayer};
 pub use service::SessionService;
-pub use session::{MAX_OWNER_META, Session};
+pub use session::{MAX_OWNER_CHARS, MAX_OWNER_META, Session};
 pub use sessions::{SessionInfo, Sessions};
 
 /// The Rust blocks of the README and the guides, compiled (and run where

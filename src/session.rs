@@ -355,8 +355,22 @@ impl Session {
     /// [`flush`](Self::flush) remove it with the rest, and the store's
     /// index with it. Client-side sessions carry it in the cookie, where
     /// the `not_before` hook can read it ([`owner_of`](Self::owner_of)).
-    pub fn set_owner(&self, owner: impl Into<String>) {
-        self.insert_value(OWNER_KEY, Value::String(owner.into()));
+    ///
+    /// # Errors
+    /// [`ErrorKind::Serialize`] when `owner` is longer than
+    /// [`MAX_OWNER_CHARS`] characters (every store takes that much, so a
+    /// login that works on one works on all); the session is unchanged
+    /// then.
+    pub fn set_owner(&self, owner: impl Into<String>) -> Result<(), Error> {
+        let owner = owner.into();
+        if owner.chars().count() > MAX_OWNER_CHARS {
+            return Err(Error::with_message(
+                ErrorKind::Serialize,
+                "the session's owner is over MAX_OWNER_CHARS characters",
+            ));
+        }
+        self.insert_value(OWNER_KEY, Value::String(owner));
+        Ok(())
     }
 
     /// Whose session this is, as [`set_owner`](Self::set_owner) recorded.
@@ -462,6 +476,10 @@ impl Session {
     }
 }
 
+/// The longest owner [`Session::set_owner`] takes, in characters: what
+/// every store indexes (SQL's owner column is this wide).
+pub const MAX_OWNER_CHARS: usize = 255;
+
 /// The most JSON [`Session::set_owner_meta`] keeps, in bytes: a listing of
 /// a user's sessions reads it for each of them.
 pub const MAX_OWNER_META: usize = 1024;
@@ -512,6 +530,31 @@ mod tests {
 
     fn session() -> Session {
         Session::from_state(State::default())
+    }
+
+    #[test]
+    fn owners_and_their_metadata_are_bounded_the_same_on_every_store() {
+        let s = session();
+        let longest = "ü".repeat(MAX_OWNER_CHARS);
+        s.set_owner(longest.clone()).unwrap();
+        assert_eq!(s.owner(), Some(longest));
+        let error = s.set_owner("x".repeat(MAX_OWNER_CHARS + 1)).unwrap_err();
+        assert_eq!(error.kind(), ErrorKind::Serialize);
+        assert_eq!(
+            s.owner().map(|o| o.chars().count()),
+            Some(MAX_OWNER_CHARS),
+            "unchanged"
+        );
+        s.set_owner_meta(json!({"browser": "x".repeat(1000)}))
+            .unwrap();
+        let error = s
+            .set_owner_meta(json!({"browser": "x".repeat(MAX_OWNER_META)}))
+            .unwrap_err();
+        assert_eq!(error.kind(), ErrorKind::Serialize);
+        assert_eq!(
+            Session::owner_of(&s.to_map()).map(str::len),
+            Some(2 * MAX_OWNER_CHARS)
+        );
     }
 
     #[test]

@@ -35,7 +35,7 @@ fn app(layer: SessionLayer) -> (Router, Sessions) {
                 |session: Session, Path((user, device)): Path<(String, String)>| async move {
                     session.cycle_id();
                     session.insert("user", &user).unwrap();
-                    session.set_owner(user);
+                    session.set_owner(user).unwrap();
                     session
                         .set_owner_meta(serde_json::json!({ "device": device }))
                         .unwrap();
@@ -369,7 +369,7 @@ async fn client_side_sign_out_everywhere_is_a_per_owner_not_before_time() {
             "/login/{user}",
             post(|session: Session, Path(user): Path<String>| async move {
                 session.insert("user", &user).unwrap();
-                session.set_owner(user);
+                session.set_owner(user).unwrap();
             }),
         )
         .route(

@@ -499,7 +499,7 @@ impl SqlStore {
     /// A write that would store a longer owner fails with
     /// [`ErrorKind::Store`](crate::ErrorKind::Store) and changes nothing:
     /// an owner is never cut short, which could make two owners one.
-    pub const MAX_OWNER_CHARS: usize = 255;
+    pub const MAX_OWNER_CHARS: usize = crate::MAX_OWNER_CHARS;
 
     /// Connects by URL: `postgres://…`, `mysql://…` (MariaDB too) or
     /// `sqlite:PATH` (the file is created if missing), each when its
