@@ -184,6 +184,12 @@ async fn end_one(
     let Some(user) = session.owner() else {
         return Ok(Redirect::to("/"));
     };
+    // This device's own row: a sign-out (a flash written to the session
+    // just ended would fail the request).
+    if session.handle().as_deref() == Some(handle.as_str()) {
+        session.flush();
+        return Ok(Redirect::to("/"));
+    }
     // Only a session of this user's: a handle of anyone else's ends nothing.
     if sessions.end_of(&user, &handle).await? {
         session.flash("message", "That session is signed out.")?;

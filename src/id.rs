@@ -83,6 +83,13 @@ impl SessionId {
         Some(Self(URL_SAFE_NO_PAD.encode(bytes).into()))
     }
 
+    /// The id whose [`to_bytes`](Self::to_bytes) are `bytes` (a store
+    /// that keeps ids in their compact form).
+    #[cfg(feature = "memory-store")]
+    pub(crate) fn from_bytes(bytes: [u8; ID_BYTES]) -> Self {
+        Self(URL_SAFE_NO_PAD.encode(bytes).into())
+    }
+
     /// The id's 32 bytes: a compact key for stores that hold ids in memory.
     pub(crate) fn to_bytes(&self) -> [u8; ID_BYTES] {
         URL_SAFE_NO_PAD

@@ -105,6 +105,7 @@ impl Sessions {
     pub async fn of(&self, owner: &str) -> Result<Vec<SessionInfo>, Error> {
         let now = self.config.now();
         let mut listed: Vec<SessionInfo> = (self.owned(owner, now).await?.into_iter())
+            .filter(|(_, record)| self.live(record, now))
             .map(|(id, record)| self.info(&id, &record, now))
             .collect();
         listed.sort_by(|a, b| b.last_used.cmp(&a.last_used).then(a.handle.cmp(&b.handle)));
@@ -114,7 +115,9 @@ impl Sessions {
     /// Ends the session `handle` names if it is one of `owner`'s: what a
     /// "sign out that device" button calls. Returns whether a live session
     /// ended (false for a handle of another owner's session, touching it
-    /// not).
+    /// not). A session of the owner's past this layer's absolute timeout
+    /// is removed too (another layer on the store may still serve it), and
+    /// counts as not live.
     ///
     /// # Errors
     /// The store's, as for [`of`](Self::of).
@@ -131,11 +134,16 @@ impl Sessions {
         {
             return Ok(false);
         }
-        Ok(self.store.take(&id, now).await?.is_some())
+        let taken = self.store.take(&id, now).await?;
+        Ok(taken.is_some_and(|record| self.live(&record, now)))
     }
 
     /// Ends every session of `owner` ("sign out everywhere"), returning
-    /// how many live ones ended. It lists again after ending what it found,
+    /// how many live ones ended. Every session of the owner's that the
+    /// store holds goes, those past this layer's absolute timeout too
+    /// (uncounted): a layer sharing the store with a longer one, or this
+    /// one after its timeout was raised, would still serve them. It lists
+    /// again after ending what it found,
     /// until a listing finds nothing more (a login of the owner's in flight
     /// meanwhile is caught if it lands by then): one listing when there
     /// was nothing to end, usually two otherwise, and never more than
@@ -172,14 +180,17 @@ impl Sessions {
         // new one created a moment later) can slip between a listing and
         // the takes; a listing that finds nothing left to end closes it.
         for _ in 0..END_PASSES {
-            let mut this_pass = 0;
+            let mut took = false;
             for (id, _) in self.owned(owner, now).await? {
-                if Some(&id) != keep && self.store.take(&id, now).await?.is_some() {
-                    this_pass += 1;
+                if Some(&id) == keep {
+                    continue;
+                }
+                if let Some(record) = self.store.take(&id, now).await? {
+                    took = true;
+                    ended += u64::from(self.live(&record, now));
                 }
             }
-            ended += this_pass;
-            if this_pass == 0 {
+            if !took {
                 break;
             }
         }
@@ -187,13 +198,18 @@ impl Sessions {
     }
 
     /// The store's answer, checked again here: a store of one's own that
-    /// lists another owner's session, or an ended one, is not believed.
+    /// lists another owner's session is not believed. Sessions past this
+    /// layer's absolute timeout stay in (to be ended: `live` tells them).
     async fn owned(&self, owner: &str, now: u64) -> Result<Vec<(SessionId, Record)>, Error> {
         let mut owned = self.store.owned(owner, now).await?;
-        owned.retain(|(_, record)| {
-            record.owner() == Some(owner) && !record.outlived(now, self.config.absolute_timeout)
-        });
+        owned.retain(|(_, record)| record.owner() == Some(owner) && !record.is_expired(now));
         Ok(owned)
+    }
+
+    /// Whether this layer still serves the session: neither expired nor
+    /// past its absolute timeout.
+    fn live(&self, record: &Record, now: u64) -> bool {
+        !record.outlived(now, self.config.absolute_timeout)
     }
 
     fn info(&self, id: &SessionId, record: &Record, now: u64) -> SessionInfo {

@@ -45,6 +45,7 @@ pub async fn check_store<S: SessionStore + ?Sized>(store: Arc<S>) {
     the_layers_clock_rules(&*store).await;
     if owners_index_their_sessions(store.clone()).await {
         owners_index_many_sessions_at_once(store.clone()).await;
+        owners_are_matched_exactly(&*store).await;
     }
     records_expire_in_time(&*store).await;
 }
@@ -566,6 +567,51 @@ pub async fn owners_index_their_sessions<S: SessionStore + ?Sized>(store: Arc<S>
     assert_eq!(owned_ids(store, &ann, now()).await, vec![]);
     assert_eq!(owned_ids(store, &bob, now()).await, vec![]);
     true
+}
+
+/// Owners are any string, matched exactly: ones that look like paths,
+/// Redis hash tags, MongoDB operators or SQL, that hold U+0000 or the
+/// layer's reserved U+10FFFF, the empty string, and owners that differ
+/// only in case, accents or a trailing space each list their own session
+/// and nothing else's.
+pub async fn owners_are_matched_exactly<S: SessionStore + ?Sized>(store: &S) {
+    let tag = SessionId::generate().as_str()[..8].to_owned();
+    let owners: Vec<String> = [
+        "",
+        "ann",
+        "ann ",
+        "Ann",
+        "änn",
+        "a\0b",
+        "a\0",
+        "a\u{10FFFF}0b",
+        "../../etc/passwd",
+        "{ann}",
+        "$gt",
+        "{\"$ne\": null}",
+        "' OR '1'='1",
+        "a.b",
+        "%",
+        "\\",
+    ]
+    .iter()
+    .map(|owner| format!("{tag}{owner}"))
+    .collect();
+    let mut ids = Vec::new();
+    for owner in &owners {
+        ids.push(created(store, &owned_record(owner, json!(null))).await);
+    }
+    for (owner, id) in owners.iter().zip(&ids) {
+        assert_eq!(
+            owned_ids(store, owner, now()).await,
+            vec![id.clone()],
+            "{owner:?} lists its own session only"
+        );
+    }
+    assert!(owned_ids(store, &tag[..7], now()).await.is_empty());
+    for id in &ids {
+        store.delete(id).await.expect("delete");
+    }
 }
 
 /// Forty sessions of one owner created at once (logins racing), and forty

@@ -145,3 +145,31 @@ fn one_device_signs_another_out_from_the_sessions_page() {
         "bob cannot end ann's session: {page}"
     );
 }
+
+/// The current device's own handle posted to its row's sign-out route (the
+/// page shows no button for it, but the route takes any handle) signs this
+/// device out like the sign-out button does, rather than failing the
+/// request: the flash it wrote went to a session the request had just
+/// ended, which the layer refuses (409).
+#[test]
+fn ending_this_devices_own_handle_signs_it_out() {
+    let server = start_example("login", &[]);
+    let addr = &server.addr;
+    let mut laptop = String::new();
+    let reply = http_request(addr, "POST", "/login", "user=ann&password=letmein", &laptop);
+    update(&mut laptop, &reply);
+    let page = http_request(addr, "GET", "/", "", &laptop).body;
+    let own = page
+        .split("data-handle=\"")
+        .nth(1)
+        .unwrap()
+        .split('"')
+        .next()
+        .unwrap()
+        .to_owned();
+    let reply = http_request(addr, "POST", &format!("/sessions/{own}/end"), "", &laptop);
+    assert_eq!(reply.status, 303, "{}", reply.body);
+    update(&mut laptop, &reply);
+    let page = http_request(addr, "GET", "/", "", &laptop).body;
+    assert!(page.contains("Not signed in"), "{page}");
+}

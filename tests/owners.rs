@@ -404,3 +404,34 @@ async fn client_side_sign_out_everywhere_is_a_per_owner_not_before_time() {
     again.send(&app, post_req("/login/ann")).await;
     assert_eq!(again.get_text(&app, "/user").await.1, "ann");
 }
+
+/// "Sign out everywhere" ends every session of the owner's that the store
+/// holds, whatever this layer's absolute timeout says of its age: a layer
+/// that shares the store with a longer timeout (another service, or this
+/// one after the timeout was raised) still serves that session, and it
+/// must not survive the sign-out.
+#[tokio::test]
+async fn sign_out_everywhere_ends_sessions_past_this_layers_absolute_timeout() {
+    let clock = TestClock::at(T0);
+    let relaxed = layer(&clock);
+    let strict = relaxed.clone().absolute_timeout(Duration::from_secs(300));
+    let (relaxed_app, _) = app(relaxed);
+    let (_, strict_sessions) = app(strict);
+    let (mut phone, _) = login(&relaxed_app, "ann", "phone").await;
+    clock.advance(250);
+    phone.send(&relaxed_app, post_req("/touch")).await;
+    clock.advance(100);
+    assert_eq!(phone.get_text(&relaxed_app, "/user").await.1, "ann");
+
+    assert_eq!(
+        strict_sessions.of("ann").await.unwrap(),
+        vec![],
+        "not listed: dead to the strict layer"
+    );
+    strict_sessions.end_all("ann").await.unwrap();
+    assert_eq!(
+        phone.get_text(&relaxed_app, "/user").await.1,
+        "",
+        "signed out everywhere, the other layer included"
+    );
+}

@@ -339,12 +339,12 @@ async fn a_read_only_file_store_directory() {
         .layer(SessionLayer::new(Key::from_bytes(&[8; 32]).unwrap()).with_store(store));
     let mut jar = Jar::new();
     assert_eq!(jar.get_text(&app, "/").await, (StatusCode::OK, "1".into()));
+    // The record's shard: the one two-letter directory (beside `owners`).
     let shard = std::fs::read_dir(dir.path())
         .unwrap()
-        .next()
-        .unwrap()
-        .unwrap()
-        .path();
+        .map(|entry| entry.unwrap().path())
+        .find(|path| path.file_name().is_some_and(|name| name.len() == 2))
+        .unwrap();
     let chattr = |flag: &str| {
         Command::new("chattr")
             .arg(flag)

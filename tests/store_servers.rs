@@ -298,6 +298,54 @@ mod redis {
             }
         }
 
+        /// A login to an owner of many sessions is never pruned from the
+        /// index by its own write: the add to a large index checks its
+        /// oldest entries, and the new one is among them when the others
+        /// were added or checked in the same millisecond (a burst of
+        /// logins) or the server's clock stepped back. The check ran
+        /// before the write named the owner in the record, dropped the
+        /// new entry, and "sign out everywhere" missed that session.
+        #[tokio::test]
+        async fn redis_a_login_is_never_pruned_by_its_own_write() {
+            let Some((store, mut raw, _)) = single().await else {
+                return;
+            };
+            let prefix = prefix("own-prune");
+            let (store, other, owner) = (store.prefix(&prefix), owner(), owner());
+            let index = index_key(&prefix, &owner);
+            let mut ids = logins(&store, &owner, 70).await;
+            // Every entry later than the next add: a clock an hour behind,
+            // as after a step back (or ties within one millisecond).
+            let later = (now() + 3600) * 1000;
+            for id in &ids {
+                let _: i64 = (cmd("ZADD")
+                    .arg(&index)
+                    .arg("XX")
+                    .arg(later)
+                    .arg(id.as_str()))
+                .query_async(&mut raw)
+                .await
+                .unwrap();
+            }
+            let login = logins(&store, &owner, 1).await;
+            ids.extend(login.clone());
+            assert!(
+                entries(&mut raw, &index).await.contains(&login[0]),
+                "the new login's entry survived its own write"
+            );
+            assert_eq!(listed(&store, &owner, now()).await, sorted(ids.clone()));
+            // A session moved in from another owner, the same way.
+            let moved = logins(&store, &other, 1).await;
+            let mut move_in = Changes::expiry(now(), now() + 3600);
+            move_in.set.push((OWNER_KEY.into(), json!(owner)));
+            assert!(store.apply(&moved[0], &move_in).await.unwrap());
+            ids.extend(moved);
+            assert_eq!(listed(&store, &owner, now()).await, sorted(ids.clone()));
+            for id in &ids {
+                store.delete(id).await.unwrap();
+            }
+        }
+
         /// On a cluster the index is written before the session, so a
         /// listing meets entries whose write is still under way: it drops
         /// an entry whose session does not name the owner only once the

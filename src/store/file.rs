@@ -60,6 +60,7 @@ impl FileStore {
         private_dir().create(&root).map_err(Error::store)?;
         #[cfg(unix)]
         secure_root(&root).map_err(Error::store)?;
+        owners_dir(&root).map_err(Error::store)?;
         Ok(Self { root: root.into() })
     }
 
@@ -180,6 +181,19 @@ fn is_shard(name: &std::ffi::OsStr) -> bool {
         && name
             .to_str()
             .is_some_and(|n| n.bytes().all(|b| b.is_ascii_hexdigit()))
+}
+
+/// Makes the directory of the owner indexes, durably: a marker's `mark`
+/// syncs the owner's directory and this one, not the root, so a crash
+/// after the very first marker could otherwise lose the whole index while
+/// the record it stood for (in a shard made long before) survives.
+fn owners_dir(root: &Path) -> io::Result<()> {
+    let owners = root.join(OWNERS);
+    if owners.is_dir() {
+        return Ok(());
+    }
+    private_dir().create(&owners)?;
+    File::open(root)?.sync_all()
 }
 
 /// Where the marker of `id` in the index of the owner `digest` lives:
@@ -511,6 +525,16 @@ mod tests {
         )
     }
 
+    /// The owner indexes' directory is made (and the root synced) with
+    /// the store, not by the first login, whose marker's syncs do not
+    /// reach the root.
+    #[tokio::test]
+    async fn the_owner_index_directory_comes_with_the_store() {
+        let dir = tempfile::tempdir().unwrap();
+        FileStore::new(dir.path()).unwrap();
+        assert!(dir.path().join(OWNERS).is_dir());
+    }
+
     #[tokio::test]
     async fn files_are_named_by_hex_and_sharded() {
         let dir = tempfile::tempdir().unwrap();
@@ -524,9 +548,9 @@ mod tests {
         );
         let file = dir.path().join(&hex[..2]).join(format!("{hex}.json"));
         assert!(file.is_file(), "{}", file.display());
-        // Nothing but the shard directory (and its lock) was created.
-        let shards: Vec<_> = fs::read_dir(dir.path()).unwrap().collect();
-        assert_eq!(shards.len(), 1);
+        // Nothing but the shard directory (and its lock) was created,
+        // beside the owner indexes' directory the store starts with.
+        assert_eq!(names(dir.path()), [hex[..2].to_owned(), OWNERS.to_owned()]);
     }
 
     fn owned(owner: &str, expires_at: u64) -> Record {

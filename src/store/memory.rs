@@ -1,6 +1,6 @@
 //! `MemoryStore`: sessions in this process's memory.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::fmt;
 use std::hash::{BuildHasher, RandomState};
 use std::sync::{Mutex, MutexGuard, PoisonError};
@@ -50,17 +50,30 @@ const DEFAULT_MAX_SESSIONS: usize = 100_000;
 ///   bookkeeping.
 pub struct MemoryStore {
     shards: Box<[Mutex<Shard>]>,
-    /// The owner index: each owner's session ids. Entries are added and
-    /// removed under the session's shard lock (then this one), so a write
-    /// and its entry are one step; sessions evicted or expired leave
-    /// theirs until the owner's next listing or the sweep drops them.
-    owners: Mutex<HashMap<Box<str>, Vec<SessionId>>>,
+    /// The owner index: each owner's session ids (their bytes). Entries
+    /// are added and removed under the session's shard lock (then this
+    /// one), so a write and its entry are one step; a record that leaves
+    /// its shard for any reason (taken, deleted, evicted, found expired,
+    /// swept) takes its entry with it before the shard's lock is released,
+    /// so the index never holds more entries than the store holds records.
+    owners: Mutex<HashMap<Box<str>, HashSet<IdBytes>>>,
     hasher: RandomState,
     max_sessions: usize,
 }
 
 /// Half of a session id's 32 bytes.
 type Half = [u8; 16];
+
+/// A session id's 32 bytes.
+type IdBytes = [u8; 32];
+
+/// The bytes of the id split into `head` and `tail`.
+fn join(head: &Half, tail: &Half) -> IdBytes {
+    let mut id = [0u8; 32];
+    id[..16].copy_from_slice(head);
+    id[16..].copy_from_slice(tail);
+    id
+}
 
 /// A session id, split: the first half keys the map and the creation order
 /// (so the order costs 16 bytes a session, not a copy of the id), the
@@ -89,6 +102,10 @@ struct Shard {
     order: VecDeque<Half>,
     /// How many records are proven (loaded at least once).
     proven: usize,
+    /// The owner index entries of records that left the shard (removed,
+    /// evicted, replaced) since the store last dropped them: it does so
+    /// before it releases the shard's lock.
+    unowned: Vec<(String, IdBytes)>,
 }
 
 struct Slot {
@@ -227,6 +244,7 @@ impl Shard {
     fn insert(&mut self, head: Half, slot: Slot) {
         if let Some(old) = self.records.insert(head, slot) {
             self.proven -= usize::from(old.proven);
+            self.unown(&head, &old);
         }
         self.fresh.push_back(head);
     }
@@ -235,7 +253,16 @@ impl Shard {
     fn remove(&mut self, head: &Half) -> Option<Slot> {
         let slot = self.records.remove(head)?;
         self.proven -= usize::from(slot.proven);
+        self.unown(head, &slot);
         Some(slot)
+    }
+
+    /// Notes the index entry of a record leaving the shard, if it has an
+    /// owner.
+    fn unown(&mut self, head: &Half, slot: &Slot) {
+        if let Some(owner) = slot.record.owner() {
+            self.unowned.push((owner, join(head, &slot.tail)));
+        }
     }
 
     /// Evicts records until one more fits under `capacity`. New sessions
@@ -361,20 +388,30 @@ impl MemoryStore {
     /// Adds `id` to `owner`'s entry; call under the id's shard lock.
     fn index(&self, owner: &str, id: &SessionId) {
         let mut owners = lock(&self.owners);
-        let ids = owners.entry(owner.into()).or_default();
-        if !ids.contains(id) {
-            ids.push(id.clone());
+        match owners.get_mut(owner) {
+            Some(ids) => {
+                ids.insert(id.to_bytes());
+            }
+            None => {
+                owners.insert(owner.into(), HashSet::from([id.to_bytes()]));
+            }
         }
     }
 
     /// Removes `id` from `owner`'s entry; call under the id's shard lock.
-    fn unindex(&self, owner: &str, id: &SessionId) {
+    fn unindex(&self, owner: &str, id: &IdBytes) {
+        unindex_in(&mut lock(&self.owners), owner, id);
+    }
+
+    /// Drops the index entries of the records that left `shard`; call
+    /// before its lock is released.
+    fn settle(&self, shard: &mut Shard) {
+        if shard.unowned.is_empty() {
+            return;
+        }
         let mut owners = lock(&self.owners);
-        if let Some(ids) = owners.get_mut(owner) {
-            ids.retain(|own| own != id);
-            if ids.is_empty() {
-                owners.remove(owner);
-            }
+        for (owner, id) in shard.unowned.drain(..) {
+            unindex_in(&mut owners, &owner, &id);
         }
     }
 
@@ -384,11 +421,12 @@ impl MemoryStore {
     fn verify(
         &self,
         owner: &str,
-        ids: Vec<SessionId>,
+        ids: Vec<IdBytes>,
         now: u64,
     ) -> Result<Vec<(SessionId, Record)>, Error> {
         let mut live = Vec::with_capacity(ids.len());
-        for id in ids {
+        for bytes in ids {
+            let id = SessionId::from_bytes(bytes);
             let (head, tail) = split(&id);
             let mut shard = self.shard(&id);
             let held = (shard.find(&head, &tail))
@@ -399,7 +437,7 @@ impl MemoryStore {
                     let record = slot.record.record()?;
                     live.push((id, record));
                 }
-                None => self.unindex(owner, &id),
+                None => self.unindex(owner, &bytes),
             }
         }
         Ok(live)
@@ -409,20 +447,28 @@ impl MemoryStore {
         let mut removed = 0;
         for shard in &*self.shards {
             let mut shard = lock(shard);
-            let before = shard.records.len();
-            shard.records.retain(|_, slot| !slot.record.is_expired(now));
-            removed += (before - shard.records.len()) as u64;
-            shard.proven = shard.records.values().filter(|slot| slot.proven).count();
-        }
-        // The index entries of sessions expired or evicted since.
-        let owners: Vec<(Box<str>, Vec<SessionId>)> = (lock(&self.owners).iter())
-            .map(|(owner, ids)| (owner.clone(), ids.clone()))
-            .collect();
-        for (owner, ids) in owners {
-            // A record that does not parse keeps its entry; load reports it.
-            let _ = self.verify(&owner, ids, now);
+            let expired: Vec<Half> = (shard.records.iter())
+                .filter(|(_, slot)| slot.record.is_expired(now))
+                .map(|(head, _)| *head)
+                .collect();
+            for head in &expired {
+                shard.remove(head);
+            }
+            removed += expired.len() as u64;
+            self.settle(&mut shard);
         }
         removed
+    }
+}
+
+/// Removes `id` from `owner`'s entry of the index `owners`, and the entry
+/// with its last id.
+fn unindex_in(owners: &mut HashMap<Box<str>, HashSet<IdBytes>>, owner: &str, id: &IdBytes) {
+    if let Some(ids) = owners.get_mut(owner) {
+        ids.remove(id);
+        if ids.is_empty() {
+            owners.remove(owner);
+        }
     }
 }
 
@@ -435,7 +481,10 @@ fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
 impl SessionStore for MemoryStore {
     async fn load(&self, id: &SessionId, now: u64) -> Result<Option<Record>, Error> {
         let (head, tail) = split(id);
-        self.shard(id).load(head, &tail, now)
+        let mut shard = self.shard(id);
+        let loaded = shard.load(head, &tail, now);
+        self.settle(&mut shard);
+        loaded
     }
 
     async fn create(&self, id: &SessionId, record: &Record) -> Result<bool, Error> {
@@ -455,6 +504,10 @@ impl SessionStore for MemoryStore {
                 shard.insert(head, Slot::new(tail, record));
             }
         }
+        // The entries of the records that made room (or that this one
+        // replaced) go first: a replaced record may be this id's, of this
+        // owner.
+        self.settle(&mut shard);
         if let Some(owner) = record.owner() {
             self.index(owner, id);
         }
@@ -474,7 +527,7 @@ impl SessionStore for MemoryStore {
                     && old.as_deref() != new
                 {
                     if let Some(old) = old {
-                        self.unindex(&old, id);
+                        self.unindex(&old, &id.to_bytes());
                     }
                     if let Some(new) = new {
                         self.index(new, id);
@@ -484,6 +537,7 @@ impl SessionStore for MemoryStore {
             }
             Some(_) => {
                 shard.remove(&head);
+                self.settle(&mut shard);
                 Ok(false)
             }
             None => Ok(false),
@@ -494,10 +548,8 @@ impl SessionStore for MemoryStore {
         let (head, tail) = split(id);
         let mut shard = self.shard(id);
         if shard.find(&head, &tail).is_some() {
-            let slot = shard.remove(&head).expect("found just now");
-            if let Some(owner) = slot.record.owner() {
-                self.unindex(&owner, id);
-            }
+            shard.remove(&head);
+            self.settle(&mut shard);
         }
         Ok(())
     }
@@ -510,9 +562,7 @@ impl SessionStore for MemoryStore {
             return Ok(None);
         }
         let slot = shard.remove(&head).expect("found just now");
-        if let Some(owner) = slot.record.owner() {
-            self.unindex(&owner, id);
-        }
+        self.settle(&mut shard);
         if slot.record.is_expired(now) {
             return Ok(None);
         }
@@ -525,7 +575,9 @@ impl SessionStore for MemoryStore {
 
     /// From the index, each entry checked under its session's lock.
     async fn owned(&self, owner: &str, now: u64) -> Result<Vec<(SessionId, Record)>, Error> {
-        let ids = lock(&self.owners).get(owner).cloned().unwrap_or_default();
+        let ids = (lock(&self.owners).get(owner))
+            .map(|ids| ids.iter().copied().collect())
+            .unwrap_or_default();
         self.verify(owner, ids, now)
     }
 }
@@ -669,6 +721,87 @@ mod tests {
         assert_eq!(store.len(), 1, "evicted on access");
         assert_eq!(store.delete_expired(now()).await.unwrap(), 1);
         assert!(store.is_empty());
+    }
+
+    fn owned_by(owner: &str, expires_at: u64) -> Record {
+        let mut record = record(expires_at);
+        record.data.insert(OWNER_KEY.into(), json!(owner));
+        record
+    }
+
+    /// How many ids the owner index holds, and for how many owners.
+    fn indexed(store: &MemoryStore) -> (usize, usize) {
+        let owners = lock(&store.owners);
+        (owners.values().map(|ids| ids.len()).sum(), owners.len())
+    }
+
+    /// A flood of logins (sessions created with an owner, the cookie
+    /// dropped) on a store nobody sweeps: the sessions evicted to make room
+    /// leave the owner index with their records, so it stays within the
+    /// store's bound instead of growing with every login (each add used to
+    /// scan the owner's whole list, under a lock every create takes).
+    #[tokio::test]
+    async fn evicted_sessions_leave_the_owner_index() {
+        let store = MemoryStore::new().max_sessions(4 * SHARDS);
+        for i in 0..50 * SHARDS {
+            // One owner logging in again and again, and many owners once.
+            let owner = if i % 2 == 0 {
+                "ann".to_owned()
+            } else {
+                format!("user {i}")
+            };
+            assert!(
+                store
+                    .create(&SessionId::generate(), &owned_by(&owner, now() + 60))
+                    .await
+                    .unwrap()
+            );
+        }
+        let (ids, owners) = indexed(&store);
+        assert!(
+            ids <= store.len(),
+            "{ids} index entries for {} sessions",
+            store.len()
+        );
+        assert!(
+            owners <= store.len(),
+            "{owners} owners for {} sessions",
+            store.len()
+        );
+    }
+
+    /// Records dropped when found expired (by a load, an apply, a create
+    /// reusing the id) or by the sweep leave the index with them.
+    #[tokio::test]
+    async fn expired_sessions_leave_the_owner_index() {
+        let store = MemoryStore::new();
+        let (a, b, c) = (
+            SessionId::generate(),
+            SessionId::generate(),
+            SessionId::generate(),
+        );
+        for id in [&a, &b, &c] {
+            store.create(id, &owned_by("ann", now() - 1)).await.unwrap();
+        }
+        assert_eq!(indexed(&store), (3, 1));
+        assert_eq!(store.load(&a, now()).await.unwrap(), None);
+        assert!(
+            !store
+                .apply(&b, &Changes::expiry(now(), now() + 60))
+                .await
+                .unwrap()
+        );
+        assert_eq!(indexed(&store), (1, 1), "dropped on access");
+        assert_eq!(store.delete_expired(now()).await.unwrap(), 1);
+        assert_eq!(indexed(&store), (0, 0), "and by the sweep");
+        // A new owner on an id whose expired record named another.
+        store.create(&a, &owned_by("ann", now() - 1)).await.unwrap();
+        store
+            .create(&a, &owned_by("bob", now() + 60))
+            .await
+            .unwrap();
+        assert_eq!(indexed(&store), (1, 1), "only bob's entry");
+        assert_eq!(store.owned("bob", now()).await.unwrap().len(), 1);
     }
 
     #[tokio::test]

@@ -355,7 +355,11 @@ pub const OWNER_KEY: &str = "\u{10FFFF}owner";
 /// lowercase hex. An owner is any string (separators, `{}` of Redis hash
 /// tags, `..`, non-ASCII, any length); its digest is 64 characters that are
 /// safe in every key and file name, and no two owners share one.
-#[cfg(any(feature = "redis-store", feature = "file-store"))]
+#[cfg(any(
+    feature = "redis-store",
+    feature = "file-store",
+    feature = "mongodb-store"
+))]
 pub(crate) fn owner_digest(owner: &str) -> String {
     use sha2::{Digest, Sha256};
     Sha256::digest(owner.as_bytes())

@@ -10,7 +10,7 @@ use mongodb::options::{ClientOptions, IndexOptions};
 use mongodb::{Client, Collection, IndexModel};
 
 use super::net::bounded;
-use super::{Changes, Record, SessionId, SessionStore};
+use super::{Changes, Record, SessionId, SessionStore, owner_digest};
 use crate::data::SessionData;
 use crate::error::Error;
 
@@ -38,7 +38,7 @@ const DEFAULT_DATABASE: &str = "session_layer";
 ///   permanent: false, created_at: <secs>, expires_at: <secs>,
 ///   expires: ISODate(...),          // the TTL index's field
 ///   v: <n>,                         // write count: a rewrite of data checks it
-///   owner: "<owner>" }              // when the session has one
+///   owner: "<sha256 of the owner>" } // when the session has one
 /// ```
 ///
 /// - One round trip per load (`find`) and per save (one `update` with
@@ -57,7 +57,12 @@ const DEFAULT_DATABASE: &str = "session_layer";
 ///   is never served a second past its time. `delete_expired` removes them
 ///   at once where there is no TTL monitor.
 /// - The owner index is an index on `owner`, kept in the same update as
-///   the data: a listing is one `find`.
+///   the data: a listing is one `find`. The field holds the owner's
+///   SHA-256 in hex rather than the owner itself: any string is an owner
+///   (one holding U+0000, at which some servers that speak MongoDB's
+///   protocol cut a query's string, so that a listing missed its sessions;
+///   one of any length, past the index key limit of MongoDB before 4.2),
+///   and the record's own `data` has the last word on whose session it is.
 /// - Call [`migrate`](Self::migrate) once to create the indexes.
 /// - Every call is bounded by [`timeout`](Self::timeout) (5 s by default);
 ///   a MongoDB that is down gives a 503, and the driver reconnects by
@@ -278,7 +283,7 @@ fn document(id: &SessionId, record: &Record) -> Document {
         "v": 0_i64,
     };
     if let Some(owner) = record.owner() {
-        document.insert("owner", owner);
+        document.insert("owner", owner_digest(owner));
     }
     document
 }
@@ -312,7 +317,7 @@ fn update(changes: &Changes) -> Document {
     set.insert("expires", expiry_date(changes.expires_at));
     match changes.owner_change() {
         Some(Some(owner)) => {
-            set.insert("owner", owner);
+            set.insert("owner", owner_digest(owner));
         }
         Some(None) => {
             unset.insert("owner", "");
@@ -449,7 +454,7 @@ impl SessionStore for MongoStore {
 
     /// One `find` on the owner index.
     async fn owned(&self, owner: &str, now: u64) -> Result<Vec<(SessionId, Record)>, Error> {
-        let filter = doc! { "owner": owner, "expires_at": { "$gt": to_i64(now) } };
+        let filter = doc! { "owner": owner_digest(owner), "expires_at": { "$gt": to_i64(now) } };
         let list = async {
             let mut cursor = self.collection.find(filter).await?;
             let mut documents = Vec::new();
@@ -535,7 +540,7 @@ mod tests {
         let id = SessionId::generate();
         let document = document(&id, &original);
         assert_eq!(document.get_str("_id").unwrap(), id.as_str());
-        assert_eq!(document.get_str("owner").unwrap(), "ann");
+        assert_eq!(document.get_str("owner").unwrap(), owner_digest("ann"));
         assert_eq!(record(&document).unwrap(), original);
     }
 }

@@ -188,10 +188,13 @@ local function own(key, old, expires)
   if here then
     local _
     _, lives = index_add(KEYS[2], ARGV[4], expires)
-    index_prune(KEYS[2], owner)
     lives = int(lives)
   end
   redis.call('HSET', key, 'm:o', owner, 'm:x', lives)
+  -- Only now that the record names the index: the new entry may be among
+  -- the oldest the prune checks (entries added in the same millisecond, a
+  -- clock stepped back), and must pass the check.
+  if here then index_prune(KEYS[2], owner) end
 end
 ";
 
