@@ -37,7 +37,7 @@
 //! its own. Those whose add came before (a) added at a time `≤ s`, so they
 //! ran, if ever, by `s + WRITE_WINDOW` on their own server's clock: while
 //! the clocks of the two servers differ by less than `GRACE -
-//! WRITE_WINDOW` (nine minutes), that is before (a), and the record read
+//! WRITE_WINDOW` (five minutes), that is before (a), and the record read
 //! in (b) shows their effect (or a later move away). Those whose add came
 //! after (a) raised the score (scores only grow, even within one
 //! millisecond), and the drop happens only if the score is still `s`: it
@@ -68,13 +68,16 @@ use crate::error::Error;
 use crate::store::{SessionId, owner_digest};
 
 /// How long after its index entry's add a cluster write that sets an owner
-/// may still run; later, it refuses to write.
-pub(super) const WRITE_WINDOW: Duration = Duration::from_secs(60);
+/// may still run; later, it refuses to write. Five minutes: the write's own
+/// time (its store timeout) plus room for the record's server clock to run
+/// ahead of the index's; [`GRACE`] is as much again, so skews up to five
+/// minutes either way neither refuse logins nor let a drop race a write.
+pub(super) const WRITE_WINDOW: Duration = Duration::from_secs(300);
 
 /// How old an index entry of a cluster must be before a listing may drop
-/// it for a record that does not name its owner: far above
-/// [`WRITE_WINDOW`], so that clocks of the cluster's servers up to nine
-/// minutes apart still cannot make a drop race a write.
+/// it for a record that does not name its owner: [`WRITE_WINDOW`] and as
+/// much again, so that clocks of the cluster's servers up to five minutes
+/// apart still cannot make a drop race a write.
 pub(super) const GRACE: Duration = Duration::from_secs(600);
 
 /// Above this many entries, an add to a cluster index is followed, every
