@@ -346,6 +346,54 @@ mod redis {
             }
         }
 
+        /// A listing on one server reads the index a page at a time (so a
+        /// long list never holds Redis for long): 700 sessions, with ties
+        /// of equal scores across page boundaries, entries of ended
+        /// sessions between them, and entries moved to the back between
+        /// pages, are all listed, once each.
+        #[tokio::test]
+        async fn redis_a_long_listing_comes_whole_a_page_at_a_time() {
+            let Some((store, mut raw, _)) = single().await else {
+                return;
+            };
+            let prefix = prefix("own-pages");
+            let (store, owner) = (store.prefix(&prefix), owner());
+            let index = index_key(&prefix, &owner);
+            let mut ids = logins(&store, &owner, 700).await;
+            // Ties: groups of 300 share one score, across the 256-entry
+            // pages.
+            for (i, id) in ids.iter().enumerate() {
+                let _: i64 = (cmd("ZADD")
+                    .arg(&index)
+                    .arg("XX")
+                    .arg(1_000 + (i / 300) as u64)
+                    .arg(id.as_str()))
+                .query_async(&mut raw)
+                .await
+                .unwrap();
+            }
+            // Some ended behind the index's back: their entries stay, and
+            // the listing drops them.
+            let ended: Vec<SessionId> = ids.drain(..50).collect();
+            for id in &ended {
+                let _: i64 = cmd("DEL")
+                    .arg(format!("{prefix}{}", id.as_str()))
+                    .query_async(&mut raw)
+                    .await
+                    .unwrap();
+            }
+            assert_eq!(listed(&store, &owner, now()).await, sorted(ids.clone()));
+            assert_eq!(
+                entries(&mut raw, &index).await,
+                sorted(ids.clone()),
+                "dropped"
+            );
+            for id in &ids {
+                store.delete(id).await.unwrap();
+            }
+            assert_eq!(listed(&store, &owner, now()).await, vec![]);
+        }
+
         /// On a cluster the index is written before the session, so a
         /// listing meets entries whose write is still under way: it drops
         /// an entry whose session does not name the owner only once the

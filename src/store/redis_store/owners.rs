@@ -12,9 +12,9 @@
 //! **One server.** The record scripts keep the index in the same step as
 //! the record: an owner set adds the entry, an owner removed or changed, a
 //! take or a delete removes it, and a write that moves a record's expiry
-//! past `m:x` extends the index. A listing is one script that reads the
-//! index and the records and drops the entries of records gone (expired)
-//! meanwhile; an add to an index of more than 64 entries checks its 4
+//! past `m:x` extends the index. A listing is a script per 256 entries
+//! that reads the index and the records and drops the entries of records
+//! gone (expired) meanwhile; an add to an index of more than 64 entries checks its 4
 //! oldest the same way. An APPLY that leaves the owner alone runs the
 //! commands it ran before (one `HMGET` reads `m:o` and `m:x` with the
 //! expiry), save when it moves the expiry past `m:x`, about once a day of a
@@ -235,21 +235,48 @@ end
 return 0
 ";
 
-/// One server: the records of the index `KEYS[1]` (the digest `ARGV[2]`) as
-/// pairs of session id and fields, under the key prefix `ARGV[1]`; entries
-/// whose record is gone (expired) or names another index go.
+/// One server, one page of a listing: the records of the index `KEYS[1]`
+/// (the digest `ARGV[2]`, records under the key prefix `ARGV[1]`) after
+/// the cursor (score `ARGV[3]`, id `ARGV[4]`, '' for the start: entries
+/// come in score order, ties in id order), at most `ARGV[5]` of them, as
+/// pairs of session id and fields; entries whose record is gone (expired)
+/// or names another index go. Returns the page, the cursor after it, and 1
+/// when the index ends there. A page at a time, so that a long list never
+/// holds Redis for long; an entry's score only grows, so an entry moved to
+/// the back between pages is met again later, never skipped.
 const OWNED: &str = r"
-local listed = {}
-for _, id in ipairs(redis.call('ZRANGE', KEYS[1], 0, -1)) do
-  local key = ARGV[1] .. id
-  if redis.call('HGET', key, 'm:o') == ARGV[2] then
-    listed[#listed + 1] = {id, redis.call('HGETALL', key)}
-  else
-    redis.call('ZREM', KEYS[1], id)
+local first, cursor_score, cursor_id = ARGV[4] == '', tonumber(ARGV[3]), ARGV[4]
+local page = tonumber(ARGV[5])
+local listed, gone = {}, {}
+local seen, offset, done = 0, 0, 0
+local last_score, last_id = ARGV[3], cursor_id
+while seen < page do
+  local batch = redis.call('ZRANGEBYSCORE', KEYS[1], ARGV[3], '+inf', 'WITHSCORES', 'LIMIT', offset, 128)
+  if #batch == 0 then done = 1 break end
+  offset = offset + #batch / 2
+  for i = 1, #batch, 2 do
+    local id, score = batch[i], tonumber(batch[i + 1])
+    -- Every score is at least the cursor's: past it, or a tie after its id.
+    if first or score > cursor_score or id > cursor_id then
+      local key = ARGV[1] .. id
+      if redis.call('HGET', key, 'm:o') == ARGV[2] then
+        listed[#listed + 1] = {id, redis.call('HGETALL', key)}
+      else
+        gone[#gone + 1] = id
+      end
+      seen = seen + 1
+      last_score, last_id = batch[i + 1], id
+      if seen >= page then break end
+    end
   end
 end
-return listed
+-- After the walk: removing while walking would move the offsets.
+for _, id in ipairs(gone) do redis.call('ZREM', KEYS[1], id) end
+return {listed, last_score, last_id, done}
 ";
+
+/// Entries one page of a one-server listing reads.
+const OWNED_PAGE: usize = 256;
 
 static INDEX_ADD_SCRIPT: LazyLock<Script> = LazyLock::new(|| index_script(INDEX_ADD));
 static INDEX_READ_SCRIPT: LazyLock<Script> = LazyLock::new(|| index_script(INDEX_READ));
@@ -422,11 +449,29 @@ impl RedisStore {
         if self.is_cluster() {
             return self.check_entries(&digest, None, false).await;
         }
-        let args = [self.prefix.as_str().as_bytes(), digest.as_bytes()];
-        let listed: Vec<(String, Fields)> = self
-            .script(&OWNED_SCRIPT, &[&self.index_key(&digest)], &args)
-            .await?;
-        Ok((listed.into_iter())
+        let index = self.index_key(&digest);
+        let page = OWNED_PAGE.to_string();
+        let (mut score, mut after) = ("-inf".to_owned(), String::new());
+        let mut records: HashMap<String, Fields> = HashMap::new();
+        loop {
+            let args = [
+                self.prefix.as_str().as_bytes(),
+                digest.as_bytes(),
+                score.as_bytes(),
+                after.as_bytes(),
+                page.as_bytes(),
+            ];
+            type Page = (Vec<(String, Fields)>, String, String, u8);
+            let (listed, last_score, last_id, done): Page =
+                self.script(&OWNED_SCRIPT, &[&index], &args).await?;
+            // An entry moved to the back between pages comes twice.
+            records.extend(listed);
+            if done == 1 {
+                break;
+            }
+            (score, after) = (last_score, last_id);
+        }
+        Ok((records.into_iter())
             .filter_map(|(id, fields)| Some((SessionId::parse(&id)?, fields)))
             .collect())
     }
