@@ -245,6 +245,18 @@ return 0
 /// holds Redis for long; an entry's score only grows, so an entry moved to
 /// the back between pages is met again later, never skipped.
 const OWNED: &str = r"
+-- Whether the id `a` comes after `b` in the order the sorted set gives
+-- ties: byte by byte. Lua's `>` on strings asks strcoll, which follows
+-- the server's locale (Redis sets LC_COLLATE from its environment): under
+-- en_US.UTF-8 'aa' < 'Ab', where the set puts 'Ab' first.
+local function after(a, b)
+  for i = 1, math.min(#a, #b) do
+    local x, y = string.byte(a, i), string.byte(b, i)
+    if x ~= y then return x > y end
+  end
+  return #a > #b
+end
+
 local first, cursor_score, cursor_id = ARGV[4] == '', tonumber(ARGV[3]), ARGV[4]
 local page = tonumber(ARGV[5])
 local listed, gone = {}, {}
@@ -257,7 +269,7 @@ while seen < page do
   for i = 1, #batch, 2 do
     local id, score = batch[i], tonumber(batch[i + 1])
     -- Every score is at least the cursor's: past it, or a tie after its id.
-    if first or score > cursor_score or id > cursor_id then
+    if first or score > cursor_score or after(id, cursor_id) then
       local key = ARGV[1] .. id
       if redis.call('HGET', key, 'm:o') == ARGV[2] then
         listed[#listed + 1] = {id, redis.call('HGETALL', key)}
