@@ -429,15 +429,21 @@ impl MemoryStore {
             let id = SessionId::from_bytes(bytes);
             let (head, tail) = split(&id);
             let mut shard = self.shard(&id);
-            let held = (shard.find(&head, &tail))
-                .filter(|slot| !slot.record.is_expired(now))
-                .filter(|slot| slot.record.owner().as_deref() == Some(owner));
-            match held {
-                Some(slot) => {
+            let found = shard.find(&head, &tail);
+            match found {
+                // Expired at this listing's time: the record goes with its
+                // entry, as a load would take it. Dropping only the entry
+                // left the record to a write that started earlier (its
+                // `now` before the expiry), which renewed it unlisted.
+                Some(slot) if slot.record.is_expired(now) => {
+                    shard.remove(&head);
+                    self.settle(&mut shard);
+                }
+                Some(slot) if slot.record.owner().as_deref() == Some(owner) => {
                     let record = slot.record.record()?;
                     live.push((id, record));
                 }
-                None => self.unindex(owner, &bytes),
+                _ => self.unindex(owner, &bytes),
             }
         }
         Ok(live)
@@ -802,6 +808,28 @@ mod tests {
             .unwrap();
         assert_eq!(indexed(&store), (1, 1), "only bob's entry");
         assert_eq!(store.owned("bob", now()).await.unwrap().len(), 1);
+    }
+
+    /// A listing that finds a record expired at its time, racing a write
+    /// that began before the expiry (its `now` earlier): the write must not
+    /// renew a session the index no longer lists, which sign out
+    /// everywhere would then miss.
+    #[tokio::test]
+    async fn a_listing_never_leaves_a_renewable_record_unlisted() {
+        let store = MemoryStore::new();
+        let (id, t) = (SessionId::generate(), now());
+        store.create(&id, &owned_by("ann", t + 10)).await.unwrap();
+        assert!(store.owned("ann", t + 10).await.unwrap().is_empty());
+        let renewed = store
+            .apply(&id, &Changes::expiry(t + 9, t + 60))
+            .await
+            .unwrap();
+        let listed = store.owned("ann", t + 10).await.unwrap();
+        assert_eq!(
+            listed.len(),
+            usize::from(renewed),
+            "a session renewed after the listing is listed (renewed: {renewed})"
+        );
     }
 
     #[tokio::test]
