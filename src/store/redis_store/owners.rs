@@ -131,13 +131,17 @@ local function index_of(digest) return ARGV[3] .. 'owner:' .. digest end
 -- One server: once the index `key` of the owner `digest` holds over 64
 -- entries, checks its four oldest: those whose record is gone or names
 -- another owner go, the others move to the back. Run on every add, it
--- keeps the entries of expired sessions from piling up.
+-- keeps the entries of expired sessions from piling up. The back is past
+-- the last entry, never below it: scores only grow, so a paged listing's
+-- cursor never passes an entry it has not read (with a clock stepped
+-- back, the server's time is below the entries').
 local function index_prune(key, digest)
   if redis.call('ZCARD', key) <= 64 then return end
-  local now = int(server_ms())
+  local last = redis.call('ZRANGE', key, -1, -1, 'WITHSCORES')
+  local back = int(math.max(server_ms(), tonumber(last[2]) + 1))
   for _, id in ipairs(redis.call('ZRANGE', key, 0, 3)) do
     if redis.call('HGET', ARGV[3] .. id, 'm:o') == digest then
-      redis.call('ZADD', key, now, id)
+      redis.call('ZADD', key, back, id)
     else
       redis.call('ZREM', key, id)
     end
@@ -573,6 +577,88 @@ mod tests {
                 None
             }
         }
+    }
+
+    /// A listing under way on one server, with the index's scores ahead
+    /// of the clock (a clock stepped back): between two pages, sessions it
+    /// listed end and a login's prune checks the oldest entries left,
+    /// which it has not listed yet. The prune moved them "to the back" at
+    /// the server's time, which was below the listing's cursor, so the
+    /// listing skipped live sessions.
+    #[tokio::test]
+    async fn a_prune_between_pages_never_hides_an_entry() {
+        let url = std::env::var("REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".into());
+        let store = match RedisStore::connect(&url).await {
+            Ok(store) => store.prefix(format!("test-page-prune:{}:", std::process::id())),
+            Err(error) => {
+                let ci = std::env::var("CI").is_ok_and(|v| v == "true" || v == "1");
+                assert!(!ci, "CI=true and no Redis at {url}: {error}");
+                return;
+            }
+        };
+        let owner = format!("pages {}", SessionId::generate().as_str());
+        let digest = owner_digest(&owner);
+        let index = store.index_key(&digest);
+        let mut record = Record::new(Default::default(), false, now(), now() + 600);
+        record.data.insert(OWNER_KEY.into(), owner.as_str().into());
+        let mut ids = Vec::new();
+        for _ in 0..400 {
+            let id = SessionId::generate();
+            assert!(store.create(&id, &record).await.unwrap());
+            ids.push(id);
+        }
+        // Scores an hour ahead of the server's clock, in the order of ids.
+        let later = (now() + 3600) * 1000;
+        let mut conn = store.conn.clone();
+        for (i, id) in ids.iter().enumerate() {
+            let _: i64 = redis::cmd("ZADD")
+                .arg(&index)
+                .arg(later + i as u64)
+                .arg(id.as_str())
+                .query_async(&mut conn)
+                .await
+                .unwrap();
+        }
+        let page = |score: String, after: String| {
+            let (store, index, digest) = (&store, &index, &digest);
+            async move {
+                let args = [
+                    store.prefix.as_str().as_bytes(),
+                    digest.as_bytes(),
+                    score.as_bytes(),
+                    after.as_bytes(),
+                    b"256",
+                ];
+                type Page = (Vec<(String, Fields)>, String, String, u8);
+                let page: Page = store.script(&OWNED_SCRIPT, &[index], &args).await.unwrap();
+                page
+            }
+        };
+        let (first, score, after, _) = page("-inf".into(), String::new()).await;
+        assert_eq!(first.len(), 256);
+        // Between the pages: the sessions listed end, and a login comes.
+        for id in &ids[..256] {
+            store.delete(id).await.unwrap();
+        }
+        let login = SessionId::generate();
+        assert!(store.create(&login, &record).await.unwrap());
+        let mut rest: Vec<String> = Vec::new();
+        let (mut score, mut after) = (score, after);
+        loop {
+            let (listed, last_score, last_id, done) = page(score, after).await;
+            rest.extend(listed.into_iter().map(|(id, _)| id));
+            if done == 1 {
+                break;
+            }
+            (score, after) = (last_score, last_id);
+        }
+        let missed: Vec<&SessionId> = (ids[256..].iter())
+            .filter(|id| !rest.iter().any(|listed| listed == id.as_str()))
+            .collect();
+        for id in ids[256..].iter().chain([&login]) {
+            store.delete(id).await.unwrap();
+        }
+        assert!(missed.is_empty(), "{} live sessions skipped", missed.len());
     }
 
     /// A cluster write that sets an owner and reaches its server long
