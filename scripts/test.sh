@@ -145,7 +145,7 @@ cargo clippy --all-targets --quiet -- -D warnings
 step "the library builds and tests without Axum, and each optional feature builds alone"
 cargo clippy --no-default-features --lib -- -D warnings
 for feature in memory-store file-store caching-store redis-store postgres-store mysql-store \
-    sqlite-store memcached-store flask testing; do
+    sqlite-store memcached-store mongodb-store flask testing; do
     cargo clippy --no-default-features --features "$feature" --lib --quiet -- -D warnings
 done
 
