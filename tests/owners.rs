@@ -229,61 +229,45 @@ async fn an_absolute_timeout_past_ends_a_session_for_the_list_too() {
 /// not believed, and one that cannot list says so.
 #[tokio::test]
 async fn the_listing_is_checked_and_unsupported_is_an_error() {
+    use session_layer::Error;
+    use session_layer::store::{Changes, Record, SessionId};
+
+    /// A store over the `MemoryStore` inside `$name`: the five required
+    /// methods handed to it, and the methods in braces of its own.
+    macro_rules! store_over_memory {
+        ($name:ident { $($own:tt)* }) => {
+            #[session_layer::store::async_trait]
+            impl SessionStore for $name {
+            async fn load(&self, id: &SessionId, now: u64) -> Result<Option<Record>, Error> {
+                self.0.load(id, now).await
+            }
+            async fn create(&self, id: &SessionId, record: &Record) -> Result<bool, Error> {
+                self.0.create(id, record).await
+            }
+            async fn apply(&self, id: &SessionId, changes: &Changes) -> Result<bool, Error> {
+                self.0.apply(id, changes).await
+            }
+            async fn delete(&self, id: &SessionId) -> Result<(), Error> {
+                self.0.delete(id).await
+            }
+            async fn take(&self, id: &SessionId, now: u64) -> Result<Option<Record>, Error> {
+                self.0.take(id, now).await
+            }
+            $($own)*
+            }
+        };
+    }
+
     #[derive(Debug, Default)]
     struct Liar(MemoryStore);
-    #[session_layer::store::async_trait]
-    impl SessionStore for Liar {
-        async fn load(
-            &self,
-            id: &session_layer::store::SessionId,
-            now: u64,
-        ) -> Result<Option<session_layer::store::Record>, session_layer::Error> {
-            self.0.load(id, now).await
-        }
-        async fn create(
-            &self,
-            id: &session_layer::store::SessionId,
-            record: &session_layer::store::Record,
-        ) -> Result<bool, session_layer::Error> {
-            self.0.create(id, record).await
-        }
-        async fn apply(
-            &self,
-            id: &session_layer::store::SessionId,
-            changes: &session_layer::store::Changes,
-        ) -> Result<bool, session_layer::Error> {
-            self.0.apply(id, changes).await
-        }
-        async fn delete(
-            &self,
-            id: &session_layer::store::SessionId,
-        ) -> Result<(), session_layer::Error> {
-            self.0.delete(id).await
-        }
-        async fn take(
-            &self,
-            id: &session_layer::store::SessionId,
-            now: u64,
-        ) -> Result<Option<session_layer::store::Record>, session_layer::Error> {
-            self.0.take(id, now).await
-        }
-        async fn owned(
-            &self,
-            _owner: &str,
-            now: u64,
-        ) -> Result<
-            Vec<(
-                session_layer::store::SessionId,
-                session_layer::store::Record,
-            )>,
-            session_layer::Error,
-        > {
+    store_over_memory!(Liar {
+        async fn owned(&self, _owner: &str, now: u64) -> Result<Vec<(SessionId, Record)>, Error> {
             // Everyone's sessions, whoever asks.
             let mut all = self.0.owned("ann", now).await?;
             all.extend(self.0.owned("bob", now).await?);
             Ok(all)
         }
-    }
+    });
     let clock = TestClock::at(T0);
     let layer = SessionLayer::new(Key::generate())
         .with_store(Liar::default())
@@ -299,45 +283,10 @@ async fn the_listing_is_checked_and_unsupported_is_an_error() {
         "bob's survived the liar"
     );
 
+    /// Keeps the default `owned`: a store that cannot enumerate.
     #[derive(Debug, Default)]
     struct NoIndex(MemoryStore);
-    #[session_layer::store::async_trait]
-    impl SessionStore for NoIndex {
-        async fn load(
-            &self,
-            id: &session_layer::store::SessionId,
-            now: u64,
-        ) -> Result<Option<session_layer::store::Record>, session_layer::Error> {
-            self.0.load(id, now).await
-        }
-        async fn create(
-            &self,
-            id: &session_layer::store::SessionId,
-            record: &session_layer::store::Record,
-        ) -> Result<bool, session_layer::Error> {
-            self.0.create(id, record).await
-        }
-        async fn apply(
-            &self,
-            id: &session_layer::store::SessionId,
-            changes: &session_layer::store::Changes,
-        ) -> Result<bool, session_layer::Error> {
-            self.0.apply(id, changes).await
-        }
-        async fn delete(
-            &self,
-            id: &session_layer::store::SessionId,
-        ) -> Result<(), session_layer::Error> {
-            self.0.delete(id).await
-        }
-        async fn take(
-            &self,
-            id: &session_layer::store::SessionId,
-            now: u64,
-        ) -> Result<Option<session_layer::store::Record>, session_layer::Error> {
-            self.0.take(id, now).await
-        }
-    }
+    store_over_memory!(NoIndex {});
     let sessions = SessionLayer::new(Key::generate())
         .with_store(NoIndex::default())
         .sessions()

@@ -50,29 +50,38 @@ async fn redis_going_down_and_coming_back() {
 
     let server_port = server.port;
     server.stop();
-    // Load fails: 503 through the hook, the error in the extensions.
-    let response = jar.send(&app, get_req("/")).await;
+    answers_503_while_down(&app, &mut jar).await;
+    // Redis comes back (empty: it keeps nothing on disk); the same app
+    // object serves again without a restart.
+    let _server = RedisServer::start(server_port).unwrap();
+    serves_again(&app, &mut jar, Duration::from_secs(10)).await;
+}
+
+/// With the store down: a load answers 503 through the hook with the error
+/// in the extensions; a new visitor gets a 503 and no cookie; routes that
+/// do not touch the session do not notice.
+async fn answers_503_while_down(app: &Router, jar: &mut Jar) {
+    let response = jar.send(app, get_req("/")).await;
     assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
     assert_eq!(
         response.extensions().get::<Error>().unwrap().kind(),
         ErrorKind::Store
     );
-    // A new visitor cannot be saved: 503 too, and no cookie.
-    let response = Jar::new().send(&app, get_req("/")).await;
+    let response = Jar::new().send(app, get_req("/")).await;
     assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
     assert!(common::set_cookies(&response).is_empty());
-    // Routes that do not touch the session do not notice.
     assert_eq!(
-        jar.get_text(&app, "/untouched").await,
+        jar.get_text(app, "/untouched").await,
         (StatusCode::OK, "fine".into())
     );
+}
 
-    // Redis comes back (empty: it keeps nothing on disk); the same app
-    // object serves again without a restart.
-    let _server = RedisServer::start(server_port).unwrap();
-    let deadline = Instant::now() + Duration::from_secs(10);
+/// With the store back (empty), within `within`: the same app serves a
+/// fresh session, and keeps it.
+async fn serves_again(app: &Router, jar: &mut Jar, within: Duration) {
+    let deadline = Instant::now() + within;
     loop {
-        let (status, body) = jar.get_text(&app, "/").await;
+        let (status, body) = jar.get_text(app, "/").await;
         if status == StatusCode::OK {
             assert_eq!(
                 body, "1",
@@ -86,7 +95,7 @@ async fn redis_going_down_and_coming_back() {
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    assert_eq!(jar.get_text(&app, "/").await, (StatusCode::OK, "2".into()));
+    assert_eq!(jar.get_text(app, "/").await, (StatusCode::OK, "2".into()));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -460,37 +469,8 @@ async fn mongodb_going_down_and_coming_back() {
     assert_eq!(jar.get_text(&app, "/").await, (StatusCode::OK, "2".into()));
 
     server.stop();
-    let response = jar.send(&app, get_req("/")).await;
-    assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
-    assert_eq!(
-        response.extensions().get::<Error>().unwrap().kind(),
-        ErrorKind::Store
-    );
-    let response = Jar::new().send(&app, get_req("/")).await;
-    assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
-    assert!(common::set_cookies(&response).is_empty());
-    assert_eq!(
-        jar.get_text(&app, "/untouched").await,
-        (StatusCode::OK, "fine".into())
-    );
-
+    answers_503_while_down(&app, &mut jar).await;
     // Back, empty (it kept everything in memory).
     let _server = common::ServerProcess::start_mongo(port).unwrap();
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        let (status, body) = jar.get_text(&app, "/").await;
-        if status == StatusCode::OK {
-            assert_eq!(
-                body, "1",
-                "a fresh session: the old record went with the server"
-            );
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "the store did not recover: {status}"
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-    assert_eq!(jar.get_text(&app, "/").await, (StatusCode::OK, "2".into()));
+    serves_again(&app, &mut jar, Duration::from_secs(30)).await;
 }

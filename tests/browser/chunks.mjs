@@ -5,19 +5,9 @@
 // Usage: node chunks.mjs http://127.0.0.1:PORT
 // Prints one line per step; exits non-zero on the first failure.
 
-import { chromium } from "playwright-core";
+import { baseUrl, check, launch } from "./launch.mjs";
 
-const base = process.argv[2];
-if (!base) {
-  console.error("usage: node chunks.mjs BASE_URL");
-  process.exit(2);
-}
-const executablePath = process.env.CHROMIUM ?? "/usr/bin/chromium";
-
-function check(condition, message) {
-  if (!condition) throw new Error(message);
-  console.log(`ok: ${message}`);
-}
+const base = baseUrl("chunks.mjs");
 
 // About 20 KB with non-ASCII characters (no newlines: forms send them as
 // CRLF, pages show LF), so the form encoding, JSON
@@ -29,19 +19,7 @@ function note(length) {
   return text.slice(0, length);
 }
 
-const browser = await chromium.launch({
-  executablePath,
-  headless: true,
-  args: [
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-  ],
-});
+const browser = await launch();
 try {
   const context = await browser.newContext();
   const page = await context.newPage();

@@ -7,33 +7,11 @@
 // Usage: node devices.mjs http://127.0.0.1:PORT
 // Prints one line per step; exits non-zero on the first failure.
 
-import { chromium } from "playwright-core";
+import { baseUrl, check, launch } from "./launch.mjs";
 
-const base = process.argv[2];
-if (!base) {
-  console.error("usage: node devices.mjs BASE_URL");
-  process.exit(2);
-}
-const executablePath = process.env.CHROMIUM ?? "/usr/bin/chromium";
+const base = baseUrl("devices.mjs");
 
-function check(condition, message) {
-  if (!condition) throw new Error(message);
-  console.log(`ok: ${message}`);
-}
-
-const browser = await chromium.launch({
-  executablePath,
-  headless: true,
-  args: [
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-  ],
-});
+const browser = await launch();
 
 async function device(name) {
   const context = await browser.newContext({ userAgent: `${name} HeadlessChrome/1` });
