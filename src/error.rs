@@ -52,6 +52,12 @@ pub enum ErrorKind {
     /// The store cannot do what was asked (Memcached cannot list a user's
     /// sessions).
     Unsupported,
+    /// Another request changed a key this request read and then wrote (or
+    /// replaced a value a merge operation needed, a list by a string, say);
+    /// none of this request's changes were saved, so that no write is lost
+    /// silently. The client can retry: the next attempt reads the new
+    /// value.
+    Conflict,
 }
 
 impl Error {
@@ -96,6 +102,16 @@ impl Error {
         Self::with_source(ErrorKind::Store, source)
     }
 
+    /// An error saying that another request changed what this request's
+    /// changes depend on, so none of them were applied
+    /// ([`ErrorKind::Conflict`]): for stores that check
+    /// [`Changes::expected`](crate::store::Changes::expected) on their
+    /// server rather than through
+    /// [`Changes::apply_to`](crate::store::Changes::apply_to).
+    pub fn conflict(what: &'static str) -> Self {
+        Self::with_message(ErrorKind::Conflict, what)
+    }
+
     /// An error saying the store cannot do what was asked; `what` says
     /// what (stores that cannot answer an optional method return it).
     pub fn unsupported(what: &'static str) -> Self {
@@ -104,12 +120,13 @@ impl Error {
 
     /// The HTTP status a response reporting this error should carry: 503
     /// when the store failed (try again later), 409 when the session ended
-    /// during the request, 501 when the store cannot do what was asked,
+    /// during the request or another request changed what this one read
+    /// ([`ErrorKind::Conflict`]), 501 when the store cannot do what was asked,
     /// 500 otherwise (the server could not keep its promise).
     pub fn status(&self) -> StatusCode {
         match self.inner.kind {
             ErrorKind::Store => StatusCode::SERVICE_UNAVAILABLE,
-            ErrorKind::SessionEnded => StatusCode::CONFLICT,
+            ErrorKind::SessionEnded | ErrorKind::Conflict => StatusCode::CONFLICT,
             ErrorKind::Unsupported => StatusCode::NOT_IMPLEMENTED,
             _ => StatusCode::INTERNAL_SERVER_ERROR,
         }
@@ -125,6 +142,9 @@ impl Error {
             ErrorKind::Store => "session store failed",
             ErrorKind::SessionEnded => "the session ended while the request ran",
             ErrorKind::Unsupported => "the session store does not support this",
+            ErrorKind::Conflict => {
+                "another request changed the session values this request read; nothing was saved"
+            }
         }
     }
 }

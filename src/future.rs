@@ -434,6 +434,8 @@ fn plan_modified(shared: &Shared, loaded: &Loaded, state: &State, now: u64) -> S
         Some(r) if state.cycle || state.flushed => {
             let (record, cookie_expires) = fresh();
             let mut keys: BTreeSet<String> = state.changed.union(&state.removed).cloned().collect();
+            // A merged key holds the request's merged value already.
+            keys.extend(state.merges.iter().map(|(key, _)| key.clone()));
             // The new stamp wins over the old record's.
             keys.insert(STAMP_KEY.into());
             let touched = Touched {

@@ -1,9 +1,10 @@
 //! `Session`: the change-tracking map handlers read and write, and the
 //! per-request handle that loads it lazily.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::hash::{BuildHasher, RandomState};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock, PoisonError};
 
 use serde::Serialize;
 use serde::de::DeserializeOwned;
@@ -11,7 +12,7 @@ use serde_json::Value;
 
 use crate::data::SessionData;
 use crate::error::{Error, ErrorKind};
-use crate::store::{Changes, OWNER_KEY, OWNER_META_KEY};
+use crate::store::{Changes, Merge, OWNER_KEY, OWNER_META_KEY};
 
 /// The session of the current request.
 ///
@@ -50,6 +51,14 @@ pub(crate) struct State {
     pub(crate) flushed: bool,
     /// Whether per-key changes are kept (server-side sessions only).
     pub(crate) track_changes: bool,
+    /// The keys handlers read (server-side only).
+    pub(crate) reads: Reads,
+    /// What each key read and then changed held when it was first changed
+    /// (`None`: absent): the store applies the changes only if it still
+    /// does.
+    pub(crate) expected: BTreeMap<String, Option<Value>>,
+    /// Merge operations, in order, for the store to make on what it holds.
+    pub(crate) merges: Vec<(String, Merge)>,
     /// Server-side: the record's id, and the keys and cookie name that
     /// make its handle; `None` once `cycle_id` or `flush` ends that id.
     pub(crate) stored_as: Option<(
@@ -59,10 +68,56 @@ pub(crate) struct State {
     )>,
 }
 
+/// The keys a request read, for the expectations of the keys it then
+/// writes. Kept as keyed 64-bit hashes, the first eight inline, so that
+/// reading costs no allocation.
+#[derive(Debug, Default)]
+pub(crate) struct Reads {
+    inline: [u64; 8],
+    len: usize,
+    spill: Vec<u64>,
+    /// The whole session was read (`to_map`).
+    all: bool,
+}
+
+impl Reads {
+    fn mark(&mut self, key: &str) {
+        let hash = read_hash(key);
+        if self.has(hash) {
+            return;
+        }
+        match self.inline.get_mut(self.len) {
+            Some(slot) => {
+                *slot = hash;
+                self.len += 1;
+            }
+            None => self.spill.push(hash),
+        }
+    }
+
+    fn has(&self, hash: u64) -> bool {
+        self.inline[..self.len].contains(&hash) || self.spill.contains(&hash)
+    }
+
+    fn contains(&self, key: &str) -> bool {
+        self.all || ((self.len > 0) && self.has(read_hash(key)))
+    }
+}
+
+/// A key's hash under a key drawn at random once per process: two keys of
+/// one request share a hash once in 2^64 pairs, and no one can choose keys
+/// that do (a shared hash would make a blind write carry an expectation).
+fn read_hash(key: &str) -> u64 {
+    static STATE: OnceLock<RandomState> = OnceLock::new();
+    STATE.get_or_init(RandomState::new).hash_one(key)
+}
+
 impl State {
     fn set(&mut self, key: String, value: Value) -> Option<Value> {
         self.modified = true;
         if self.track_changes {
+            self.before_change(&key);
+            self.merges.retain(|(k, _)| *k != key);
             self.removed.remove(&key);
             self.changed.insert(key.clone());
         }
@@ -70,6 +125,10 @@ impl State {
     }
 
     fn unset(&mut self, key: &str) -> Option<Value> {
+        if self.track_changes && self.data.contains_key(key) {
+            self.before_change(key);
+            self.merges.retain(|(k, _)| k != key);
+        }
         let removed = self.data.remove(key)?;
         self.modified = true;
         if self.track_changes {
@@ -79,10 +138,71 @@ impl State {
         Some(removed)
     }
 
+    /// The first change of `key` in this request: if a handler read it,
+    /// what it holds now is what was read, and the store must still hold
+    /// it for the change to apply.
+    fn before_change(&mut self, key: &str) {
+        let first = !self.cleared
+            && !self.changed.contains(key)
+            && !self.removed.contains(key)
+            && !self.expected.contains_key(key)
+            && !self.merges.iter().any(|(k, _)| k == key);
+        if first && self.reads.contains(key) {
+            let read = self.data.get(key).cloned();
+            self.expected.insert(key.to_owned(), read);
+        }
+    }
+
+    /// Makes `merge` on the value under `key` here, and (server-side)
+    /// queues it for the store, which makes it again on what it holds.
+    fn merge(&mut self, key: &str, merge: Merge) -> Result<Option<Value>, Error> {
+        if key.starts_with(RESERVED) {
+            return Err(Error::with_message(
+                ErrorKind::Serialize,
+                "merge operations on the layer's reserved keys are refused",
+            ));
+        }
+        let merged = merge.apply(self.data.get(key)).map_err(|_| {
+            let found = self.data.get(key).map_or("nothing", json_type);
+            Error::with_message(
+                ErrorKind::Deserialize,
+                format!("the value under {key:?} is {found}, which the merge does not fit"),
+            )
+        })?;
+        // Client-side, after a clear, or on a key this request set or
+        // removed: the request's own value is the whole truth, an ordinary
+        // write.
+        let queued = self.track_changes
+            && !self.cleared
+            && !self.changed.contains(key)
+            && !self.removed.contains(key);
+        if !queued {
+            match merged.clone() {
+                Some(value) => {
+                    self.set(key.to_owned(), value);
+                }
+                None => {
+                    self.unset(key);
+                }
+            }
+            return Ok(merged);
+        }
+        self.before_change(key);
+        self.merges.push((key.to_owned(), merge));
+        self.modified = true;
+        match merged.clone() {
+            Some(value) => self.data.insert(key.to_owned(), value),
+            None => self.data.remove(key),
+        };
+        Ok(merged)
+    }
+
     fn clear(&mut self) {
         self.data.clear();
         self.changed.clear();
         self.removed.clear();
+        self.merges.clear();
+        self.expected.clear();
         self.cleared = true;
         if self.permanent {
             self.permanent = false;
@@ -101,6 +221,13 @@ impl State {
             .iter()
             .filter_map(|key| Some((key.clone(), self.data.get(key)?.clone())))
             .collect();
+        if !self.expected.is_empty() {
+            changes.expected = (self.expected.iter())
+                .filter(|(key, _)| self.changed.contains(*key) || self.removed.contains(*key))
+                .map(|(key, read)| (key.clone(), read.clone()))
+                .collect();
+        }
+        changes.merges.clone_from(&self.merges);
         changes.permanent = self.permanent_changed.then_some(self.permanent);
         changes
     }
@@ -133,12 +260,22 @@ impl Session {
         state
     }
 
+    /// [`read`](Self::read), remembering that a handler read `key`: a write
+    /// of it later in the request then carries what was read.
+    fn read_key(&self, key: &str) -> MutexGuard<'_, State> {
+        let mut state = self.read();
+        if state.track_changes {
+            state.reads.mark(key);
+        }
+        state
+    }
+
     /// The value under `key`, deserialized as `T`.
     ///
     /// # Errors
     /// [`ErrorKind::Deserialize`] when the stored value is not a `T`.
     pub fn get<T: DeserializeOwned>(&self, key: &str) -> Result<Option<T>, Error> {
-        self.read()
+        self.read_key(key)
             .data
             .get(key)
             .map(|value| T::deserialize(value).map_err(|_| mismatch::<T>(key, value)))
@@ -176,7 +313,7 @@ impl Session {
 
     /// The raw JSON value under `key`.
     pub fn get_value(&self, key: &str) -> Option<Value> {
-        self.read().data.get(key).cloned()
+        self.read_key(key).data.get(key).cloned()
     }
 
     /// Stores `value` under `key`. Writing a value equal to the one already
@@ -208,9 +345,14 @@ impl Session {
     /// (two extractors, a spawned task) cannot interleave. Returns the
     /// stored value.
     ///
-    /// The lock is this request's: two *requests* of one user that update
-    /// the same key each start from the value they loaded, and the last
-    /// save wins (different keys both survive on a store).
+    /// The lock is this request's. Two *requests* of one user that update
+    /// the same key on a server-side store each start from the value they
+    /// loaded; the first save wins and the other answers 409
+    /// ([`ErrorKind::Conflict`]), saving nothing, so the client can retry.
+    /// For counters, lists and maps, [`increment`](Self::increment),
+    /// [`push`](Self::push), [`map_insert`](Self::map_insert) and
+    /// [`map_remove`](Self::map_remove) never conflict. (Client-side
+    /// sessions cannot tell: the browser keeps the last cookie.)
     ///
     /// ```
     /// # fn handler(session: session_layer::Session) -> Result<(), session_layer::Error> {
@@ -227,7 +369,7 @@ impl Session {
         T: Serialize + DeserializeOwned,
         F: FnOnce(Option<T>) -> T,
     {
-        let mut state = self.read();
+        let mut state = self.read_key(key);
         let old = state
             .data
             .get(key)
@@ -240,6 +382,100 @@ impl Session {
             state.set(key.to_owned(), value);
         }
         Ok(new)
+    }
+
+    /// Adds `by` to the integer under `key` (an absent key counts as 0) and
+    /// returns the sum, as this request sees it.
+    ///
+    /// A merge operation: on a server-side store, the store adds `by` to
+    /// the number it holds when it saves the session, so concurrent
+    /// requests adding to one key all count and none conflicts (the stored
+    /// sum then includes theirs). Client-side, it is an ordinary write.
+    ///
+    /// ```
+    /// # fn handler(session: session_layer::Session) -> Result<(), session_layer::Error> {
+    /// let views = session.increment("views", 1)?;
+    /// # let _ = views; Ok(()) }
+    /// ```
+    ///
+    /// # Errors
+    /// [`ErrorKind::Deserialize`] when the value under `key` is not an
+    /// integer, or the sum leaves `i64`; the session is unchanged then. On
+    /// saving, a store that finds something else than an integer under the
+    /// key (another request replaced it) answers [`ErrorKind::Conflict`].
+    pub fn increment(&self, key: &str, by: i64) -> Result<i64, Error> {
+        let merged = self.read().merge(key, Merge::Add(by))?;
+        Ok(merged.as_ref().and_then(Value::as_i64).unwrap_or_default())
+    }
+
+    /// Appends `item` to the list under `key` (an absent key counts as an
+    /// empty list): "add to cart".
+    ///
+    /// A merge operation: on a server-side store, the store appends to the
+    /// list it holds when it saves the session, so twenty concurrent
+    /// requests appending to one list keep twenty items and none conflicts.
+    /// [`get`](Self::get) shows the list as this request sees it.
+    /// Client-side, it is an ordinary write.
+    ///
+    /// ```
+    /// # fn handler(session: session_layer::Session) -> Result<(), session_layer::Error> {
+    /// session.push("cart", "sku-42")?;
+    /// let cart: Vec<String> = session.get("cart")?.unwrap_or_default();
+    /// # let _ = cart; Ok(()) }
+    /// ```
+    ///
+    /// # Errors
+    /// [`ErrorKind::Serialize`] when `item` is not JSON,
+    /// [`ErrorKind::Deserialize`] when the value under `key` is not a list;
+    /// the session is unchanged then. On saving, a store that finds
+    /// something else than a list under the key answers
+    /// [`ErrorKind::Conflict`].
+    pub fn push<T: Serialize>(&self, key: &str, item: T) -> Result<(), Error> {
+        let item =
+            serde_json::to_value(item).map_err(|e| Error::with_source(ErrorKind::Serialize, e))?;
+        self.read().merge(key, Merge::Push(item)).map(drop)
+    }
+
+    /// Sets `member` of the map (a JSON object) under `key` to `value` (an
+    /// absent key counts as an empty map). A map of members to `true` is a
+    /// set.
+    ///
+    /// A merge operation: on a server-side store, the store sets the member
+    /// in the map it holds when it saves the session, so concurrent
+    /// requests changing different members (or the same one: the last
+    /// wins, as one value) never conflict. Client-side, it is an ordinary
+    /// write.
+    ///
+    /// # Errors
+    /// [`ErrorKind::Serialize`] when `value` is not JSON,
+    /// [`ErrorKind::Deserialize`] when the value under `key` is not a map;
+    /// the session is unchanged then. On saving, a store that finds
+    /// something else than a map under the key answers
+    /// [`ErrorKind::Conflict`].
+    pub fn map_insert<T: Serialize>(
+        &self,
+        key: &str,
+        member: impl Into<String>,
+        value: T,
+    ) -> Result<(), Error> {
+        let value =
+            serde_json::to_value(value).map_err(|e| Error::with_source(ErrorKind::Serialize, e))?;
+        let merge = Merge::Insert(member.into(), value);
+        self.read().merge(key, merge).map(drop)
+    }
+
+    /// Removes `member` from the map under `key`, a merge operation like
+    /// [`map_insert`](Self::map_insert): concurrent requests never
+    /// conflict over it.
+    ///
+    /// # Errors
+    /// [`ErrorKind::Deserialize`] when the value under `key` is not a map;
+    /// the session is unchanged then. On saving, a store that finds
+    /// something else than a map under the key answers
+    /// [`ErrorKind::Conflict`].
+    pub fn map_remove(&self, key: &str, member: &str) -> Result<(), Error> {
+        let merge = Merge::Remove(member.to_owned());
+        self.read().merge(key, merge).map(drop)
     }
 
     /// Removes the value under `key` and returns it as `T`.
@@ -255,13 +491,13 @@ impl Session {
 
     /// Removes the raw JSON value under `key` and returns it.
     pub fn remove_value(&self, key: &str) -> Option<Value> {
-        let mut state = self.read();
+        let mut state = self.read_key(key);
         state.unset(key)
     }
 
     /// Whether a value is stored under `key`.
     pub fn contains_key(&self, key: &str) -> bool {
-        self.read().data.contains_key(key)
+        self.read_key(key).data.contains_key(key)
     }
 
     /// The keys, in sorted order.
@@ -281,7 +517,11 @@ impl Session {
 
     /// A copy of the whole session as a JSON object.
     pub fn to_map(&self) -> SessionData {
-        self.read().data.clone()
+        let mut state = self.read();
+        if state.track_changes {
+            state.reads.all = true;
+        }
+        state.data.clone()
     }
 
     /// Removes every value and the permanent flag (as Flask's
@@ -415,12 +655,8 @@ impl Session {
     /// # Errors
     /// [`ErrorKind::Deserialize`] when `_flashes` holds something else.
     pub fn flash(&self, category: &str, message: &str) -> Result<(), Error> {
-        self.update(FLASHES, |flashes: Option<Vec<(String, String)>>| {
-            let mut flashes = flashes.unwrap_or_default();
-            flashes.push((category.to_owned(), message.to_owned()));
-            flashes
-        })
-        .map(drop)
+        // A merge: two requests flashing at once both keep their message.
+        self.push(FLASHES, (category, message))
     }
 
     /// Takes every queued message as `(category, message)`, oldest first,
@@ -487,19 +723,28 @@ pub const MAX_OWNER_META: usize = 1024;
 /// Where flashed messages live: Flask's key.
 const FLASHES: &str = "_flashes";
 
-/// A value that is not the type asked for. serde's own message quotes the
-/// value (`invalid type: string "tok_live_..."`), and errors end up in logs:
-/// this one names the key, the type asked for and the JSON type found,
-/// never the value.
-fn mismatch<T>(key: &str, value: &Value) -> Error {
-    let found = match value {
+/// The first character of the layer's own keys ([`OWNER_KEY`] and the
+/// like), which merge operations do not touch.
+const RESERVED: char = '\u{10FFFF}';
+
+/// The JSON type of `value`, to name in errors instead of the value.
+fn json_type(value: &Value) -> &'static str {
+    match value {
         Value::Null => "null",
         Value::Bool(_) => "a boolean",
         Value::Number(_) => "a number",
         Value::String(_) => "a string",
         Value::Array(_) => "an array",
         Value::Object(_) => "an object",
-    };
+    }
+}
+
+/// A value that is not the type asked for. serde's own message quotes the
+/// value (`invalid type: string "tok_live_..."`), and errors end up in logs:
+/// this one names the key, the type asked for and the JSON type found,
+/// never the value.
+fn mismatch<T>(key: &str, value: &Value) -> Error {
+    let found = json_type(value);
     Error::with_message(
         ErrorKind::Deserialize,
         format!(

@@ -21,7 +21,7 @@ use serde_json::{Value, json};
 
 use crate::data::SessionData;
 use crate::error::ErrorKind;
-use crate::store::{Changes, OWNER_KEY, OWNER_META_KEY, Record, SessionId, SessionStore};
+use crate::store::{Changes, Merge, OWNER_KEY, OWNER_META_KEY, Record, SessionId, SessionStore};
 
 /// Runs every check against `store`. Takes a few seconds: one check waits
 /// for a record to expire, so stores with native TTLs are checked too.
@@ -41,6 +41,10 @@ pub async fn check_store<S: SessionStore + ?Sized>(store: Arc<S>) {
     large_and_unicode_values(&*store).await;
     any_key_is_one_key(&*store).await;
     concurrent_writes_to_distinct_keys_all_survive(store.clone()).await;
+    expectations_guard_what_was_read(&*store).await;
+    merges_apply_to_what_the_store_holds(&*store).await;
+    concurrent_read_modify_writes_never_lose_silently(store.clone()).await;
+    concurrent_merges_all_survive(store.clone()).await;
     writes_racing_a_delete_never_resurrect(store.clone()).await;
     the_layers_clock_rules(&*store).await;
     if owners_index_their_sessions(store.clone()).await {
@@ -345,6 +349,333 @@ pub async fn concurrent_writes_to_distinct_keys_all_survive<S: SessionStore + ?S
         missing.is_empty(),
         "writes lost under concurrency: keys {missing:?}"
     );
+}
+
+fn is_conflict(result: &Result<bool, crate::Error>) -> bool {
+    matches!(result, Err(error) if error.kind() == ErrorKind::Conflict)
+}
+
+/// A write that carries what the request read ([`Changes::expected`])
+/// applies only while the store still holds it; otherwise the store answers
+/// [`ErrorKind::Conflict`] and applies none of the changes. A blind write
+/// applies as ever.
+pub async fn expectations_guard_what_was_read<S: SessionStore + ?Sized>(store: &S) {
+    // Values whose text a store might write differently (key order,
+    // escapes, floats, large integers): a value read back whole must
+    // compare equal to what the store holds.
+    let odd = json!({"z": [1.5, -0.25, 1e300], "a": {"ü": "\u{0}\"x\"", "": null},
+        "big": 18446744073709551615_u64, "neg": i64::MIN});
+    let id = created(store, &record(json!({"n": 1, "other": "x", "odd": odd}))).await;
+    let expires = now() + 3600;
+    let write = |expected: Vec<(&str, Option<Value>)>, set: Vec<(&str, Value)>| Changes {
+        expected: (expected.into_iter())
+            .map(|(k, v)| (k.to_owned(), v))
+            .collect(),
+        set: set.into_iter().map(|(k, v)| (k.to_owned(), v)).collect(),
+        ..Changes::expiry(now(), expires)
+    };
+    let applied = store
+        .apply(
+            &id,
+            &write(vec![("n", Some(json!(1)))], vec![("n", json!(2))]),
+        )
+        .await;
+    assert!(
+        matches!(applied, Ok(true)),
+        "an expectation that holds: {applied:?}"
+    );
+    let stale = Changes {
+        removed: vec!["other".into()],
+        permanent: Some(true),
+        ..write(
+            vec![("n", Some(json!(1)))],
+            vec![("n", json!(3)), ("z", json!(1))],
+        )
+    };
+    let refused = store.apply(&id, &stale).await;
+    assert!(
+        is_conflict(&refused),
+        "a stale expectation must conflict: {refused:?}"
+    );
+    let loaded = load(store, &id).await.expect("record");
+    assert_eq!(
+        loaded.data["n"],
+        json!(2),
+        "the conflicting write is not applied"
+    );
+    assert_eq!(
+        loaded.data.get("other"),
+        Some(&json!("x")),
+        "nor its removal"
+    );
+    assert!(!loaded.data.contains_key("z"), "nor any of its other keys");
+    assert!(!loaded.permanent, "nor its flag");
+    // Absent when read: applies once, then the key exists.
+    let fresh = write(vec![("new", None)], vec![("new", json!(1))]);
+    assert!(matches!(store.apply(&id, &fresh).await, Ok(true)));
+    assert!(
+        is_conflict(&store.apply(&id, &fresh).await),
+        "no longer absent"
+    );
+    // A removal of a key read: applies while it holds what was read.
+    let remove = Changes {
+        removed: vec!["other".into()],
+        ..write(vec![("other", Some(json!("x")))], vec![])
+    };
+    assert!(matches!(store.apply(&id, &remove).await, Ok(true)));
+    assert!(
+        is_conflict(&store.apply(&id, &remove).await),
+        "already removed"
+    );
+    // The odd value, read whole and written back.
+    let odd_back = write(
+        vec![("odd", Some(odd.clone()))],
+        vec![("odd", json!("done"))],
+    );
+    let applied = store.apply(&id, &odd_back).await;
+    assert!(
+        matches!(applied, Ok(true)),
+        "a value read as stored compares equal: {applied:?}"
+    );
+    // Blind writes apply whatever the key holds.
+    assert!(matches!(
+        store
+            .apply(&id, &write(vec![], vec![("n", json!(9))]))
+            .await,
+        Ok(true)
+    ));
+    let loaded = load(store, &id).await.expect("record");
+    assert_eq!(
+        Value::Object(loaded.data),
+        json!({"n": 9, "new": 1, "odd": "done"})
+    );
+    // No record: false, as for any apply, not a conflict.
+    store.delete(&id).await.expect("delete");
+    let gone = write(vec![("n", Some(json!(9)))], vec![("n", json!(10))]);
+    let gone = store.apply(&id, &gone).await;
+    assert!(
+        matches!(gone, Ok(false)),
+        "no record is not a conflict: {gone:?}"
+    );
+}
+
+/// Merge operations ([`Changes::merges`]) apply to what the store holds,
+/// as [`Merge::apply`] says, several to one key in order; one that meets a
+/// value of another kind, or overflows, is a conflict that applies none of
+/// the changes. A map keeps the form any store writes, so that a value read
+/// back after merges compares equal to what the store holds.
+pub async fn merges_apply_to_what_the_store_holds<S: SessionStore + ?Sized>(store: &S) {
+    let big = 9_007_199_254_740_993_i64; // 2^53 + 1: not a double
+    let id = created(
+        store,
+        &record(json!({"n": 1, "big": big, "list": [], "map": {"m": 1}, "s": "text"})),
+    )
+    .await;
+    let expires = now() + 3600;
+    let merging = |merges: Vec<(&str, Merge)>| Changes {
+        merges: (merges.into_iter())
+            .map(|(k, m)| (k.to_owned(), m))
+            .collect(),
+        ..Changes::expiry(now(), expires)
+    };
+    let members = ["b", "", "a\"b", "ü", "nul\u{0}", "\u{10FFFF}", "a", "B"];
+    let mut merges = vec![
+        ("n", Merge::Add(41)),
+        ("big", Merge::Add(1)),
+        ("fresh", Merge::Add(-3)),
+        ("list", Merge::Push(json!({"sku": 1, "a": [true]}))),
+        ("list", Merge::Push(json!("two"))),
+        ("new list", Merge::Push(json!(null))),
+        ("map", Merge::Remove("m".into())),
+        ("map", Merge::Remove("absent".into())),
+        ("no map", Merge::Remove("x".into())),
+    ];
+    for (i, member) in members.iter().enumerate() {
+        merges.push(("map", Merge::Insert((*member).into(), json!(i))));
+        merges.push(("new map", Merge::Insert((*member).into(), json!([i]))));
+    }
+    merges.push(("map", Merge::Insert("b".into(), json!("again"))));
+    merges.push(("new map", Merge::Remove("a".into())));
+    let applied = store.apply(&id, &merging(merges)).await;
+    assert!(matches!(applied, Ok(true)), "merges apply: {applied:?}");
+    let loaded = load(store, &id).await.expect("record");
+    let mut map: serde_json::Map<String, Value> = (members.iter().enumerate())
+        .map(|(i, m)| ((*m).to_owned(), json!(i)))
+        .collect();
+    map.insert("b".into(), json!("again"));
+    let mut new_map: serde_json::Map<String, Value> = (members.iter().enumerate())
+        .map(|(i, m)| ((*m).to_owned(), json!([i])))
+        .collect();
+    new_map.remove("a");
+    let expected = json!({
+        "n": 42, "big": big + 1, "fresh": -3,
+        "list": [{"sku": 1, "a": [true]}, "two"], "new list": [null],
+        "map": map, "new map": new_map, "s": "text",
+    });
+    assert_eq!(
+        Value::Object(loaded.data.clone()),
+        expected,
+        "merged values"
+    );
+    // What was merged reads back as the store holds it.
+    let read_back = Changes {
+        expected: (["map", "new map", "list", "big"].iter())
+            .map(|k| ((*k).to_owned(), Some(loaded.data[*k].clone())))
+            .collect(),
+        set: vec![("after".into(), json!(true))],
+        ..Changes::expiry(now(), expires)
+    };
+    let applied = store.apply(&id, &read_back).await;
+    assert!(
+        matches!(applied, Ok(true)),
+        "merged values compare equal when read back: {applied:?}"
+    );
+    // Merges that do not fit: nothing of the changes applies.
+    for misfit in [
+        ("s", Merge::Push(json!(1))),
+        ("s", Merge::Add(1)),
+        ("list", Merge::Insert("k".into(), json!(1))),
+        ("map", Merge::Add(1)),
+        ("n", Merge::Remove("k".into())),
+        ("big", Merge::Add(i64::MAX)),
+    ] {
+        let changes = Changes {
+            set: vec![("leak".into(), json!(1))],
+            merges: vec![
+                ("n".into(), Merge::Add(1)),
+                (misfit.0.into(), misfit.1.clone()),
+            ],
+            ..Changes::expiry(now(), expires)
+        };
+        let refused = store.apply(&id, &changes).await;
+        assert!(
+            is_conflict(&refused),
+            "{misfit:?} must conflict: {refused:?}"
+        );
+    }
+    let after = load(store, &id).await.expect("record");
+    assert_eq!(
+        after.data["n"],
+        json!(42),
+        "a refused merge changes nothing"
+    );
+    assert!(!after.data.contains_key("leak"), "nor anything beside it");
+    // After a clear, merges start from nothing.
+    let cleared = Changes {
+        cleared: true,
+        merges: vec![
+            ("n".into(), Merge::Add(2)),
+            ("list".into(), Merge::Push(json!(1))),
+        ],
+        ..Changes::expiry(now(), expires)
+    };
+    assert!(matches!(store.apply(&id, &cleared).await, Ok(true)));
+    assert_eq!(
+        Value::Object(load(store, &id).await.expect("record").data),
+        json!({"n": 2, "list": [1]})
+    );
+    store.delete(&id).await.expect("delete");
+}
+
+/// Fifty requests that each read one key and write it back changed, at
+/// once: every write the store acknowledged is in the stored value, every
+/// other one was answered [`ErrorKind::Conflict`] (never a silent loss).
+pub async fn concurrent_read_modify_writes_never_lose_silently<S: SessionStore + ?Sized>(
+    store: Arc<S>,
+) {
+    let id = created(&*store, &record(json!({"cart": []}))).await;
+    let expires = now() + 3600;
+    let writes = (0..50).map(|i| {
+        let (store, id) = (store.clone(), id.clone());
+        async move {
+            let read = load(&*store, &id).await.expect("record").data["cart"].clone();
+            let mut cart = read.as_array().expect("a list").clone();
+            cart.push(json!(i));
+            let changes = Changes {
+                expected: vec![("cart".into(), Some(read))],
+                set: vec![
+                    ("cart".into(), Value::Array(cart)),
+                    (format!("k{i}"), json!(i)),
+                ],
+                ..Changes::expiry(now(), expires)
+            };
+            (i, store.apply(&id, &changes).await)
+        }
+    });
+    let outcomes = join_all(writes).await;
+    let stored = load(&*store, &id).await.expect("record");
+    let cart = stored.data["cart"].as_array().expect("a list").clone();
+    let mut acknowledged = 0;
+    for (i, outcome) in &outcomes {
+        match outcome {
+            Ok(true) => {
+                acknowledged += 1;
+                assert!(
+                    cart.contains(&json!(i)),
+                    "write {i} acknowledged, then lost"
+                );
+                assert!(stored.data.contains_key(&format!("k{i}")));
+            }
+            Err(error) if error.kind() == ErrorKind::Conflict => {
+                assert!(!cart.contains(&json!(i)), "write {i} refused, yet stored");
+                assert!(
+                    !stored.data.contains_key(&format!("k{i}")),
+                    "write {i} refused, yet its other key stored"
+                );
+            }
+            other => panic!("write {i}: {other:?}"),
+        }
+    }
+    assert!(acknowledged >= 1, "one write at least must win");
+    assert_eq!(
+        cart.len(),
+        acknowledged,
+        "the cart holds the acknowledged writes only"
+    );
+    store.delete(&id).await.expect("delete");
+}
+
+/// Fifty requests that each append, add, and insert into a map, on one
+/// session at once: every one applies and all survive.
+pub async fn concurrent_merges_all_survive<S: SessionStore + ?Sized>(store: Arc<S>) {
+    let id = created(&*store, &record(json!({"cart": ["first"]}))).await;
+    let expires = now() + 3600;
+    let writes = (0..50).map(|i| {
+        let (store, id) = (store.clone(), id.clone());
+        async move {
+            let changes = Changes {
+                merges: vec![
+                    ("cart".into(), Merge::Push(json!(i))),
+                    ("count".into(), Merge::Add(1)),
+                    ("seen".into(), Merge::Insert(format!("m{i}"), json!(true))),
+                ],
+                ..Changes::expiry(now(), expires)
+            };
+            store.apply(&id, &changes).await
+        }
+    });
+    for outcome in join_all(writes).await {
+        assert!(
+            matches!(outcome, Ok(true)),
+            "a merge must apply: {outcome:?}"
+        );
+    }
+    let stored = load(&*store, &id).await.expect("record");
+    let mut cart = stored.data["cart"].as_array().expect("a list").clone();
+    assert_eq!(
+        cart.remove(0),
+        json!("first"),
+        "appended after what was there"
+    );
+    cart.sort_by_key(|item| item.as_i64());
+    assert_eq!(
+        Value::Array(cart),
+        json!((0..50).collect::<Vec<_>>()),
+        "every item once"
+    );
+    assert_eq!(stored.data["count"], json!(50), "every addition");
+    assert_eq!(stored.data["seen"].as_object().map(|m| m.len()), Some(50));
+    store.delete(&id).await.expect("delete");
 }
 
 /// Writes racing a delete (a logout in another tab) or a cycle (a login in

@@ -419,12 +419,19 @@ impl<S: SessionStore> SessionStore for CachingStore<S> {
         }
         .filter(|(_, read_under)| *read_under == before);
         let applied = self.write(id, self.inner.apply(id, changes)).await;
-        match (&applied, cached) {
+        // Changes that read the record (expectations, merges) were judged
+        // against what the store holds, which a copy may trail: the copy
+        // goes, and the next load reads what the store made of them.
+        let cached = cached.filter(|_| !changes.reads_the_record());
+        let kept = match (&applied, cached) {
             (Ok(true), Some((mut record, _))) => {
-                changes.apply_to(&mut record);
-                self.keep(id, before, record).await;
+                changes.apply_to(&mut record).ok().map(|()| record)
             }
-            _ => self.cache.invalidate(id).await,
+            _ => None,
+        };
+        match kept {
+            Some(record) => self.keep(id, before, record).await,
+            None => self.cache.invalidate(id).await,
         }
         applied
     }

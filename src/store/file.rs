@@ -363,24 +363,28 @@ impl SessionStore for FileStore {
 
     async fn apply(&self, id: &SessionId, changes: &Changes) -> Result<bool, Error> {
         let (id, changes) = (id.clone(), changes.clone());
+        // Expectations and merges are judged under the lock, against the
+        // record read under it; a conflict writes nothing.
         self.blocking(move |root| {
             let (dir, file) = paths(root, &id);
             locked(&dir, || {
                 let Some(mut record) = read_live(&file, changes.now)? else {
-                    return Ok(false);
+                    return Ok(Ok(false));
                 };
                 let change = changes.owner_change();
                 let old_owner = change.and_then(|_| record.owner().map(str::to_owned));
-                changes.apply_to(&mut record);
+                if let Err(conflict) = changes.apply_to(&mut record) {
+                    return Ok(Err(conflict));
+                }
                 let save = || write(&dir, &file, &record);
                 match change {
                     None => save()?,
                     Some(new_owner) => reowned(root, &id, old_owner.as_deref(), new_owner, save)?,
                 }
-                Ok(true)
+                Ok(Ok(true))
             })
         })
-        .await
+        .await?
     }
 
     async fn delete(&self, id: &SessionId) -> Result<(), Error> {

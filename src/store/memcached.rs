@@ -10,7 +10,7 @@ use async_trait::async_trait;
 use tokio::sync::{Mutex, MutexGuard};
 use tokio::time::Instant;
 
-use super::net::{KeyPrefix, prefix_and_timeout};
+use super::net::{KeyPrefix, backoff, prefix_and_timeout};
 use super::{Changes, Record, SessionId, SessionStore};
 use crate::error::Error;
 
@@ -225,15 +225,6 @@ impl MemcachedStore {
     }
 }
 
-/// Before a compare-and-swap retry: a jittered pause, so the losers of a
-/// race do not collide again.
-async fn backoff(attempt: u32) {
-    if attempt > 0 {
-        let jitter = getrandom::u32().unwrap_or(attempt) % (200 * attempt.min(50));
-        tokio::time::sleep(Duration::from_micros(u64::from(jitter))).await;
-    }
-}
-
 /// async-memcached's error, made a `std::error::Error` to keep as a source.
 #[derive(Debug)]
 struct McFailure(McError);
@@ -312,7 +303,9 @@ impl SessionStore for MemcachedStore {
             let Some((mut record, cas)) = self.get(deadline, &key, changes.now).await? else {
                 return Ok(false);
             };
-            changes.apply_to(&mut record);
+            // Judged against the item as read: the CAS below makes the
+            // write land only on that very item, or read again.
+            changes.apply_to(&mut record)?;
             let value = serde_json::to_vec(&record).map_err(Error::store)?;
             let flags = [format!("C{cas}"), format!("T{}", record.expires_at)];
             match self.set(deadline, &key, value, flags).await {

@@ -178,7 +178,16 @@ impl Compact {
     }
 
     /// [`Changes::apply_to`] on the compact form: cleared, removed, set.
-    fn apply(&mut self, changes: &Changes) {
+    /// Changes that read the record (expectations, merges) go through
+    /// `apply_to` itself on the parsed record, under the shard lock the
+    /// caller holds; a conflict leaves the record as it was.
+    fn apply(&mut self, changes: &Changes) -> Result<(), Error> {
+        if changes.reads_the_record() {
+            let mut record = self.record()?;
+            changes.apply_to(&mut record)?;
+            *self = Self::new(&record);
+            return Ok(());
+        }
         if changes.cleared {
             self.entries.clear();
         }
@@ -200,6 +209,7 @@ impl Compact {
         }
         self.expires_at = changes.expires_at;
         self.entries.shrink_to_fit();
+        Ok(())
     }
 
     fn find(&self, key: &str) -> Result<usize, usize> {
@@ -527,7 +537,7 @@ impl SessionStore for MemoryStore {
             Some(slot) if !slot.record.is_expired(changes.now) => {
                 let change = changes.owner_change();
                 let old = change.and_then(|_| slot.record.owner());
-                slot.record.apply(changes);
+                slot.record.apply(changes)?;
                 slot.used = true;
                 if let Some(new) = change
                     && old.as_deref() != new

@@ -121,8 +121,16 @@ impl Record {
 }
 
 /// What one request did to a session, for [`SessionStore::apply`]: applied
-/// in the order cleared, removed, set, so that two requests of one user that
-/// change different keys at the same time both survive.
+/// in the order cleared, removed, set, merged, so that two requests of one
+/// user that change different keys at the same time both survive.
+///
+/// Two requests that change the *same* key never lose a write silently
+/// either: a key the request read and then set or removed carries the value
+/// it read in [`expected`](Self::expected), and the store applies nothing of
+/// the changes when one of those keys changed since (a conflict, answered
+/// 409); a key changed through a merge operation ([`merges`](Self::merges):
+/// add to a number, append to a list, insert into or remove from a map) is
+/// changed by the store from the value it holds then, and never conflicts.
 ///
 /// There is no `Default`: every `Changes` says when it was made
 /// ([`Changes::expiry`], then set the fields), so that a store never judges
@@ -136,6 +144,19 @@ pub struct Changes {
     pub removed: Vec<String>,
     /// Keys set, with their new values.
     pub set: Vec<(String, Value)>,
+    /// The values the request read of keys it then set or removed (`None`:
+    /// the key was absent). The store applies the changes only if every one
+    /// of these keys still holds that value, atomically with the rest (see
+    /// [`Changes::check`]); otherwise it applies nothing and
+    /// [`SessionStore::apply`] returns an [`ErrorKind::Conflict`] error.
+    /// Empty for blind writes, which apply as they come.
+    ///
+    /// [`ErrorKind::Conflict`]: crate::ErrorKind::Conflict
+    pub expected: Vec<(String, Option<Value>)>,
+    /// Merge operations, applied by the store to the value it holds, after
+    /// `set`, in order ([`Merge`]). A key is never both in `set` or
+    /// `removed` and here.
+    pub merges: Vec<(String, Merge)>,
     /// The new permanent flag, if the request changed it.
     pub permanent: Option<bool>,
     /// The record's new expiry, in seconds since the Unix epoch.
@@ -145,6 +166,79 @@ pub struct Changes {
     pub now: u64,
 }
 
+/// A change a store makes to a value from the value it holds when it
+/// applies the request's changes, so that concurrent requests making it to
+/// one key all survive (twenty "add to cart" at once keep twenty items).
+///
+/// [`Merge::apply`] is what it means; stores that apply [`Changes`] to a
+/// whole record get it through [`Changes::apply_to`], the others do the
+/// same on their server (a Lua script, a transaction).
+#[derive(Debug, Clone, PartialEq)]
+#[non_exhaustive]
+pub enum Merge {
+    /// Adds to an integer (an absent key counts as 0).
+    Add(i64),
+    /// Appends an item to a list (an absent key counts as `[]`).
+    Push(Value),
+    /// Sets a member of a map (an absent key counts as `{}`).
+    Insert(String, Value),
+    /// Removes a member of a map (an absent key stays absent).
+    Remove(String),
+}
+
+impl Merge {
+    /// The value under the key once the merge is made on `current` (`None`
+    /// when the key stays absent: a [`Merge::Remove`] on an absent key).
+    ///
+    /// # Errors
+    /// [`ErrorKind::Conflict`](crate::ErrorKind::Conflict) when `current`
+    /// is not of the merge's kind (another request replaced the list by a
+    /// string, say) or the sum leaves `i64`: the store then applies none of
+    /// the request's changes, as for a failed expectation.
+    pub fn apply(&self, current: Option<&Value>) -> Result<Option<Value>, Error> {
+        match (self, current) {
+            (Self::Add(by), None) => Ok(Some(Value::from(*by))),
+            (Self::Add(by), Some(Value::Number(n))) => n
+                .as_i64()
+                .and_then(|n| n.checked_add(*by))
+                .map(|sum| Some(Value::from(sum)))
+                .ok_or_else(|| merge_conflict("an integer that the sum fits")),
+            (Self::Push(item), None) => Ok(Some(Value::Array(vec![item.clone()]))),
+            (Self::Push(item), Some(Value::Array(items))) => {
+                let mut items = items.clone();
+                items.push(item.clone());
+                Ok(Some(Value::Array(items)))
+            }
+            (Self::Insert(member, value), None) => {
+                let mut map = SessionData::new();
+                map.insert(member.clone(), value.clone());
+                Ok(Some(Value::Object(map)))
+            }
+            (Self::Insert(member, value), Some(Value::Object(map))) => {
+                let mut map = map.clone();
+                map.insert(member.clone(), value.clone());
+                Ok(Some(Value::Object(map)))
+            }
+            (Self::Remove(_), None) => Ok(None),
+            (Self::Remove(member), Some(Value::Object(map))) => {
+                let mut map = map.clone();
+                map.remove(member);
+                Ok(Some(Value::Object(map)))
+            }
+            (Self::Add(_), Some(_)) => Err(merge_conflict("an integer")),
+            (Self::Push(_), Some(_)) => Err(merge_conflict("a list")),
+            (Self::Insert(..) | Self::Remove(_), Some(_)) => Err(merge_conflict("a map")),
+        }
+    }
+}
+
+fn merge_conflict(wanted: &str) -> Error {
+    Error::with_message(
+        crate::error::ErrorKind::Conflict,
+        format!("a merge found something other than {wanted} under its key"),
+    )
+}
+
 impl Changes {
     /// Changes made at `now` that only move the expiry (a refresh).
     pub fn expiry(now: u64, expires_at: u64) -> Self {
@@ -152,15 +246,53 @@ impl Changes {
             cleared: false,
             removed: Vec::new(),
             set: Vec::new(),
+            expected: Vec::new(),
+            merges: Vec::new(),
             permanent: None,
             expires_at,
             now,
         }
     }
 
+    /// Whether the store must look at what it holds to apply the changes:
+    /// they carry expectations or merges. Changes without either (blind
+    /// writes) apply field by field as they come.
+    pub fn reads_the_record(&self) -> bool {
+        !self.expected.is_empty() || !self.merges.is_empty()
+    }
+
+    /// Checks the expectations against `data`, the values the store holds:
+    /// the one test of whether a request's read-then-written keys changed
+    /// since it read them.
+    ///
+    /// # Errors
+    /// [`ErrorKind::Conflict`](crate::ErrorKind::Conflict), naming the key
+    /// (never its value), when a key no longer holds what the request read.
+    pub fn check(&self, data: &SessionData) -> Result<(), Error> {
+        for (key, read) in &self.expected {
+            if data.get(key) != read.as_ref() {
+                return Err(Error::with_message(
+                    crate::error::ErrorKind::Conflict,
+                    format!("{key:?} changed since the request read it"),
+                ));
+            }
+        }
+        Ok(())
+    }
+
     /// Applies the changes to `record`: the read-modify-write step of
-    /// stores that keep a record as one blob.
-    pub fn apply_to(&self, record: &mut Record) {
+    /// stores that keep a record as one blob, and the one place that says
+    /// what expectations and merges mean. Run it under the lock,
+    /// transaction or compare-and-swap that makes the write atomic.
+    ///
+    /// # Errors
+    /// [`ErrorKind::Conflict`](crate::ErrorKind::Conflict) when an
+    /// expectation fails ([`check`](Self::check)) or a merge does not fit
+    /// the value it meets ([`Merge::apply`]); `record` is then unchanged
+    /// and the store must write nothing.
+    pub fn apply_to(&self, record: &mut Record) -> Result<(), Error> {
+        self.check(&record.data)?;
+        let merged = self.merged(record)?;
         if self.cleared {
             record.data.clear();
         }
@@ -170,10 +302,32 @@ impl Changes {
         for (key, value) in &self.set {
             record.data.insert(key.clone(), value.clone());
         }
+        for (key, value) in merged {
+            match value {
+                Some(value) => record.data.insert(key.to_owned(), value),
+                None => record.data.remove(key),
+            };
+        }
         if let Some(permanent) = self.permanent {
             record.permanent = permanent;
         }
         record.expires_at = self.expires_at;
+        Ok(())
+    }
+
+    /// The merged values, computed before anything is written so that a
+    /// merge that does not fit leaves the record as it was.
+    fn merged(&self, record: &Record) -> Result<Vec<(&str, Option<Value>)>, Error> {
+        let mut merged: Vec<(&str, Option<Value>)> = Vec::new();
+        for (key, merge) in &self.merges {
+            let current = match merged.iter().rposition(|(k, _)| k == key) {
+                Some(at) => merged[at].1.clone(),
+                None if self.cleared => None,
+                None => record.data.get(key).cloned(),
+            };
+            merged.push((key, merge.apply(current.as_ref())?));
+        }
+        Ok(merged)
     }
 
     /// What the changes do to the session's owner ([`OWNER_KEY`]):
@@ -191,7 +345,7 @@ impl Changes {
 
     /// Whether the changes touch no value (only expiry or the flag).
     pub fn is_expiry_only(&self) -> bool {
-        !self.cleared && self.removed.is_empty() && self.set.is_empty()
+        !self.cleared && self.removed.is_empty() && self.set.is_empty() && self.merges.is_empty()
     }
 }
 

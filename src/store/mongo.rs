@@ -9,7 +9,7 @@ use mongodb::bson::{Bson, DateTime, Document, doc};
 use mongodb::options::{ClientOptions, IndexOptions};
 use mongodb::{Client, Collection, IndexModel};
 
-use super::net::bounded;
+use super::net::{backoff, bounded};
 use super::{Changes, Record, SessionId, SessionStore, owner_digest};
 use crate::data::SessionData;
 use crate::error::Error;
@@ -21,7 +21,7 @@ const MAX_UNSET: usize = 100;
 
 /// How often an apply that rewrites `data` whole tries again when another
 /// write came in between its read and its write.
-const REWRITE_TRIES: usize = 16;
+const REWRITE_TRIES: u32 = 128;
 
 /// The default bound on every MongoDB call.
 const DEFAULT_TIMEOUT: Duration = Duration::from_secs(5);
@@ -173,12 +173,15 @@ impl MongoStore {
 }
 
 impl MongoStore {
-    /// `apply` for changes that remove many keys: the record read, changed
-    /// and written back whole if its version (`v`, which every write
-    /// increments) is still the one read; else again.
+    /// `apply` for changes that remove many keys or merge: the record
+    /// read, changed ([`Changes::apply_to`], which judges expectations and
+    /// makes merges on the record as read) and written back whole if its
+    /// version (`v`, which every write increments) is still the one read;
+    /// else again, after a jittered pause.
     async fn rewrite(&self, id: &SessionId, changes: &Changes) -> Result<bool, Error> {
         let live = doc! { "_id": id.as_str(), "expires_at": { "$gt": to_i64(changes.now) } };
-        for _ in 0..REWRITE_TRIES {
+        for attempt in 0..REWRITE_TRIES {
+            backoff(attempt).await;
             let found = bounded(
                 self.timeout,
                 self.collection.find_one(live.clone()).into_future(),
@@ -193,7 +196,7 @@ impl MongoStore {
                 _ => 0,
             };
             let mut changed = record(&found)?;
-            changes.apply_to(&mut changed);
+            changes.apply_to(&mut changed)?;
             let mut whole = document(id, &changed);
             whole.insert("v", version + 1);
             let mut same = live.clone();
@@ -405,10 +408,19 @@ impl SessionStore for MongoStore {
     }
 
     async fn apply(&self, id: &SessionId, changes: &Changes) -> Result<bool, Error> {
-        if unsets(changes) > MAX_UNSET {
+        if unsets(changes) > MAX_UNSET || !changes.merges.is_empty() {
             return self.rewrite(id, changes).await;
         }
-        let filter = doc! { "_id": id.as_str(), "expires_at": { "$gt": to_i64(changes.now) } };
+        let live = doc! { "_id": id.as_str(), "expires_at": { "$gt": to_i64(changes.now) } };
+        // What the request read is part of the filter: the update matches
+        // only a document whose fields still hold it, atomically.
+        let mut filter = live.clone();
+        for (key, read) in &changes.expected {
+            match read {
+                Some(value) => filter.insert(data_path(key), json_text(value)),
+                None => filter.insert(data_path(key), doc! { "$exists": false }),
+            };
+        }
         let updated = bounded(
             self.timeout,
             self.collection
@@ -416,7 +428,17 @@ impl SessionStore for MongoStore {
                 .into_future(),
         )
         .await?;
-        Ok(updated.matched_count == 1)
+        if updated.matched_count == 1 || changes.expected.is_empty() {
+            return Ok(updated.matched_count == 1);
+        }
+        // Nothing matched: no live record, or one whose fields moved on.
+        let found = self.collection.find_one(live).projection(doc! { "_id": 1 });
+        match bounded(self.timeout, found.into_future()).await? {
+            Some(_) => Err(Error::conflict(
+                "a session value changed since the request read it",
+            )),
+            None => Ok(false),
+        }
     }
 
     async fn delete(&self, id: &SessionId) -> Result<(), Error> {

@@ -127,3 +127,14 @@ pub(super) fn report(message: &str, own: u64, to: &super::Invalidations) {
         Err(_) => {}
     }
 }
+
+/// Before an optimistic retry (a compare-and-swap, a version-checked
+/// rewrite): a jittered pause, so the losers of a race do not collide
+/// again.
+#[cfg(any(feature = "memcached-store", feature = "mongodb-store"))]
+pub(super) async fn backoff(attempt: u32) {
+    if attempt > 0 {
+        let jitter = getrandom::u32().unwrap_or(attempt) % (200 * attempt.min(50));
+        tokio::time::sleep(std::time::Duration::from_micros(u64::from(jitter))).await;
+    }
+}

@@ -13,7 +13,7 @@ use redis::{AsyncConnectionConfig, Cmd, Pipeline, RedisFuture, Script, Value};
 mod owners;
 
 use super::net::{KeyPrefix, bounded, prefix_and_timeout};
-use super::{Changes, Record, SessionId, SessionStore};
+use super::{Changes, Merge, Record, SessionId, SessionStore};
 use crate::error::Error;
 
 /// Stores a record if its key is free, or holds a record expired by the
@@ -39,32 +39,66 @@ return 1
 /// every store. ARGV: the change channel ('' for none) and message, the
 /// owner index's part (`ARGV[3]` to `ARGV[8]`), expires_at, now, cleared
 /// (0/1), permanent ('' for unchanged, 0, 1), the number of removed
-/// fields, the removed fields, then field/value pairs. Fields go in a few
-/// `HDEL`/`HSET` calls of up to 100 fields each (Lua's `unpack` has a
-/// bound), not one call per field. Returns 1 when applied, 0 for no
-/// record, -1 when too late for its index entry, or (on a cluster) the
-/// digest of an index to extend before the write can go.
+/// fields, of expectations and of merges, the removed fields, the
+/// expectations (field, the JSON text read or '' for absent), the merges
+/// (field, op, two operands: see `MERGE_LUA`), then field/value pairs.
+/// Fields go in a few `HDEL`/`HSET` calls of up to 100 fields each (Lua's
+/// `unpack` has a bound), not one call per field. Expectations and merges
+/// are judged before anything is written. Returns 1 when applied, 0 for no
+/// record, -1 when too late for its index entry, -2 for a conflict (an
+/// expectation failed, a merge met a value of another kind; nothing
+/// written), or (on a cluster) the digest of an index to extend before the
+/// write can go.
 const APPLY: &str = r"
 local record = redis.call('HMGET', KEYS[1], 'm:e', 'm:o', 'm:x')
 if not record[1] or tonumber(record[1]) <= tonumber(ARGV[10]) then return 0 end
 if late() then return -1 end
 local extend = keep_index(KEYS[1], record[2], record[3], ARGV[9])
 if extend then return extend end
+local removed = tonumber(ARGV[13])
+local checks = 16 + removed
+local ops = checks + 2 * tonumber(ARGV[14])
+local sets = ops + 4 * tonumber(ARGV[15])
+for i = checks, ops - 1, 2 do
+  local held = redis.call('HGET', KEYS[1], ARGV[i])
+  if ARGV[i + 1] == '' then
+    if held then return -2 end
+  elseif held ~= ARGV[i + 1] then return -2 end
+end
+local merged, order = {}, {}
+for i = ops, sets - 1, 4 do
+  local current = merged[ARGV[i]]
+  if current == nil then
+    order[#order + 1] = ARGV[i]
+    current = ARGV[11] ~= '1' and redis.call('HGET', KEYS[1], ARGV[i])
+  end
+  current = merge(current, ARGV[i + 1], ARGV[i + 2], ARGV[i + 3])
+  if current == nil then return -2 end
+  merged[ARGV[i]] = current
+end
 if ARGV[11] == '1' then
   for _, field in ipairs(redis.call('HKEYS', KEYS[1])) do
     if string.sub(field, 1, 2) == 'd:' then redis.call('HDEL', KEYS[1], field) end
   end
 end
-local removed = tonumber(ARGV[13])
-for i = 14, 13 + removed, 100 do
-  redis.call('HDEL', KEYS[1], unpack(ARGV, i, math.min(i + 99, 13 + removed)))
+for i = 16, 15 + removed, 100 do
+  redis.call('HDEL', KEYS[1], unpack(ARGV, i, math.min(i + 99, 15 + removed)))
 end
 local fields = {'m:e', ARGV[9]}
 if ARGV[12] ~= '' then fields[3] = 'm:p'; fields[4] = ARGV[12] end
-for i = 14 + removed, #ARGV, 2 do
+for i = sets, #ARGV, 2 do
   fields[#fields + 1] = ARGV[i]
   fields[#fields + 1] = ARGV[i + 1]
   if #fields >= 200 then redis.call('HSET', KEYS[1], unpack(fields)); fields = {} end
+end
+for _, field in ipairs(order) do
+  if merged[field] then
+    fields[#fields + 1] = field
+    fields[#fields + 1] = merged[field]
+    if #fields >= 200 then redis.call('HSET', KEYS[1], unpack(fields)); fields = {} end
+  else
+    redis.call('HDEL', KEYS[1], field)
+  end
 end
 if #fields > 0 then redis.call('HSET', KEYS[1], unpack(fields)) end
 own(KEYS[1], record[2], ARGV[9])
@@ -72,6 +106,104 @@ redis.call('EXPIREAT', KEYS[1], ARGV[9])
 if ARGV[1] ~= '' then redis.pcall('PUBLISH', ARGV[1], ARGV[2]) end
 return 1
 ";
+
+/// `merge(current, op, a, b)`: what a merge makes of a field's JSON text
+/// (`false` when absent), as `Merge::apply` says: the new text, `false`
+/// for absent, or nil when the merge does not fit the value (a conflict).
+/// Ops: `a` adds the integer `a` (exactly, in 64 bits: Redis' own `HINCRBY`
+/// on a scratch field `m:t`, removed at once, so a non-integer or an
+/// overflow is refused as it is in Rust); `p` appends the item `a` to a
+/// list; `i` sets member `a` (its JSON string) of a map to `b`; `r`
+/// removes member `a`. The text is the crate's compact JSON (serde_json's),
+/// and stays so: a map's members stay in the byte order of their keys, so
+/// that the text of a value is the same whichever store or path wrote it,
+/// and expectations can compare texts.
+const MERGE_LUA: &str = r#"
+local function value_end(s, i)
+  local c = string.sub(s, i, i)
+  if c == '"' then
+    local j = i + 1
+    while true do
+      local q = string.find(s, '["\\]', j)
+      if not q then error('a session value is not JSON') end
+      if string.sub(s, q, q) == '"' then return q end
+      j = q + 2
+    end
+  elseif c == '{' or c == '[' then
+    local depth, j = 0, i
+    while true do
+      local q = string.find(s, '[%[%]{}"]', j)
+      if not q then error('a session value is not JSON') end
+      local d = string.sub(s, q, q)
+      if d == '"' then
+        j = value_end(s, q) + 1
+      else
+        if d == '{' or d == '[' then depth = depth + 1 else depth = depth - 1 end
+        if depth == 0 then return q end
+        j = q + 1
+      end
+    end
+  end
+  local q = string.find(s, '[,%]}]', i)
+  return (q or (#s + 1)) - 1
+end
+local function bytes_before(a, b)
+  for k = 1, math.min(#a, #b) do
+    local x, y = string.byte(a, k), string.byte(b, k)
+    if x ~= y then return x < y end
+  end
+  return #a < #b
+end
+local function map_merge(current, op, member, value)
+  local name = cjson.decode(member)
+  local out, placed = {}, op == 'r'
+  if string.sub(current, 2, 2) ~= '}' then
+    local i = 2
+    while true do
+      local key_end = value_end(current, i)
+      local value_last = value_end(current, key_end + 2)
+      local key = string.sub(current, i, key_end)
+      local decoded = cjson.decode(key)
+      if not placed and bytes_before(name, decoded) then
+        out[#out + 1] = member .. ':' .. value
+        placed = true
+      end
+      if decoded ~= name then
+        out[#out + 1] = string.sub(current, i, value_last)
+      elseif op == 'i' then
+        out[#out + 1] = member .. ':' .. value
+        placed = true
+      end
+      if string.sub(current, value_last + 1, value_last + 1) ~= ',' then break end
+      i = value_last + 2
+    end
+  end
+  if not placed then out[#out + 1] = member .. ':' .. value end
+  return '{' .. table.concat(out, ',') .. '}'
+end
+local function merge(current, op, a, b)
+  if op == 'a' then
+    if current and not string.match(current, '^%-?%d+$') then return nil end
+    redis.call('HSET', KEYS[1], 'm:t', current or '0')
+    local sum = redis.pcall('HINCRBY', KEYS[1], 'm:t', a)
+    local text = redis.call('HGET', KEYS[1], 'm:t')
+    redis.call('HDEL', KEYS[1], 'm:t')
+    if type(sum) == 'table' and sum.err then return nil end
+    return text
+  elseif op == 'p' then
+    if not current then return '[' .. a .. ']' end
+    if string.sub(current, 1, 1) ~= '[' then return nil end
+    if current == '[]' then return '[' .. a .. ']' end
+    return string.sub(current, 1, -2) .. ',' .. a .. ']'
+  end
+  if not current then
+    if op == 'r' then return false end
+    return '{' .. a .. ':' .. b .. '}'
+  end
+  if string.sub(current, 1, 1) ~= '{' then return nil end
+  return map_merge(current, op, a, b)
+end
+"#;
 
 /// Removes a record and returns its fields, atomically with `APPLY`: one
 /// round trip. ARGV: the change channel ('' for none) and message, the
@@ -99,7 +231,8 @@ return removed
 
 /// The scripts with their SHA1 computed once, for `EVALSHA`.
 static CREATE_SCRIPT: LazyLock<Script> = LazyLock::new(|| record_script(CREATE));
-static APPLY_SCRIPT: LazyLock<Script> = LazyLock::new(|| record_script(APPLY));
+static APPLY_SCRIPT: LazyLock<Script> =
+    LazyLock::new(|| record_script(&[MERGE_LUA, APPLY].concat()));
 static TAKE_SCRIPT: LazyLock<Script> = LazyLock::new(|| record_script(TAKE));
 static DELETE_SCRIPT: LazyLock<Script> = LazyLock::new(|| record_script(DELETE));
 
@@ -361,6 +494,12 @@ impl RedisStore {
                     return Ok(true);
                 }
                 Value::Int(0) => return Ok(false),
+                Value::Int(-2) => {
+                    return Err(Error::conflict(
+                        "a session value changed since the request read it, or no longer \
+                         fits a merge",
+                    ));
+                }
                 Value::Int(-1) => {
                     return Err(Error::store(format!(
                         "a session write that sets its owner reached Redis over {} s after \
@@ -387,6 +526,11 @@ impl RedisStore {
 
 fn value(value: &serde_json::Value) -> Vec<u8> {
     serde_json::to_vec(value).expect("a JSON value always serializes")
+}
+
+/// A map member's name as the JSON string it is in the map's text.
+fn member_text(member: &str) -> Vec<u8> {
+    value(&serde_json::Value::from(member))
 }
 
 fn field(key: &str) -> Vec<u8> {
@@ -461,8 +605,24 @@ fn apply_tail(changes: &Changes) -> Vec<Vec<u8>> {
             Some(false) => b"0".to_vec(),
         },
         changes.removed.len().to_string().into_bytes(),
+        changes.expected.len().to_string().into_bytes(),
+        changes.merges.len().to_string().into_bytes(),
     ];
     args.extend(changes.removed.iter().map(|key| field(key)));
+    for (key, read) in &changes.expected {
+        args.push(field(key));
+        args.push(read.as_ref().map(value).unwrap_or_default());
+    }
+    for (key, merge) in &changes.merges {
+        args.push(field(key));
+        let (op, a, b) = match merge {
+            Merge::Add(by) => ("a", by.to_string().into_bytes(), Vec::new()),
+            Merge::Push(item) => ("p", value(item), Vec::new()),
+            Merge::Insert(member, item) => ("i", member_text(member), value(item)),
+            Merge::Remove(member) => ("r", member_text(member), Vec::new()),
+        };
+        args.extend([op.as_bytes().to_vec(), a, b]);
+    }
     for (key, json) in &changes.set {
         args.push(field(key));
         args.push(value(json));

@@ -1050,17 +1050,21 @@ impl SqlStore {
         bounded(self.timeout, async {
             let mut tx = pool.begin_with(self.sql.begin).await?;
             let applied = read_modify_write!(tx, self.sql, id, changes, owner);
-            if let (true, Some((channel, message))) = (applied, notice) {
+            if let (Ok(true), Some((channel, message))) = (&applied, notice) {
                 sqlx::query("SELECT pg_notify($1, $2)::text")
                     .bind(channel)
                     .bind(message)
                     .execute(&mut *tx)
                     .await?;
             }
-            tx.commit().await?;
+            // A conflict commits nothing: the transaction rolls back when
+            // dropped.
+            if applied.is_ok() {
+                tx.commit().await?;
+            }
             Ok::<_, sqlx::Error>(applied)
         })
-        .await
+        .await?
     }
 
     #[cfg(feature = "postgres-store")]
@@ -1233,12 +1237,25 @@ impl SessionStore for SqlStore {
 
     /// One statement on PostgreSQL and MySQL/MariaDB (one round trip, per
     /// key atomic under the row lock the statement takes); a transaction on
-    /// SQLite, in process. The owner column changes in the same write,
+    /// SQLite, in process. Changes that read the record (expectations,
+    /// merges) take a transaction everywhere: the row locked and read
+    /// (`SELECT ... FOR UPDATE`), checked and changed here, written back. The owner column changes in the same write,
     /// when the changes set or remove the owner.
     async fn apply(&self, id: &SessionId, changes: &Changes) -> Result<bool, Error> {
         let owner = self.sql.owner_change(changes)?;
         let owner = owner.as_ref().map(Option::as_deref);
         match &self.pool {
+            // Expectations and merges are judged on the row as read under
+            // its lock, in the same transaction as the write.
+            #[cfg(feature = "postgres-store")]
+            Pool::Postgres(pool) if changes.reads_the_record() => {
+                let notice = Some((self.sql.channel.clone(), self.notice(id)));
+                (self.apply_in_transaction(pool, id, changes, owner, notice)).await
+            }
+            #[cfg(feature = "mysql-store")]
+            Pool::MySql(pool) if changes.reads_the_record() => {
+                (self.apply_in_transaction(pool, id, changes, owner, None)).await
+            }
             #[cfg(feature = "postgres-store")]
             Pool::Postgres(pool) => self.apply_postgres(pool, id, changes, owner).await,
             #[cfg(feature = "mysql-store")]
@@ -1380,7 +1397,9 @@ use take_in_transaction;
 
 /// Inside a transaction that holds the row (`SELECT ... FOR UPDATE`) or the
 /// database (SQLite's `BEGIN IMMEDIATE`): read, apply, write (the owner
-/// column too when `$owner`, the column's change, says so).
+/// column too when `$owner`, the column's change, says so). `Ok(false)`
+/// when there is no live row, `Err` (a conflict, nothing written) when the
+/// changes' expectations or merges do not hold on the row as read.
 macro_rules! read_modify_write {
     ($tx:ident, $sql:expr, $id:expr, $changes:expr, $owner:expr) => {{
         let row: Option<(String, bool)> = sqlx::query_as(&$sql.lock)
@@ -1389,13 +1408,15 @@ macro_rules! read_modify_write {
             .fetch_optional(&mut *$tx)
             .await?;
         match row {
-            None => false,
-            Some((data, permanent)) => {
+            None => Ok(false),
+            Some((data, permanent)) => 'row: {
                 let data = $sql
                     .read_data(&data)
                     .map_err(|e| sqlx::Error::Decode(Box::new(e)))?;
                 let mut record = Record::new(data, permanent, 0, 0);
-                $changes.apply_to(&mut record);
+                if let Err(conflict) = $changes.apply_to(&mut record) {
+                    break 'row Err(conflict);
+                }
                 let owner: Option<Option<&str>> = $owner;
                 let update = if owner.is_some() {
                     &$sql.update_owner
@@ -1410,7 +1431,7 @@ macro_rules! read_modify_write {
                     update = update.bind(owner.map(str::to_owned));
                 }
                 update.bind($id.as_str()).execute(&mut *$tx).await?;
-                true
+                Ok(true)
             }
         }
     }};
