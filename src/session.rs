@@ -802,6 +802,162 @@ mod tests {
         );
     }
 
+    fn stored(data: serde_json::Value) -> Session {
+        Session::from_state(State {
+            data: data.as_object().unwrap().clone(),
+            track_changes: true,
+            ..State::default()
+        })
+    }
+
+    fn changes(s: &Session) -> Changes {
+        s.state().changes(1, 2)
+    }
+
+    #[test]
+    fn a_key_read_then_written_carries_what_was_read() {
+        let s = stored(json!({"n": 1, "cart": [1], "gone": "x", "other": 0}));
+        s.update("n", |n: Option<i64>| n.unwrap_or(0) + 1).unwrap();
+        let cart: Vec<i64> = s.get("cart").unwrap().unwrap();
+        s.insert("cart", [cart, vec![2]].concat()).unwrap();
+        s.insert("cart", [9]).unwrap();
+        assert!(!s.contains_key("absent"));
+        s.insert("absent", 1).unwrap();
+        s.remove_value("gone");
+        s.insert("blind", 1).unwrap();
+        s.insert("other", 5).unwrap();
+        let changes = changes(&s);
+        assert_eq!(
+            changes.expected,
+            [
+                ("absent".to_owned(), None),
+                ("cart".to_owned(), Some(json!([1]))),
+                ("gone".to_owned(), Some(json!("x"))),
+                ("n".to_owned(), Some(json!(1))),
+            ],
+            "the loaded values, once per key; blind writes carry none"
+        );
+        assert!(changes.merges.is_empty());
+    }
+
+    #[test]
+    fn blind_writes_and_reads_alone_carry_nothing() {
+        let s = stored(json!({"a": 1}));
+        for i in 0..20 {
+            let _ = s.get_value(&format!("k{i}"));
+        }
+        s.insert("a", 2).unwrap();
+        s.insert("b", 2).unwrap();
+        let changes = changes(&s);
+        assert!(changes.expected.is_empty() && !changes.reads_the_record());
+        // Past the inline reads too.
+        let s = stored(json!({}));
+        for i in 0..20 {
+            let _ = s.get_value(&format!("k{i}"));
+        }
+        s.insert("k19", 1).unwrap();
+        assert_eq!(changes_of(&s), [("k19".to_owned(), None)]);
+    }
+
+    fn changes_of(s: &Session) -> Vec<(String, Option<Value>)> {
+        changes(s).expected
+    }
+
+    #[test]
+    fn a_whole_read_makes_every_write_carry_its_value() {
+        let s = stored(json!({"a": 1}));
+        let _ = s.to_map();
+        s.insert("a", 2).unwrap();
+        s.insert("b", 2).unwrap();
+        assert_eq!(
+            changes_of(&s),
+            [("a".to_owned(), Some(json!(1))), ("b".to_owned(), None)]
+        );
+    }
+
+    #[test]
+    fn after_a_clear_nothing_is_expected() {
+        let s = stored(json!({"a": 1}));
+        let _ = s.get_value("a");
+        s.clear();
+        s.insert("a", 2).unwrap();
+        assert!(changes(&s).expected.is_empty());
+    }
+
+    #[test]
+    fn merges_go_to_the_store_and_show_here() {
+        let s = stored(json!({"n": 1, "cart": ["a"], "map": {"x": 1}}));
+        assert_eq!(s.increment("n", 2).unwrap(), 3);
+        assert_eq!(s.increment("n", -1).unwrap(), 2);
+        s.push("cart", "b").unwrap();
+        s.map_insert("map", "y", 2).unwrap();
+        s.map_remove("map", "x").unwrap();
+        assert_eq!(s.get_value("cart"), Some(json!(["a", "b"])));
+        assert_eq!(s.get_value("map"), Some(json!({"y": 2})));
+        let changes = changes(&s);
+        assert!(changes.set.is_empty() && changes.expected.is_empty());
+        assert_eq!(
+            changes.merges,
+            [
+                ("n".to_owned(), Merge::Add(2)),
+                ("n".to_owned(), Merge::Add(-1)),
+                ("cart".to_owned(), Merge::Push(json!("b"))),
+                ("map".to_owned(), Merge::Insert("y".into(), json!(2))),
+                ("map".to_owned(), Merge::Remove("x".into())),
+            ]
+        );
+        assert!(s.is_modified());
+    }
+
+    #[test]
+    fn a_merge_on_a_key_the_request_wrote_is_a_write() {
+        let s = stored(json!({"n": 1}));
+        s.insert("n", 10).unwrap();
+        s.increment("n", 1).unwrap();
+        let after_set = changes(&s);
+        assert_eq!(after_set.set, [("n".to_owned(), json!(11))]);
+        assert!(after_set.merges.is_empty());
+        // A write after merges replaces them, and carries what was read
+        // before the first merge.
+        let s = stored(json!({"n": 1}));
+        let _ = s.get_value("n");
+        s.increment("n", 1).unwrap();
+        s.insert("n", 7).unwrap();
+        let changes = changes(&s);
+        assert!(changes.merges.is_empty());
+        assert_eq!(changes.expected, [("n".to_owned(), Some(json!(1)))]);
+    }
+
+    #[test]
+    fn merges_that_do_not_fit_leave_the_session_unchanged() {
+        let s = stored(json!({"s": "text", "n": i64::MAX}));
+        let error = s.push("s", 1).unwrap_err();
+        assert_eq!(error.kind(), ErrorKind::Deserialize);
+        assert!(error.to_string().contains("\"s\"") && !error.to_string().contains("text"));
+        assert_eq!(
+            s.increment("n", 1).unwrap_err().kind(),
+            ErrorKind::Deserialize
+        );
+        assert_eq!(
+            s.map_insert(OWNER_KEY, "x", 1).unwrap_err().kind(),
+            ErrorKind::Serialize
+        );
+        assert!(!s.is_modified() && changes(&s).merges.is_empty());
+    }
+
+    #[test]
+    fn client_side_merges_are_ordinary_writes() {
+        let s = session();
+        s.push("cart", 1).unwrap();
+        s.increment("n", 5).unwrap();
+        assert_eq!(
+            s.to_map(),
+            *json!({"cart": [1], "n": 5}).as_object().unwrap()
+        );
+        let state = s.state();
+        assert!(state.merges.is_empty() && state.expected.is_empty() && state.modified);
+    }
+
     #[test]
     fn typed_round_trip() {
         let s = session();

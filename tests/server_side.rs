@@ -731,3 +731,137 @@ async fn a_handle_names_the_record_the_next_request_will_use() {
         ""
     );
 }
+
+/// A cart route of each kind, whose handlers all wait at `barrier` after
+/// reading, so that every request has read the session before any saves.
+fn cart_app(store: Arc<MemoryStore>, barrier: Arc<tokio::sync::Barrier>) -> Router {
+    let naive = {
+        let barrier = barrier.clone();
+        move |session: Session, Path(item): Path<u32>| async move {
+            let mut cart: Vec<u32> = session.get("cart")?.unwrap_or_default();
+            barrier.wait().await;
+            cart.push(item);
+            session.insert("cart", &cart)?;
+            session.insert(format!("by{item}"), true)?;
+            Ok::<_, Error>(serde_json::to_string(&cart).unwrap())
+        }
+    };
+    let merge = move |session: Session, Path(item): Path<u32>| async move {
+        let _ = session.get_value("cart");
+        barrier.wait().await;
+        session.push("cart", item)?;
+        session.increment("count", 1)?;
+        Ok::<_, Error>(serde_json::to_string(&session.get_value("cart")).unwrap())
+    };
+    let start = |session: Session| async move { session.insert("cart", Vec::<u32>::new()) };
+    Router::new()
+        .route("/start", post(start))
+        .route("/", get(read))
+        .route("/naive/{item}", post(naive))
+        .route("/push/{item}", post(merge))
+        .layer(SessionLayer::new(Key::from_bytes(&[5; 32]).unwrap()).with_store(store))
+}
+
+async fn twenty_at_once(
+    app: &Router,
+    cookie: &str,
+    route: &str,
+) -> Vec<(u32, http::Response<axum::body::Body>)> {
+    let mut tasks = tokio::task::JoinSet::new();
+    for item in 0..20 {
+        let (app, cookie) = (app.clone(), cookie.to_owned());
+        let uri = format!("{route}/{item}");
+        tasks.spawn(async move {
+            let request = http::Request::post(uri)
+                .header(http::header::COOKIE, cookie)
+                .body(axum::body::Body::empty())
+                .unwrap();
+            (item, app.oneshot(request).await.unwrap())
+        });
+    }
+    let mut responses = Vec::new();
+    while let Some(done) = tasks.join_next().await {
+        responses.push(done.unwrap());
+    }
+    responses
+}
+
+/// Twenty requests that each read the cart, add an item and write it back,
+/// at once (a double click, twenty times over): one is saved, and every
+/// other answers 409 with nothing of it saved. None answers 200 for an item
+/// that is not in the cart.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn concurrent_read_modify_writes_of_one_key_answer_409_never_a_lost_200() {
+    let store = Arc::new(MemoryStore::new());
+    let app = cart_app(store, Arc::new(tokio::sync::Barrier::new(20)));
+    let mut jar = Jar::new();
+    jar.send(
+        &app,
+        http::Request::post("/start")
+            .body(axum::body::Body::empty())
+            .unwrap(),
+    )
+    .await;
+    let cookie = jar.header().unwrap();
+    let responses = twenty_at_once(&app, &cookie, "/naive").await;
+    let stored: serde_json::Value = serde_json::from_str(&show(&mut jar, &app).await).unwrap();
+    let mut saved = Vec::new();
+    for (item, response) in &responses {
+        match response.status() {
+            StatusCode::OK => saved.push(*item),
+            StatusCode::CONFLICT => {
+                let error = response
+                    .extensions()
+                    .get::<Error>()
+                    .expect("the error rides along");
+                assert_eq!(error.kind(), ErrorKind::Conflict);
+                assert!(
+                    stored.get(format!("by{item}")).is_none(),
+                    "a refused request left a key"
+                );
+            }
+            other => panic!("item {item}: {other}"),
+        }
+    }
+    assert_eq!(
+        saved.len(),
+        1,
+        "all read the same cart: the first save wins"
+    );
+    assert_eq!(
+        stored["cart"],
+        serde_json::json!(saved),
+        "the saved item, and no other"
+    );
+}
+
+/// The same twenty requests appending with `push` (a merge operation): all
+/// answer 200 and the cart keeps twenty items; each handler saw the cart as
+/// it would have alone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn concurrent_appends_of_one_key_all_survive() {
+    let store = Arc::new(MemoryStore::new());
+    let app = cart_app(store, Arc::new(tokio::sync::Barrier::new(20)));
+    let mut jar = Jar::new();
+    jar.send(
+        &app,
+        http::Request::post("/start")
+            .body(axum::body::Body::empty())
+            .unwrap(),
+    )
+    .await;
+    let cookie = jar.header().unwrap();
+    for (item, response) in twenty_at_once(&app, &cookie, "/push").await {
+        assert_eq!(response.status(), StatusCode::OK);
+        assert_eq!(
+            body_text(response).await,
+            format!("[{item}]"),
+            "as if alone"
+        );
+    }
+    let stored: serde_json::Value = serde_json::from_str(&show(&mut jar, &app).await).unwrap();
+    let mut cart: Vec<u32> = serde_json::from_value(stored["cart"].clone()).unwrap();
+    cart.sort_unstable();
+    assert_eq!(cart, (0..20).collect::<Vec<_>>());
+    assert_eq!(stored["count"], 20);
+}
