@@ -394,7 +394,9 @@ impl Changes {
 ///         let mut map = self.0.lock().unwrap();
 ///         match map.get_mut(id).filter(|r| !r.is_expired(changes.now)) {
 ///             Some(record) => {
-///                 changes.apply_to(record);
+///                 // Checks what the request read, makes its merges; a
+///                 // conflict changes nothing and is the caller's 409.
+///                 changes.apply_to(record)?;
 ///                 Ok(true)
 ///             }
 ///             None => Ok(false),
@@ -649,7 +651,7 @@ mod tests {
             permanent: Some(true),
             ..Changes::expiry(20, 30)
         };
-        changes.apply_to(&mut record);
+        changes.apply_to(&mut record).unwrap();
         assert_eq!(
             Value::Object(record.data.clone()),
             json!({"a": 4, "b": 2, "c": 3})
@@ -661,8 +663,48 @@ mod tests {
             set: vec![("z".into(), json!(0))],
             ..Changes::expiry(20, 40)
         };
-        cleared.apply_to(&mut record);
+        cleared.apply_to(&mut record).unwrap();
         assert_eq!(Value::Object(record.data), json!({"z": 0}));
         assert!(Changes::expiry(1, 5).is_expiry_only());
+    }
+
+    #[test]
+    fn a_conflict_leaves_the_record_as_it_was() {
+        let original = Record::new(
+            json!({"n": 1, "list": "not a list"})
+                .as_object()
+                .unwrap()
+                .clone(),
+            false,
+            10,
+            20,
+        );
+        let stale = Changes {
+            expected: vec![("n".into(), Some(json!(0)))],
+            set: vec![("x".into(), json!(1))],
+            ..Changes::expiry(20, 30)
+        };
+        let misfit = Changes {
+            merges: vec![
+                ("n".into(), Merge::Add(1)),
+                ("list".into(), Merge::Push(json!(1))),
+            ],
+            removed: vec!["n".into()],
+            ..Changes::expiry(20, 30)
+        };
+        for changes in [stale, misfit] {
+            let mut record = original.clone();
+            let error = changes.apply_to(&mut record).unwrap_err();
+            assert_eq!(error.kind(), crate::ErrorKind::Conflict);
+            assert_eq!(record, original, "{changes:?} changed the record");
+        }
+        let mut record = original;
+        let fits = Changes {
+            expected: vec![("n".into(), Some(json!(1))), ("absent".into(), None)],
+            merges: vec![("n".into(), Merge::Add(1)), ("n".into(), Merge::Add(1))],
+            ..Changes::expiry(20, 30)
+        };
+        fits.apply_to(&mut record).unwrap();
+        assert_eq!(record.data["n"], json!(3), "merges on one key add up");
     }
 }
