@@ -32,7 +32,13 @@
 //! `DELETE /session/{key}`, `POST /session/clear`,
 //! `POST /session/permanent` (body `true` or `false`),
 //! `POST /session/cycle` (a new id, same data); each answers with the whole
-//! session as a JSON object. With a store, `GET /session/handle` answers
+//! session as a JSON object. `POST /session/{key}/append` (JSON body: the
+//! item) appends to the list under the key with the merge operation
+//! (`session.push`: concurrent appends all survive, on every store);
+//! `POST /session/{key}/append?naive=1` reads the list, appends and writes
+//! it back, so a concurrent append to the same list answers 409 (nothing
+//! saved, retry) instead of being lost. Both answer the list as the handler
+//! saw it. `PUT` is a blind write: the last one wins. With a store, `GET /session/handle` answers
 //! the session's public handle (a JSON string; `null` before its first
 //! write) and `DELETE /sessions/{handle}` ends that session
 //! (`{"ended": true}`). Owners ("sign out everywhere"): `POST
@@ -91,6 +97,39 @@ impl<S: Send + Sync, T: serde::de::DeserializeOwned> axum::extract::FromRequest<
 async fn set(session: Session, Path(key): Path<String>, JsonBody(value): JsonBody<Value>) -> Reply {
     session.insert_value(key, value);
     Ok(Json(session.to_map()))
+}
+
+#[derive(serde::Deserialize)]
+struct Append {
+    /// `?naive=1`: read, append, write back (a read-then-write, which can
+    /// conflict), rather than the merge operation.
+    #[serde(default)]
+    naive: Option<String>,
+}
+
+async fn append(
+    session: Session,
+    Path(key): Path<String>,
+    axum::extract::Query(how): axum::extract::Query<Append>,
+    JsonBody(item): JsonBody<Value>,
+) -> Answer {
+    let not_a_list = |e: &session_layer::Error| {
+        (
+            axum::http::StatusCode::UNPROCESSABLE_ENTITY,
+            format!("{e}\n"),
+        )
+    };
+    if how.naive.as_deref() == Some("1") {
+        let mut list: Vec<Value> = session
+            .get(&key)
+            .map_err(|e| not_a_list(&e))?
+            .unwrap_or_default();
+        list.push(item);
+        session.insert(key, &list).map_err(|e| failed(&e))?;
+        return Ok(Json(Value::Array(list)));
+    }
+    session.push(&key, item).map_err(|e| not_a_list(&e))?;
+    Ok(Json(session.get_value(&key).unwrap_or_default()))
 }
 
 async fn remove(session: Session, Path(key): Path<String>) -> Reply {
@@ -441,6 +480,7 @@ fn app<K: Clone + Send + Sync + 'static>(
         .route("/session", get(show))
         .route("/session/handle", get(handle))
         .route("/session/{key}", put(set).delete(remove))
+        .route("/session/{key}/append", post(append))
         .route("/session/clear", post(clear))
         .route("/session/permanent", post(permanent))
         .route("/session/cycle", post(cycle))

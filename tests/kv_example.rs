@@ -574,3 +574,82 @@ fn free_suffix() -> String {
     getrandom::fill(&mut bytes).unwrap();
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
+
+/// Twenty appends to one list at once, from one client (a double click,
+/// many times over): with the merge operation all answer 200 and all are
+/// kept; read-modify-written (`?naive=1`), every one answered 200 is in the
+/// list and every other answered 409 and is not. On every store.
+#[test]
+fn concurrent_appends_are_all_kept_or_answered_409_on_every_store() {
+    let dir = tempfile::tempdir().unwrap();
+    let (stores, _servers) = every_store(dir.path());
+    for store in stores {
+        let server = start(&[("SESSION_STORE", &store)]);
+        let mut client = Client {
+            server: &server,
+            cookie: String::new(),
+        };
+        let first = client.send("POST", "/session/cart/append", "\"first\"");
+        assert_eq!(first.status, 200, "{store}: {}", first.body);
+        assert_eq!(first.body, r#"["first"]"#);
+        let cookie = client.cookie.clone();
+        let twenty = |path: &str| {
+            std::thread::scope(|scope| {
+                let tasks: Vec<_> = (0..20)
+                    .map(|i| {
+                        let cookie = cookie.clone();
+                        let server = &server;
+                        scope.spawn(move || {
+                            (i, request(server, "POST", path, &i.to_string(), &cookie))
+                        })
+                    })
+                    .collect();
+                tasks
+                    .into_iter()
+                    .map(|t| t.join().unwrap())
+                    .collect::<Vec<_>>()
+            })
+        };
+        for (i, reply) in twenty("/session/cart/append") {
+            assert_eq!(reply.status, 200, "{store}: append {i}: {}", reply.body);
+            let seen: Vec<Value> = serde_json::from_str(&reply.body).unwrap();
+            assert_eq!(seen.first(), Some(&Value::from("first")));
+            assert_eq!(
+                seen.last(),
+                Some(&Value::from(i)),
+                "{store}: the list as the handler saw it"
+            );
+        }
+        let cart = |client: &mut Client<'_>| -> Vec<Value> {
+            let all: Value =
+                serde_json::from_str(&client.send("GET", "/session", "").body).unwrap();
+            serde_json::from_value(all["cart"].clone()).unwrap()
+        };
+        let kept = cart(&mut client);
+        assert_eq!(kept.len(), 21, "{store}: every append kept: {kept:?}");
+        for i in 0..20 {
+            assert!(kept.contains(&Value::from(i)), "{store}: {i} lost");
+        }
+        let replies = twenty("/session/naive/append?naive=1");
+        let all: Value = serde_json::from_str(&client.send("GET", "/session", "").body).unwrap();
+        let naive: Vec<Value> = serde_json::from_value(all["naive"].clone()).unwrap();
+        let mut saved = 0;
+        for (i, reply) in replies {
+            let kept = naive.contains(&Value::from(i));
+            match reply.status {
+                200 => {
+                    saved += 1;
+                    assert!(kept, "{store}: naive append {i} answered 200, then lost");
+                }
+                409 => assert!(!kept, "{store}: naive append {i} answered 409, yet kept"),
+                other => panic!("{store}: naive append {i}: {other} {}", reply.body),
+            }
+        }
+        assert!(saved >= 1, "{store}: one append at least wins");
+        assert_eq!(
+            cart(&mut client).len(),
+            21,
+            "{store}: the other list untouched"
+        );
+    }
+}
