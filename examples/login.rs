@@ -9,7 +9,9 @@
 //! Shows what a login needs from a session layer: `cycle_id()` at login,
 //! so an id planted before login is worthless after it (session fixation);
 //! `flush()` at logout, removing the record and the cookie; flash messages
-//! for the next page; and a "your sessions" list (`set_owner` at login,
+//! for the next page; a cart that survives a double click (`push`, a merge
+//! operation the store makes itself: two "add to cart" at once keep both
+//! items); and a "your sessions" list (`set_owner` at login,
 //! `Sessions` to list and end them): each device with its browser and when
 //! it was last seen, "sign out" on each, and "sign out everywhere else".
 //!
@@ -36,6 +38,11 @@ use tracing_subscriber::EnvFilter;
 
 /// The demo's only password. A real app checks a password hash.
 const PASSWORD: &str = "letmein";
+
+#[derive(Deserialize)]
+struct Item {
+    item: String,
+}
 
 #[derive(Deserialize)]
 struct Credentials {
@@ -118,12 +125,15 @@ async fn home(
         .collect();
     let body = match session.get::<String>("user")? {
         Some(user) => {
-            let visits = session.update("visits", |n: Option<u64>| n.unwrap_or(0) + 1)?;
+            // A counter that two tabs loading at once both count: the
+            // store adds, rather than this request writing its own sum.
+            let visits = session.increment("visits", 1)?;
             let listed = sessions.of(&user).await?;
             format!(
                 "<p id=\"who\">Signed in as {}</p>\n<p id=\"visits\">{visits} visits this session</p>\n\
-                 <form method=\"post\" action=\"/logout\"><button id=\"logout\">Sign out</button></form>\n{}",
+                 <form method=\"post\" action=\"/logout\"><button id=\"logout\">Sign out</button></form>\n{}{}",
                 escape(&user),
+                cart(&session.get::<Vec<String>>("cart")?.unwrap_or_default()),
                 sessions_list(&listed, session.handle().as_deref())
             )
         }
@@ -137,6 +147,40 @@ async fn home(
     Ok(Html(format!(
         "<!doctype html>\n<meta charset=\"utf-8\">\n<title>Login</title>\n<h1>Login demo</h1>\n{flashes}{body}"
     )))
+}
+
+/// The cart and its "add" buttons.
+fn cart(items: &[String]) -> String {
+    let rows: String = (items.iter())
+        .map(|item| format!("<li>{}</li>\n", escape(item)))
+        .collect();
+    let buttons: String = ["book", "pen", "lamp"]
+        .iter()
+        .map(|item| {
+            format!(
+                "<form method=\"post\" action=\"/cart\"><input type=\"hidden\" name=\"item\" value=\"{item}\">\
+                 <button id=\"add-{item}\">Add a {item}</button></form>\n"
+            )
+        })
+        .collect();
+    format!(
+        "<h2>Your cart</h2>\n<p id=\"cart-size\">{} items</p>\n<ul id=\"cart\">\n{rows}</ul>\n{buttons}",
+        items.len()
+    )
+}
+
+/// "Add to cart": an append the store makes to the cart it holds, so a
+/// double click (two requests at once, each having read the cart) keeps
+/// both items. Reading the cart, pushing onto it and writing it back would
+/// answer the second click 409 instead (nothing is ever lost silently).
+async fn add_to_cart(
+    session: Session,
+    Form(form): Form<Item>,
+) -> Result<Redirect, session_layer::Error> {
+    if session.get::<String>("user")?.is_some() {
+        session.push("cart", form.item)?;
+    }
+    Ok(Redirect::to("/"))
 }
 
 async fn login(
@@ -277,6 +321,7 @@ async fn main() -> ExitCode {
         .route("/", get(home))
         .route("/login", post(login))
         .route("/logout", post(logout))
+        .route("/cart", post(add_to_cart))
         .route("/sessions/{handle}/end", post(end_one))
         .route("/sessions/end-others", post(end_others))
         .with_state(sessions)

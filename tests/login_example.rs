@@ -173,3 +173,35 @@ fn ending_this_devices_own_handle_signs_it_out() {
     let page = http_request(addr, "GET", "/", "", &laptop).body;
     assert!(page.contains("Not signed in"), "{page}");
 }
+
+/// A double click on "add to cart" (two requests at once with one cookie,
+/// each having read the session): both answer the redirect, and the cart
+/// keeps both items, as it does after twenty clicks at once.
+#[test]
+fn a_double_click_on_add_to_cart_keeps_both_items() {
+    let server = start_example("login", &[]);
+    let addr = &server.addr;
+    let mut cookie = String::new();
+    let reply = http_request(addr, "POST", "/login", "user=ann&password=letmein", &cookie);
+    assert_eq!(reply.status, 303);
+    update(&mut cookie, &reply);
+    http_request(addr, "GET", "/", "", &cookie);
+    for clicks in [2, 20] {
+        let statuses: Vec<u16> = std::thread::scope(|scope| {
+            let tasks: Vec<_> = (0..clicks)
+                .map(|_| scope.spawn(|| http_request(addr, "POST", "/cart", "item=book", &cookie)))
+                .collect();
+            tasks
+                .into_iter()
+                .map(|t| t.join().unwrap().status)
+                .collect()
+        });
+        assert!(statuses.iter().all(|&s| s == 303), "{statuses:?}");
+    }
+    let page = http_request(addr, "GET", "/", "", &cookie);
+    assert!(
+        page.body.contains("<p id=\"cart-size\">22 items</p>"),
+        "{}",
+        page.body
+    );
+}
