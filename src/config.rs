@@ -59,6 +59,9 @@ pub(crate) struct Config {
     pub(crate) not_before: Option<NotBefore>,
     pub(crate) clock: Clock,
     pub(crate) transport: Transport,
+    /// Server-side: run the requests of one session one at a time, each
+    /// holding the session's lease at most this long.
+    pub(crate) serialize: Option<Duration>,
 }
 
 /// Where the session token (the signed, private or Flask cookie value, or
@@ -139,6 +142,7 @@ impl Default for Config {
             not_before: None,
             clock: Arc::new(SystemTime::now),
             transport: Transport::Cookie,
+            serialize: None,
         }
     }
 }

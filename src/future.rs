@@ -15,7 +15,7 @@ use crate::config::{Config, Transport};
 use crate::cookie::{self, Via, chunk, header_value};
 use crate::error::{Error, ErrorHandler, ErrorKind, LoadFailed};
 use crate::id::{self, SessionId};
-use crate::load::{Loaded, LoadedRecord, SessionHandle};
+use crate::load::{Loaded, LoadedRecord, SessionHandle, release_lease};
 use crate::session::State;
 use crate::store::{Changes, Record, STAMP_KEY};
 
@@ -129,9 +129,20 @@ where
         add_vary(response.headers_mut(), transport);
     }
     let out = Out::new(transport, loaded.via);
-    // 4. A failed request leaves no half of its changes behind.
+    // 4. A failed request leaves no half of its changes behind (and gives
+    //    back the session's lease, if it holds one).
     if response.status().is_server_error() && !shared.config.persist_on_server_error {
-        return Next::Ready(response);
+        drop(state);
+        return match (&shared.backend, &loaded.lease) {
+            (Backend::Store(backend), Some(lease)) => {
+                let (backend, (id, holder)) = (backend.clone(), lease.clone());
+                Next::Saving(Box::pin(async move {
+                    release_lease(&backend, &id, &holder).await;
+                    response
+                }))
+            }
+            _ => Next::Ready(response),
+        };
     }
     // 5. Client-side, 6. server-side; 7. every Set-Cookie varies on
     //    Cookie (`Headers::append_cookies`), every failure goes through
@@ -147,20 +158,30 @@ where
             })
         }
         Backend::Store(backend) => {
-            let Some(plan) = plan_store(shared, loaded, &state) else {
-                return Next::Ready(response);
-            };
+            let plan = plan_store(shared, loaded, &state);
             drop(state);
+            let lease = loaded.lease.clone();
+            if plan.is_none() && lease.is_none() {
+                return Next::Ready(response);
+            }
             let (shared, backend) = (shared.clone(), backend.clone());
             Next::Saving(Box::pin(async move {
-                match run_store(&shared, &backend, plan).await {
-                    Ok(lines) => {
-                        Headers::new(response.headers_mut(), accessed, &shared.config, out)
-                            .append_cookies(lines);
-                        response
-                    }
-                    Err(error) => fail(&error_handler, &shared.config.transport, error),
+                let response = match plan {
+                    None => response,
+                    Some(plan) => match run_store(&shared, &backend, plan).await {
+                        Ok(lines) => {
+                            Headers::new(response.headers_mut(), accessed, &shared.config, out)
+                                .append_cookies(lines);
+                            response
+                        }
+                        Err(error) => fail(&error_handler, &shared.config.transport, error),
+                    },
+                };
+                // Saved (or failed): the next request of the session may go.
+                if let Some((id, holder)) = lease {
+                    release_lease(&backend, &id, &holder).await;
                 }
+                response
             }))
         }
     }

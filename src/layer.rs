@@ -192,6 +192,38 @@ impl<H> SessionLayer<H, Keyed> {
         self.config().absolute_timeout = Some(timeout);
         self
     }
+
+    /// Runs the requests of one stored session one at a time, as PHP's
+    /// file sessions do (off by default): a request takes the session's
+    /// lease in the store ([`SessionStore::lease`]) before it reads the
+    /// record, and gives it back once its changes are saved; a request of
+    /// the same session that comes meanwhile waits for it, up to `hold`,
+    /// and answers 409 ([`ErrorKind::Conflict`](crate::ErrorKind::Conflict))
+    /// if it is still taken then. A lease is held `hold` at most: a request
+    /// that runs longer (or whose server died) loses it, and another may
+    /// begin.
+    ///
+    /// Without it, concurrent requests of one session run at once, and a
+    /// read-then-written key that another request changed meanwhile
+    /// answers 409 (merge operations never conflict): that is usually the
+    /// better choice.
+    ///
+    /// # Cost
+    /// Two store round trips more for every request that takes `Session`
+    /// (the lease, its release), and the requests of one user (a page's
+    /// parallel API calls, several tabs) queue behind each other, each for
+    /// as long as its handler runs. Only routes that take `Session` pay.
+    ///
+    /// Stores with leases: `MemoryStore`, `RedisStore` (one server and
+    /// Cluster: a key `{prefix}lease:{id}` with `SET NX PX`) and a
+    /// `CachingStore` in front of either. On the others every request that
+    /// takes `Session` answers 501
+    /// ([`ErrorKind::Unsupported`](crate::ErrorKind::Unsupported)).
+    #[cfg(feature = "tokio")]
+    pub fn serialize_requests(mut self, hold: Duration) -> Self {
+        self.config().serialize = Some(hold);
+        self
+    }
 }
 
 impl<H, K> SessionLayer<H, K> {

@@ -75,6 +75,10 @@ pub(crate) struct Loaded {
     /// How the request carried its token: the response answers the same
     /// way.
     pub(crate) via: Via,
+    /// Server-side, with `serialize_requests`: the id whose lease this
+    /// request holds, and its holder token; released once the response's
+    /// save is done.
+    pub(crate) lease: Option<(SessionId, String)>,
 }
 
 /// Facts about a verified cookie.
@@ -147,6 +151,7 @@ fn empty(family: &Family<'_>, track_changes: bool) -> Loaded {
         origin: None,
         record: None,
         via: Via::Nothing,
+        lease: None,
     }
 }
 
@@ -229,9 +234,24 @@ async fn fetch(
             tracing::debug!(cookie = name, "session id cookie refused");
             continue;
         };
+        let lease = match config.serialize {
+            Some(hold) => Some((id.clone(), take_lease(backend, &id, hold).await?)),
+            None => None,
+        };
         let record = match (&stamp, backend.stamps) {
-            (Some(seen), true) => backend.store.load_seen(&id, now, seen).await?,
-            _ => backend.store.load(&id, now).await?,
+            (Some(seen), true) => backend.store.load_seen(&id, now, seen).await,
+            _ => backend.store.load(&id, now).await,
+        };
+        // The lease goes back unless the session is adopted (the response
+        // then gives it back once saved).
+        let record = match record {
+            Ok(Some(record)) => Some(record),
+            other => {
+                if let Some((id, holder)) = &lease {
+                    release_lease(backend, id, holder).await;
+                }
+                other?
+            }
         };
         // The stamp is the layer's, never the handler's.
         let record = record.map(|mut record| {
@@ -244,6 +264,9 @@ async fn fetch(
                     cookie = name,
                     "session revoked by the not_before hook; not adopted"
                 );
+                if let Some((id, holder)) = &lease {
+                    release_lease(backend, id, holder).await;
+                }
             }
             Some(record) if !record.outlived(now, config.absolute_timeout) => {
                 loaded.session = Session::from_state(State {
@@ -265,12 +288,63 @@ async fn fetch(
                     expires_at: record.expires_at,
                     stamp,
                 });
+                loaded.lease = lease;
                 break;
             }
-            _ => tracing::debug!(cookie = name, "session id unknown or expired; not adopted"),
+            Some(_) => {
+                tracing::debug!(cookie = name, "session expired; not adopted");
+                if let Some((id, holder)) = &lease {
+                    release_lease(backend, id, holder).await;
+                }
+            }
+            None => tracing::debug!(cookie = name, "session id unknown or expired; not adopted"),
         }
     }
     Ok(loaded)
+}
+
+/// Waits for the session's lease (`serialize_requests`), up to `hold`;
+/// the holder token of this request.
+#[cfg(feature = "tokio")]
+async fn take_lease(
+    backend: &StoreBackend,
+    id: &SessionId,
+    hold: std::time::Duration,
+) -> Result<String, Error> {
+    let holder = id::stamp();
+    let deadline = tokio::time::Instant::now() + hold;
+    let mut pause = std::time::Duration::from_millis(1);
+    while !backend.store.lease(id, &holder, hold).await? {
+        if tokio::time::Instant::now() + pause > deadline {
+            return Err(Error::with_message(
+                ErrorKind::Conflict,
+                "another request of this session held it for the whole wait",
+            ));
+        }
+        tokio::time::sleep(pause).await;
+        pause = (pause * 2).min(std::time::Duration::from_millis(20));
+    }
+    Ok(holder)
+}
+
+/// Without tokio there is no `serialize_requests`, so no lease to take.
+#[cfg(not(feature = "tokio"))]
+async fn take_lease(
+    _: &StoreBackend,
+    _: &SessionId,
+    _: std::time::Duration,
+) -> Result<String, Error> {
+    Err(Error::unsupported(
+        "serialize_requests needs the tokio feature",
+    ))
+}
+
+/// Gives a lease back; a failure only logs: the lease ends after its hold
+/// anyway.
+pub(crate) async fn release_lease(backend: &StoreBackend, id: &SessionId, holder: &str) {
+    if let Err(error) = backend.store.release(id, holder).await {
+        tracing::warn!(%error, "a session lease was not released; it ends after its hold");
+    }
 }
 
 impl fmt::Debug for SessionHandle {

@@ -45,6 +45,7 @@ pub async fn check_store<S: SessionStore + ?Sized>(store: Arc<S>) {
     merges_apply_to_what_the_store_holds(&*store).await;
     concurrent_read_modify_writes_never_lose_silently(store.clone()).await;
     concurrent_merges_all_survive(store.clone()).await;
+    leases_exclude_each_other(&*store).await;
     writes_racing_a_delete_never_resurrect(store.clone()).await;
     the_layers_clock_rules(&*store).await;
     if owners_index_their_sessions(store.clone()).await {
@@ -676,6 +677,49 @@ pub async fn concurrent_merges_all_survive<S: SessionStore + ?Sized>(store: Arc<
     assert_eq!(stored.data["count"], json!(50), "every addition");
     assert_eq!(stored.data["seen"].as_object().map(|m| m.len()), Some(50));
     store.delete(&id).await.expect("delete");
+}
+
+/// Leases ([`SessionStore::lease`]), where the store has them: one holder
+/// at a time, released only by its holder, free again once its hold ran
+/// out. Returns false when the store answers `Unsupported`.
+pub async fn leases_exclude_each_other<S: SessionStore + ?Sized>(store: &S) -> bool {
+    let id = SessionId::generate();
+    let long = Duration::from_secs(30);
+    match store.lease(&id, "a", long).await {
+        Err(error) if error.kind() == ErrorKind::Unsupported => return false,
+        taken => assert!(taken.expect("lease"), "a free session's lease is taken"),
+    }
+    assert!(
+        !store.lease(&id, "b", long).await.expect("lease"),
+        "held by a"
+    );
+    store.release(&id, "b").await.expect("release");
+    assert!(
+        !store.lease(&id, "b", long).await.expect("lease"),
+        "only a releases it"
+    );
+    store.release(&id, "a").await.expect("release");
+    assert!(
+        store.lease(&id, "b", long).await.expect("lease"),
+        "released"
+    );
+    store.release(&id, "b").await.expect("release");
+    let other = SessionId::generate();
+    assert!(
+        store.lease(&other, "a", long).await.expect("lease"),
+        "per session"
+    );
+    store.release(&other, "a").await.expect("release");
+    // A holder that never releases (its server died) holds for its hold.
+    let short = SessionId::generate();
+    assert!((store.lease(&short, "a", Duration::from_millis(20)).await).expect("lease"));
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(
+        store.lease(&short, "b", long).await.expect("lease"),
+        "a lease past its hold is free"
+    );
+    store.release(&short, "b").await.expect("release");
+    true
 }
 
 /// Writes racing a delete (a logout in another tab) or a cycle (a login in

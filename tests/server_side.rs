@@ -865,3 +865,120 @@ async fn concurrent_appends_of_one_key_all_survive() {
     assert_eq!(cart, (0..20).collect::<Vec<_>>());
     assert_eq!(stored["count"], 20);
 }
+
+/// `serialize_requests`: a request holds the session's lease from its load
+/// to its save, so twenty read-modify-writes at once all answer 200 and all
+/// are kept; a request that finds the lease held past its wait answers 409.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn serialized_requests_run_one_at_a_time() {
+    let store = Arc::new(MemoryStore::new());
+    let (entered_tx, mut entered) = tokio::sync::mpsc::unbounded_channel::<()>();
+    let gate = Arc::new(tokio::sync::Semaphore::new(0));
+    let naive = {
+        let gate = gate.clone();
+        move |session: Session, Path(item): Path<u32>| async move {
+            let mut cart: Vec<u32> = session.get("cart")?.unwrap_or_default();
+            let _ = entered_tx.send(());
+            gate.acquire().await.unwrap().forget();
+            cart.push(item);
+            session.insert("cart", &cart)?;
+            Ok::<_, Error>("added")
+        }
+    };
+    let app = Router::new()
+        .route("/", get(read))
+        .route(
+            "/start",
+            post(|session: Session| async move { session.insert("cart", Vec::<u32>::new()) }),
+        )
+        .route("/naive/{item}", post(naive))
+        .layer(
+            SessionLayer::new(Key::from_bytes(&[5; 32]).unwrap())
+                .serialize_requests(Duration::from_secs(30))
+                .with_store(store.clone()),
+        );
+    let mut jar = Jar::new();
+    let start = http::Request::post("/start").body(axum::body::Body::empty());
+    jar.send(&app, start.unwrap()).await;
+    let cookie = jar.header().unwrap();
+    let mut tasks = tokio::task::JoinSet::new();
+    for item in 0..20u32 {
+        let (app, cookie) = (app.clone(), cookie.clone());
+        tasks.spawn(async move {
+            let request = http::Request::post(format!("/naive/{item}"))
+                .header(http::header::COOKIE, cookie)
+                .body(axum::body::Body::empty())
+                .unwrap();
+            app.oneshot(request).await.unwrap().status()
+        });
+    }
+    // One handler at a time: each is let through only once it is in, and
+    // no other is in before it has saved.
+    let id = cookie.split('=').nth(1).unwrap().split('.').next().unwrap();
+    let id = SessionId::parse(id).unwrap();
+    for _ in 0..20 {
+        entered.recv().await.unwrap();
+        assert!(
+            !store
+                .lease(&id, "probe", Duration::from_secs(1))
+                .await
+                .unwrap(),
+            "the running request holds the lease"
+        );
+        assert!(
+            entered.try_recv().is_err(),
+            "two handlers of one session at once"
+        );
+        gate.add_permits(1);
+    }
+    while let Some(status) = tasks.join_next().await {
+        assert_eq!(status.unwrap(), StatusCode::OK);
+    }
+    let stored: serde_json::Value = serde_json::from_str(&show(&mut jar, &app).await).unwrap();
+    assert_eq!(
+        stored["cart"].as_array().map(Vec::len),
+        Some(20),
+        "{stored}"
+    );
+    assert!(
+        store
+            .lease(&id, "probe", Duration::from_secs(1))
+            .await
+            .unwrap(),
+        "released"
+    );
+    // Held by someone else past the wait: 409, nothing read or saved.
+    let app = Router::new()
+        .route(
+            "/naive/{item}",
+            post(|session: Session| async move { session.insert("x", 1) }),
+        )
+        .layer(
+            SessionLayer::new(Key::from_bytes(&[5; 32]).unwrap())
+                .serialize_requests(Duration::from_millis(50))
+                .with_store(store.clone()),
+        );
+    let response = jar
+        .send(
+            &app,
+            http::Request::post("/naive/1")
+                .body(axum::body::Body::empty())
+                .unwrap(),
+        )
+        .await;
+    assert_eq!(response.status(), StatusCode::CONFLICT);
+    assert_eq!(
+        response.extensions().get::<Error>().unwrap().kind(),
+        ErrorKind::Conflict
+    );
+    store.release(&id, "probe").await.unwrap();
+    let response = jar
+        .send(
+            &app,
+            http::Request::post("/naive/1")
+                .body(axum::body::Body::empty())
+                .unwrap(),
+        )
+        .await;
+    assert_eq!(response.status(), StatusCode::OK, "free again");
+}

@@ -442,6 +442,19 @@ impl<S: SessionStore> SessionStore for CachingStore<S> {
         deleted
     }
 
+    async fn lease(
+        &self,
+        id: &SessionId,
+        holder: &str,
+        hold: std::time::Duration,
+    ) -> Result<bool, Error> {
+        self.inner.lease(id, holder, hold).await
+    }
+
+    async fn release(&self, id: &SessionId, holder: &str) -> Result<(), Error> {
+        self.inner.release(id, holder).await
+    }
+
     async fn take(&self, id: &SessionId, now: u64) -> Result<Option<Record>, Error> {
         let taken = self.write(id, self.inner.take(id, now)).await;
         self.cache.invalidate(id).await;

@@ -57,9 +57,16 @@ pub struct MemoryStore {
     /// swept) takes its entry with it before the shard's lock is released,
     /// so the index never holds more entries than the store holds records.
     owners: Mutex<HashMap<Box<str>, HashSet<IdBytes>>>,
+    /// Leases of sessions ([`SessionStore::lease`]): holder and until when.
+    /// An entry goes on release; one its request never released is swept
+    /// once expired, whenever the map has grown past [`LEASE_SWEEP`].
+    leases: Mutex<HashMap<IdBytes, (Box<str>, std::time::Instant)>>,
     hasher: RandomState,
     max_sessions: usize,
 }
+
+/// How many leases the map holds before a new lease sweeps expired ones.
+const LEASE_SWEEP: usize = 1024;
 
 /// Half of a session id's 32 bytes.
 type Half = [u8; 16];
@@ -352,6 +359,7 @@ impl MemoryStore {
         Self {
             shards: (0..SHARDS).map(|_| Mutex::default()).collect(),
             owners: Mutex::default(),
+            leases: Mutex::default(),
             hasher: RandomState::new(),
             max_sessions: DEFAULT_MAX_SESSIONS,
         }
@@ -558,6 +566,41 @@ impl SessionStore for MemoryStore {
             }
             None => Ok(false),
         }
+    }
+
+    async fn lease(
+        &self,
+        id: &SessionId,
+        holder: &str,
+        hold: std::time::Duration,
+    ) -> Result<bool, Error> {
+        let now = std::time::Instant::now();
+        let mut leases = self.leases.lock().unwrap_or_else(PoisonError::into_inner);
+        if leases.len() >= LEASE_SWEEP {
+            leases.retain(|_, (_, until)| *until > now);
+        }
+        let entry = leases.entry(id.to_bytes());
+        match entry {
+            std::collections::hash_map::Entry::Occupied(mut held) => {
+                if held.get().1 > now && *held.get().0 != *holder {
+                    return Ok(false);
+                }
+                held.insert((holder.into(), now + hold));
+            }
+            std::collections::hash_map::Entry::Vacant(free) => {
+                free.insert((holder.into(), now + hold));
+            }
+        }
+        Ok(true)
+    }
+
+    async fn release(&self, id: &SessionId, holder: &str) -> Result<(), Error> {
+        let mut leases = self.leases.lock().unwrap_or_else(PoisonError::into_inner);
+        let key = id.to_bytes();
+        if leases.get(&key).is_some_and(|(held, _)| **held == *holder) {
+            leases.remove(&key);
+        }
+        Ok(())
     }
 
     async fn delete(&self, id: &SessionId) -> Result<(), Error> {

@@ -480,6 +480,45 @@ pub trait SessionStore: Debug + Send + Sync + 'static {
         self.load(id, now).await
     }
 
+    /// Takes the lease of session `id` for `holder` (a random token of
+    /// one request) for `hold`, if no one else holds it: true when taken,
+    /// false when another holder's lease is still running. A lease past its
+    /// `hold` is free again (its request died, or runs too long), so a
+    /// crashed server never locks a session out for longer. Measured by the
+    /// store's own clock, as native TTLs are.
+    ///
+    /// What [`SessionLayer::serialize_requests`](crate::SessionLayer::serialize_requests)
+    /// uses to run the requests of one session one at a time. By default
+    /// [`ErrorKind::Unsupported`](crate::ErrorKind::Unsupported).
+    ///
+    /// # Errors
+    /// The store's own failures, and `Unsupported` for stores without
+    /// leases.
+    async fn lease(
+        &self,
+        id: &SessionId,
+        holder: &str,
+        hold: std::time::Duration,
+    ) -> Result<bool, Error> {
+        let _ = (id, holder, hold);
+        Err(Error::unsupported(
+            "this store has no leases to serialize requests with",
+        ))
+    }
+
+    /// Ends `holder`'s lease of session `id`; a lease that expired, or that
+    /// another holder took since, is left alone.
+    ///
+    /// # Errors
+    /// The store's own failures, and `Unsupported` for stores without
+    /// leases.
+    async fn release(&self, id: &SessionId, holder: &str) -> Result<(), Error> {
+        let _ = (id, holder);
+        Err(Error::unsupported(
+            "this store has no leases to serialize requests with",
+        ))
+    }
+
     /// The live sessions of `owner` at `now` (those whose record holds
     /// `owner` under [`OWNER_KEY`]), with their ids: what
     /// [`Sessions`](crate::Sessions) lists and ends.
@@ -576,6 +615,19 @@ impl<S: SessionStore + ?Sized> SessionStore for Arc<S> {
 
     async fn owned(&self, owner: &str, now: u64) -> Result<Vec<(SessionId, Record)>, Error> {
         (**self).owned(owner, now).await
+    }
+
+    async fn lease(
+        &self,
+        id: &SessionId,
+        holder: &str,
+        hold: std::time::Duration,
+    ) -> Result<bool, Error> {
+        (**self).lease(id, holder, hold).await
+    }
+
+    async fn release(&self, id: &SessionId, holder: &str) -> Result<(), Error> {
+        (**self).release(id, holder).await
     }
 }
 

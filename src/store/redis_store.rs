@@ -229,12 +229,19 @@ return removed
 // channels (Redis 7's default for new users) still writes; only a coherent
 // cache, which could not subscribe either, goes without.
 
+/// Ends a lease if its holder (ARGV[1]) still holds it.
+const RELEASE: &str = r"
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
+return 0
+";
+
 /// The scripts with their SHA1 computed once, for `EVALSHA`.
 static CREATE_SCRIPT: LazyLock<Script> = LazyLock::new(|| record_script(CREATE));
 static APPLY_SCRIPT: LazyLock<Script> =
     LazyLock::new(|| record_script(&[MERGE_LUA, APPLY].concat()));
 static TAKE_SCRIPT: LazyLock<Script> = LazyLock::new(|| record_script(TAKE));
 static DELETE_SCRIPT: LazyLock<Script> = LazyLock::new(|| record_script(DELETE));
+static RELEASE_SCRIPT: LazyLock<Script> = LazyLock::new(|| Script::new(RELEASE));
 
 /// A record script, after the owner index's Lua it calls.
 fn record_script(body: &str) -> Script {
@@ -419,6 +426,12 @@ impl RedisStore {
 
     fn key(&self, id: &SessionId) -> String {
         self.prefix.key(id)
+    }
+
+    /// The key of the session's lease (`:` never occurs in an id, so it
+    /// names no session).
+    fn lease_key(&self, id: &SessionId) -> String {
+        format!("{}lease:{}", self.prefix.as_str(), id.as_str())
     }
 
     /// The channel every write publishes its id on.
@@ -654,6 +667,28 @@ impl SessionStore for RedisStore {
         let tail = apply_tail(changes);
         self.write_record(&APPLY_SCRIPT, id, owner, expires_at, &tail)
             .await
+    }
+
+    /// `SET {prefix}lease:{id} holder NX PX hold`: one round trip; the key
+    /// expires by itself after `hold`.
+    async fn lease(&self, id: &SessionId, holder: &str, hold: Duration) -> Result<bool, Error> {
+        let millis = u64::try_from(hold.as_millis()).unwrap_or(u64::MAX).max(1);
+        let set = redis::cmd("SET")
+            .arg(self.lease_key(id))
+            .arg(holder)
+            .arg("NX")
+            .arg("PX")
+            .arg(millis)
+            .clone();
+        let taken: Option<String> = self.run(&set).await?;
+        Ok(taken.is_some())
+    }
+
+    /// Deletes the lease key if `holder` still holds it: one round trip.
+    async fn release(&self, id: &SessionId, holder: &str) -> Result<(), Error> {
+        let key = self.lease_key(id);
+        let _: i64 = (self.script(&RELEASE_SCRIPT, &[&key], &[holder.as_bytes()])).await?;
+        Ok(())
     }
 
     async fn delete(&self, id: &SessionId) -> Result<(), Error> {
