@@ -215,9 +215,11 @@ impl<H> SessionLayer<H, Keyed> {
     /// as long as its handler runs. Only routes that take `Session` pay.
     ///
     /// Stores with leases: `MemoryStore`, `RedisStore` (one server and
-    /// Cluster: a key `{prefix}lease:{id}` with `SET NX PX`) and a
-    /// `CachingStore` in front of either. On the others every request that
-    /// takes `Session` answers 501
+    /// Cluster: a key `{prefix}lease:{id}` with `SET NX PX`),
+    /// `MemcachedStore` (an add with a TTL in whole seconds; release by
+    /// CAS) and a `CachingStore` in front of any of them. On the others
+    /// (`FileStore`, `SqlStore`, `MongoStore`) every request that takes
+    /// `Session` answers 501
     /// ([`ErrorKind::Unsupported`](crate::ErrorKind::Unsupported)).
     #[cfg(feature = "tokio")]
     pub fn serialize_requests(mut self, hold: Duration) -> Self {

@@ -710,10 +710,12 @@ pub async fn leases_exclude_each_other<S: SessionStore + ?Sized>(store: &S) -> b
         "per session"
     );
     store.release(&other, "a").await.expect("release");
-    // A holder that never releases (its server died) holds for its hold.
+    // A holder that never releases (its server died) holds for its hold
+    // (a second: Memcached counts in seconds, and its clock ticks once a
+    // second).
     let short = SessionId::generate();
-    assert!((store.lease(&short, "a", Duration::from_millis(20)).await).expect("lease"));
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!((store.lease(&short, "a", Duration::from_secs(1)).await).expect("lease"));
+    tokio::time::sleep(Duration::from_millis(2500)).await;
     assert!(
         store.lease(&short, "b", long).await.expect("lease"),
         "a lease past its hold is free"

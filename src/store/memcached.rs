@@ -111,6 +111,12 @@ impl MemcachedStore {
         self.prefix.key(id)
     }
 
+    /// The key of the session's lease (`:` never occurs in an id, so it
+    /// names no session).
+    fn lease_key(&self, id: &SessionId) -> String {
+        format!("{}lease:{}", self.prefix.as_str(), id.as_str())
+    }
+
     /// Runs `op` on a pooled connection, connecting first if needed. All
     /// of it, the wait for a free connection included, must end by
     /// `deadline`.
@@ -316,6 +322,52 @@ impl SessionStore for MemcachedStore {
             }
         }
         Err(too_many_writers())
+    }
+
+    /// An add (meta set mode `E`) of the holder under the lease key, with
+    /// `hold` as its TTL in whole seconds (rounded up: Memcached counts in
+    /// seconds): one round trip.
+    async fn lease(&self, id: &SessionId, holder: &str, hold: Duration) -> Result<bool, Error> {
+        let seconds = hold.as_secs() + u64::from(hold.subsec_nanos() > 0);
+        let add = [String::from("ME"), format!("T{}", seconds.max(1))];
+        let value = holder.as_bytes().to_vec();
+        match self
+            .set(self.deadline(), &self.lease_key(id), value, add)
+            .await
+        {
+            Ok(()) => Ok(true),
+            Err(error) if is_status(&error, &Status::NotStored) => Ok(false),
+            Err(error) => Err(error),
+        }
+    }
+
+    /// The lease read with its CAS token, and deleted by that token if the
+    /// holder still holds it: two round trips.
+    async fn release(&self, id: &SessionId, holder: &str) -> Result<(), Error> {
+        let deadline = self.deadline();
+        let key = self.lease_key(id);
+        let read = key.clone();
+        let found = self
+            .with_client(deadline, move |c| {
+                Box::pin(async move { c.meta_get(&read, false, None, Some(&["v", "c"])).await })
+            })
+            .await?;
+        let Some((data, Some(cas))) = found.map(|value| (value.data, value.cas)) else {
+            return Ok(());
+        };
+        if data.as_deref() != Some(holder.as_bytes()) {
+            return Ok(());
+        }
+        let cas = format!("C{cas}");
+        let deleted = self
+            .with_client(deadline, move |c| {
+                Box::pin(async move { c.meta_delete(&key, false, None, Some(&[&cas])).await })
+            })
+            .await;
+        match deleted {
+            Err(error) if !lost_race(&error) => Err(error),
+            _ => Ok(()),
+        }
     }
 
     /// Read, then deleted only if the item is still what was read (its CAS

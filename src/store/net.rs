@@ -65,7 +65,10 @@ impl KeyPrefix {
         Self(prefix.into().into_boxed_str())
     }
 
-    #[cfg_attr(not(feature = "redis-store"), allow(dead_code))]
+    #[cfg_attr(
+        not(any(feature = "redis-store", feature = "memcached-store")),
+        allow(dead_code)
+    )]
     pub(super) fn as_str(&self) -> &str {
         &self.0
     }
