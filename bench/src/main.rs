@@ -6,9 +6,11 @@
 //! cargo run --release --manifest-path bench/Cargo.toml -- load        # HTTP over loopback
 //! cargo run --release --manifest-path bench/Cargo.toml -- scale       # MemoryStore at 1k/100k/1M
 //! cargo run --release --manifest-path bench/Cargo.toml -- owner-calls # the owner index on Redis
+//! cargo run --release --manifest-path bench/Cargo.toml -- checks      # what the lost-update checks cost
 //! ```
 
 mod chart;
+mod checks;
 mod coherence;
 mod configs;
 mod inprocess;
@@ -22,6 +24,14 @@ fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let command = args.first().map(String::as_str).unwrap_or("inprocess");
     match command {
+        "checks" => {
+            let rounds = arg(&args, "--rounds").unwrap_or(20);
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            runtime.block_on(checks::run(rounds, Duration::from_millis(40)));
+        }
         "inprocess" => {
             let rounds = arg(&args, "--rounds").unwrap_or(30);
             let runtime = tokio::runtime::Builder::new_current_thread()
