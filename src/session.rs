@@ -29,6 +29,20 @@ use crate::store::{Changes, Merge, OWNER_KEY, OWNER_META_KEY};
 /// Every read marks the session *accessed* (the response gets
 /// `Vary: Cookie`); every write that changes something marks it *modified*
 /// (the response carries the new cookie).
+///
+/// # Concurrent requests
+/// With a store, a key this request read (through [`get`](Self::get),
+/// [`get_value`](Self::get_value), [`update`](Self::update),
+/// [`contains_key`](Self::contains_key), [`remove`](Self::remove), or
+/// [`to_map`](Self::to_map) for every key) and then writes is saved only if
+/// no other request changed it meanwhile; otherwise nothing of this
+/// request is saved and the response is a 409
+/// ([`ErrorKind::Conflict`]), so the client can retry. A key written
+/// without being read is saved as it comes (the last write wins).
+/// [`increment`](Self::increment), [`push`](Self::push),
+/// [`map_insert`](Self::map_insert) and [`map_remove`](Self::map_remove)
+/// are made by the store on what it holds and never conflict. Client-side
+/// sessions cannot tell: the browser keeps the last cookie it receives.
 #[derive(Clone)]
 pub struct Session {
     state: Arc<Mutex<State>>,
