@@ -17,7 +17,7 @@ use crate::error::{Error, ErrorHandler, ErrorKind, LoadFailed};
 use crate::id::{self, SessionId};
 use crate::load::{Loaded, LoadedRecord, SessionHandle, release_lease};
 use crate::session::State;
-use crate::store::{Changes, Record, STAMP_KEY};
+use crate::store::{Changes, Merge, Record, STAMP_KEY, Value};
 
 type Saving<B> = Pin<Box<dyn Future<Output = Response<B>> + Send>>;
 
@@ -459,9 +459,12 @@ fn plan_modified(shared: &Shared, loaded: &Loaded, state: &State, now: u64) -> S
             keys.extend(state.merges.iter().map(|(key, _)| key.clone()));
             // The new stamp wins over the old record's.
             keys.insert(STAMP_KEY.into());
+            let request = state.changes(now, now);
             let touched = Touched {
                 cleared: state.cleared,
                 keys,
+                expected: request.expected,
+                merges: request.merges,
             };
             StorePlan {
                 now,
@@ -545,8 +548,14 @@ struct Touched {
     /// The request cleared the session (a flush, a login that starts
     /// clean): nothing of the old record is carried.
     cleared: bool,
-    /// Keys the request set or removed: its own value wins.
+    /// Keys the request set, removed or merged: its own value wins.
     keys: BTreeSet<String>,
+    /// What the request read of keys it set or removed: the old record, as
+    /// taken, must still hold it.
+    expected: Vec<(String, Option<Value>)>,
+    /// The request's merges, made again on the old record as taken, so
+    /// that what other requests merged meanwhile is kept.
+    merges: Vec<(String, Merge)>,
 }
 
 enum Carry {
@@ -554,10 +563,13 @@ enum Carry {
     Changes(Changes),
     /// The old record was gone: another request ended the session.
     Ended,
+    /// Another request changed a key this one read and then wrote, or a
+    /// merge no longer fits: nothing of this request can be saved.
+    Conflict(Error),
 }
 
 impl Touched {
-    fn carry(&self, taken: Option<Record>, new: &Record) -> Carry {
+    fn carry(&self, taken: Option<&Record>, new: &Record) -> Carry {
         if self.cleared {
             return Carry::Nothing;
         }
@@ -566,14 +578,36 @@ impl Touched {
         };
         // The new record was made at the request's now.
         let mut changes = Changes::expiry(new.created_at, new.expires_at);
+        changes.expected.clone_from(&self.expected);
+        changes.merges.clone_from(&self.merges);
+        // `apply_to`, the one judge of expectations and merges, on a copy
+        // of the old record: its merged values go to the new one.
+        let mut merged = taken.clone();
+        if let Err(conflict) = changes.apply_to(&mut merged) {
+            return Carry::Conflict(conflict);
+        }
+        changes.expected.clear();
+        changes.merges.clear();
         let untouched = |key: &String| !self.keys.contains(key);
         changes.removed = (new.data.keys())
             .filter(|&key| untouched(key) && !taken.data.contains_key(key))
             .cloned()
             .collect();
-        changes.set = (taken.data.into_iter())
-            .filter(|(key, value)| untouched(key) && new.data.get(key) != Some(value))
-            .collect();
+        let merged_keys: BTreeSet<&String> = self.merges.iter().map(|(key, _)| key).collect();
+        for key in merged_keys {
+            match merged.data.get(key) {
+                Some(value) if new.data.get(key) != Some(value) => {
+                    changes.set.push((key.clone(), value.clone()));
+                }
+                None if new.data.contains_key(key) => changes.removed.push(key.clone()),
+                _ => {}
+            }
+        }
+        changes.set.extend(
+            (taken.data.iter())
+                .filter(|(key, value)| untouched(key) && new.data.get(*key) != Some(*value))
+                .map(|(key, value)| (key.clone(), value.clone())),
+        );
         if changes.is_expiry_only() {
             Carry::Nothing
         } else {
@@ -609,7 +643,7 @@ async fn run_store(
         } => {
             let id = create(backend, &record).await?;
             let taken = store.take(&old, plan.now).await?;
-            match touched.carry(taken, &record) {
+            match touched.carry(taken.as_ref(), &record) {
                 Carry::Nothing => {}
                 Carry::Changes(changes) => {
                     if !store.apply(&id, &changes).await? {
@@ -619,6 +653,21 @@ async fn run_store(
                 Carry::Ended => {
                     store.delete(&id).await?;
                     return Err(Error::new(ErrorKind::SessionEnded));
+                }
+                // Nothing of this request may be saved: the old record goes
+                // back under its id, as taken (with what other requests
+                // wrote to it), and the new one goes. A write that came in
+                // between found no record and was answered 409 itself.
+                Carry::Conflict(conflict) => {
+                    store.delete(&id).await?;
+                    if let Some(taken) = &taken
+                        && !store.create(&old, taken).await?
+                    {
+                        tracing::error!(
+                            "a session taken by a refused cycle_id could not be put back"
+                        );
+                    }
+                    return Err(conflict);
                 }
             }
             Some((id, cookie_expires, stamp))

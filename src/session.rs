@@ -590,6 +590,12 @@ impl Session {
     /// id an attacker planted before login is worthless after it
     /// (session fixation). With client-side sessions there is no id; the
     /// cookie is re-issued.
+    ///
+    /// What other requests wrote to the old record while this one ran moves
+    /// to the new id with it (their merges beside this request's). If one of
+    /// them changed a key this request read and then wrote, nothing of this
+    /// request is saved: the old record stays under the old id, as they
+    /// left it, and the response is a 409 ([`ErrorKind::Conflict`]).
     pub fn cycle_id(&self) {
         let mut state = self.read();
         state.cycle = true;

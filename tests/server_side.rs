@@ -982,3 +982,96 @@ async fn serialized_requests_run_one_at_a_time() {
         .await;
     assert_eq!(response.status(), StatusCode::OK, "free again");
 }
+
+/// A login (`cycle_id`) racing other requests of the session: what they
+/// merged meanwhile is kept beside the login's own merges; a key the login
+/// read and wrote that another request changed meanwhile makes the login
+/// answer 409, and the old session is left as the other request made it.
+#[tokio::test]
+async fn a_cycle_keeps_racing_merges_and_refuses_a_stale_read() {
+    for stale in [false, true] {
+        let store = Arc::new(Probe::default());
+        let loaded = Arc::new(tokio::sync::Notify::new());
+        let go = Arc::new(tokio::sync::Notify::new());
+        let login = {
+            let (loaded, go) = (loaded.clone(), go.clone());
+            move |session: Session| async move {
+                let note: Option<String> = session.get("note")?;
+                loaded.notify_one();
+                go.notified().await;
+                session.cycle_id();
+                session.push("cart", "pear")?;
+                session.increment("n", 1)?;
+                if stale {
+                    session.insert("note", format!("{note:?} and signed in"))?;
+                }
+                Ok::<_, Error>("signed in")
+            }
+        };
+        let push = |session: Session| async move {
+            session.push("cart", "plum")?;
+            session.increment("n", 10)?;
+            session.insert("note", "changed")?;
+            Ok::<_, Error>("pushed")
+        };
+        let app = Router::new()
+            .route("/", get(read))
+            .route("/set/{key}/{value}", get(set))
+            .route("/push", post(push))
+            .route("/login", post(login))
+            .layer(SessionLayer::new(Key::from_bytes(&[5; 32]).unwrap()).with_store(store.clone()));
+        let mut jar = Jar::new();
+        jar.send(&app, get_req("/set/note/first")).await;
+        let old = jar.header().unwrap();
+        let signing_in = tokio::spawn({
+            let (app, old) = (app.clone(), old.clone());
+            async move {
+                let request = http::Request::post("/login")
+                    .header(http::header::COOKIE, old)
+                    .body(axum::body::Body::empty())
+                    .unwrap();
+                app.oneshot(request).await.unwrap()
+            }
+        });
+        loaded.notified().await;
+        let request = http::Request::post("/push")
+            .header(http::header::COOKIE, old.clone())
+            .body(axum::body::Body::empty())
+            .unwrap();
+        let pushed = app.clone().oneshot(request).await.unwrap();
+        assert_eq!(
+            pushed.status(),
+            StatusCode::OK,
+            "the racing write was acknowledged"
+        );
+        go.notify_one();
+        let response = signing_in.await.unwrap();
+        let shown: serde_json::Value = if stale {
+            assert_eq!(response.status(), StatusCode::CONFLICT);
+            let error = response.extensions().get::<Error>().unwrap();
+            assert_eq!(error.kind(), ErrorKind::Conflict);
+            jar.store(&response);
+            assert_eq!(jar.header().unwrap(), old, "the old id is kept");
+            serde_json::from_str(&show(&mut jar, &app).await).unwrap()
+        } else {
+            assert_eq!(response.status(), StatusCode::OK);
+            jar.store(&response);
+            assert_ne!(jar.header().unwrap(), old, "a new id");
+            serde_json::from_str(&show(&mut jar, &app).await).unwrap()
+        };
+        if stale {
+            assert_eq!(
+                shown,
+                serde_json::json!({"cart": ["plum"], "n": 10, "note": "changed"}),
+                "the old session as the racing request left it, nothing of the login"
+            );
+        } else {
+            let mut cart: Vec<String> = serde_json::from_value(shown["cart"].clone()).unwrap();
+            cart.sort();
+            assert_eq!(cart, ["pear", "plum"], "both merges kept: {shown}");
+            assert_eq!(shown["n"], 11);
+            assert_eq!(shown["note"], "changed");
+        }
+        assert_eq!(store.inner.len(), 1, "one record");
+    }
+}
