@@ -214,12 +214,14 @@ impl<H> SessionLayer<H, Keyed> {
     /// parallel API calls, several tabs) queue behind each other, each for
     /// as long as its handler runs. Only routes that take `Session` pay.
     ///
-    /// Stores with leases: `MemoryStore`, `RedisStore` (one server and
-    /// Cluster: a key `{prefix}lease:{id}` with `SET NX PX`),
-    /// `MemcachedStore` (an add with a TTL in whole seconds; release by
-    /// CAS) and a `CachingStore` in front of any of them. On the others
-    /// (`FileStore`, `SqlStore`, `MongoStore`) every request that takes
-    /// `Session` answers 501
+    /// Every store of the crate has leases: `MemoryStore` (a map beside
+    /// the records), `FileStore` (a `.lease` file beside the record, under
+    /// its directory's lock), `RedisStore` (a key `{prefix}lease:{id}`,
+    /// `SET NX PX`), `SqlStore` (a row of `{table}_leases`, which
+    /// `migrate` creates), `MemcachedStore` (an add with a TTL in whole
+    /// seconds), `MongoStore` (a document `lease:{id}`, one upsert) and
+    /// `CachingStore` (the store behind's). A store of your own without
+    /// them answers 501 to every request that takes `Session`
     /// ([`ErrorKind::Unsupported`](crate::ErrorKind::Unsupported)).
     #[cfg(feature = "tokio")]
     pub fn serialize_requests(mut self, hold: Duration) -> Self {

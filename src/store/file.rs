@@ -4,6 +4,7 @@ use std::fs::{self, File};
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::time::Duration;
 
 use async_trait::async_trait;
 
@@ -158,6 +159,28 @@ fn paths(root: &Path, id: &SessionId) -> (PathBuf, PathBuf) {
     let dir = root.join(&hex[..2]);
     let file = dir.join(format!("{hex}.json"));
     (dir, file)
+}
+
+/// Milliseconds since the Unix epoch by the system clock: leases are the
+/// store's, as native TTLs are.
+fn lease_clock() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
+
+/// A lease file's holder and until when; `None` when there is none or it
+/// does not parse.
+fn read_lease(path: &Path) -> io::Result<Option<(String, u64)>> {
+    let text = match fs::read_to_string(path) {
+        Ok(text) => text,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+        Err(e) if e.kind() == io::ErrorKind::InvalidData => return Ok(None),
+        Err(e) => return Err(e),
+    };
+    Ok(text
+        .split_once(' ')
+        .and_then(|(holder, until)| Some((holder.to_owned(), until.parse().ok()?))))
 }
 
 /// Runs `work` holding the exclusive lock of the sub-directory `dir`.
@@ -387,6 +410,51 @@ impl SessionStore for FileStore {
         .await?
     }
 
+    /// A file `{hex}.lease` beside the record, holding the holder and
+    /// until when (milliseconds of the system clock), read and written
+    /// under the directory's lock; one that does not parse (a crash) is a
+    /// free lease.
+    async fn lease(&self, id: &SessionId, holder: &str, hold: Duration) -> Result<bool, Error> {
+        let (id, holder) = (id.clone(), holder.to_owned());
+        self.blocking(move |root| {
+            let (dir, file) = paths(root, &id);
+            let path = file.with_extension("lease");
+            locked(&dir, || {
+                let now = lease_clock();
+                if let Some((held, until)) = read_lease(&path)?
+                    && until > now
+                    && held != holder
+                {
+                    return Ok(false);
+                }
+                let until = now.saturating_add(u64::try_from(hold.as_millis()).unwrap_or(u64::MAX));
+                private_file()
+                    .create(true)
+                    .write(true)
+                    .truncate(true)
+                    .open(&path)?
+                    .write_all(format!("{holder} {until}").as_bytes())?;
+                Ok(true)
+            })
+        })
+        .await
+    }
+
+    async fn release(&self, id: &SessionId, holder: &str) -> Result<(), Error> {
+        let (id, holder) = (id.clone(), holder.to_owned());
+        self.blocking(move |root| {
+            let (dir, file) = paths(root, &id);
+            let path = file.with_extension("lease");
+            locked(&dir, || {
+                if read_lease(&path)?.is_some_and(|(held, _)| held == holder) {
+                    fs::remove_file(&path)?;
+                }
+                Ok(())
+            })
+        })
+        .await
+    }
+
     async fn delete(&self, id: &SessionId) -> Result<(), Error> {
         let id = id.clone();
         self.blocking(move |root| {
@@ -449,6 +517,14 @@ impl SessionStore for FileStore {
                         // file is what a crash left behind.
                         if name.starts_with(".tmp-") {
                             let _ = fs::remove_file(&path);
+                            continue;
+                        }
+                        // A lease its request never gave back, past its time.
+                        if name.ends_with(".lease") {
+                            let over = read_lease(&path).ok().flatten();
+                            if over.is_none_or(|(_, until)| until <= lease_clock()) {
+                                let _ = fs::remove_file(&path);
+                            }
                             continue;
                         }
                         let Some(hex) = name.strip_suffix(".json") else {

@@ -373,6 +373,11 @@ fn record(document: &Document) -> Result<Record, Error> {
 }
 
 /// A duplicate `_id`: the insert of an upsert met a live record.
+/// The `_id` of a session's lease document.
+fn lease_id(id: &SessionId) -> String {
+    format!("lease:{}", id.as_str())
+}
+
 fn is_duplicate_key(error: &mongodb::error::Error) -> bool {
     use mongodb::error::{ErrorKind, WriteFailure};
     match &*error.kind {
@@ -472,6 +477,43 @@ impl SessionStore for MongoStore {
         )
         .await?;
         Ok(deleted.deleted_count)
+    }
+
+    /// One upsert of a document `_id: "lease:{id}"` (no session id holds
+    /// a `:`) that matches only a lease past its time: taken when it
+    /// matched or was inserted, held by another when the insert meets the
+    /// live lease's `_id` (a duplicate key). Times in milliseconds of this
+    /// process's clock; `expires` lets the TTL index drop leases a dead
+    /// request left behind.
+    async fn lease(&self, id: &SessionId, holder: &str, hold: Duration) -> Result<bool, Error> {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX));
+        let until = now.saturating_add(i64::try_from(hold.as_millis()).unwrap_or(i64::MAX));
+        let filter = doc! { "_id": lease_id(id), "until": { "$lte": now } };
+        let take = doc! { "$set": {
+            "holder": holder,
+            "until": until,
+            "expires": DateTime::from_millis(until),
+        } };
+        let upsert = self.collection.update_one(filter, take).upsert(true);
+        match tokio::time::timeout(self.timeout, upsert.into_future()).await {
+            Ok(Ok(_)) => Ok(true),
+            Ok(Err(error)) if is_duplicate_key(&error) => Ok(false),
+            Ok(Err(error)) => Err(Error::store(error)),
+            Err(elapsed) => Err(Error::store(elapsed)),
+        }
+    }
+
+    /// One `delete` of the lease, if `holder` still holds it.
+    async fn release(&self, id: &SessionId, holder: &str) -> Result<(), Error> {
+        let filter = doc! { "_id": lease_id(id), "holder": holder };
+        bounded(
+            self.timeout,
+            self.collection.delete_one(filter).into_future(),
+        )
+        .await?;
+        Ok(())
     }
 
     /// One `find` on the owner index.

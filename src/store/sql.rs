@@ -775,7 +775,9 @@ impl SqlStore {
     }
 
     /// The statements [`migrate`](Self::migrate) runs, for your own
-    /// migration tool: they create the table and its indexes.
+    /// migration tool: they create the table and its indexes, and the
+    /// table of leases (`{table}_leases`, for
+    /// [`serialize_requests`](crate::SessionLayer::serialize_requests)).
     ///
     /// A table made before owners needs the `owner` column first, which
     /// `migrate` adds when it is missing; in a tool of your own, run once
@@ -802,18 +804,30 @@ impl SqlStore {
                 format!(
                     "CREATE INDEX IF NOT EXISTS {owner_index} ON {t} (owner) WHERE owner IS NOT NULL"
                 ),
+                format!(
+                    "CREATE TABLE IF NOT EXISTS {} (id VARCHAR(43) COLLATE \"C\" PRIMARY KEY, \
+                     holder TEXT NOT NULL, held_until BIGINT NOT NULL)",
+                    derived_name(t, "leases")
+                ),
             ],
             // ascii_bin: ids are case-sensitive; the default collation is not.
             // utf8mb4 for the data whatever the database's default: latin1
             // or the 3-byte utf8 would refuse or mangle emoji and CJK text.
             // (No _bin collation: sqlx would read the column as bytes.)
             #[cfg(feature = "mysql-store")]
-            Pool::MySql(_) => vec![format!(
-                "CREATE TABLE IF NOT EXISTS {t} (id VARCHAR(43) CHARACTER SET ascii COLLATE ascii_bin PRIMARY KEY, \
-                 data LONGTEXT CHARACTER SET utf8mb4 NOT NULL, permanent BOOLEAN NOT NULL, created_at BIGINT NOT NULL, \
-                 expires_at BIGINT NOT NULL, {}, INDEX {t}_expires_at (expires_at), INDEX {owner_index} (owner))",
-                mysql_owner_column()
-            )],
+            Pool::MySql(_) => vec![
+                format!(
+                    "CREATE TABLE IF NOT EXISTS {t} (id VARCHAR(43) CHARACTER SET ascii COLLATE ascii_bin PRIMARY KEY, \
+                     data LONGTEXT CHARACTER SET utf8mb4 NOT NULL, permanent BOOLEAN NOT NULL, created_at BIGINT NOT NULL, \
+                     expires_at BIGINT NOT NULL, {}, INDEX {t}_expires_at (expires_at), INDEX {owner_index} (owner))",
+                    mysql_owner_column()
+                ),
+                format!(
+                    "CREATE TABLE IF NOT EXISTS {} (id VARCHAR(43) CHARACTER SET ascii COLLATE ascii_bin PRIMARY KEY, \
+                     holder VARCHAR(64) CHARACTER SET ascii NOT NULL, held_until BIGINT NOT NULL)",
+                    derived_name(t, "leases")
+                ),
+            ],
             #[cfg(feature = "sqlite-store")]
             Pool::Sqlite(_) => vec![
                 format!(
@@ -825,8 +839,53 @@ impl SqlStore {
                 format!(
                     "CREATE INDEX IF NOT EXISTS {owner_index} ON {t} (owner) WHERE owner IS NOT NULL"
                 ),
+                format!(
+                    "CREATE TABLE IF NOT EXISTS {} (id TEXT PRIMARY KEY, holder TEXT NOT NULL, \
+                     held_until INTEGER NOT NULL)",
+                    derived_name(t, "leases")
+                ),
             ],
         }
+    }
+
+    /// The statements of a lease ([`SessionStore::lease`]) on the table
+    /// `{table}_leases`: an insert that does nothing when the session has
+    /// a lease row, an update that takes over a row past its time, and the
+    /// release; times in milliseconds of the database's clock.
+    fn lease_sql(&self) -> [String; 3] {
+        let leases = derived_name(&self.sql.table, "leases");
+        let (insert, now, [a, b, c]) = match dialect(&self.pool) {
+            Dialect::Postgres => (
+                "INSERT INTO {leases} (id, holder, held_until) VALUES ({a}, {b}, {now} + {c}) ON CONFLICT DO NOTHING",
+                "(extract(epoch from clock_timestamp()) * 1000)::bigint",
+                ["$1", "$2", "$3"],
+            ),
+            Dialect::MySql => (
+                "INSERT IGNORE INTO {leases} (id, holder, held_until) VALUES ({a}, {b}, {now} + {c})",
+                "CAST(UNIX_TIMESTAMP(NOW(3)) * 1000 AS SIGNED)",
+                ["?", "?", "?"],
+            ),
+            Dialect::Sqlite => (
+                "INSERT OR IGNORE INTO {leases} (id, holder, held_until) VALUES ({a}, {b}, {now} + {c})",
+                "CAST((julianday('now') - 2440587.5) * 86400000 AS INTEGER)",
+                ["?", "?", "?"],
+            ),
+        };
+        let fill = |text: &str| {
+            text.replace("{leases}", &leases)
+                .replace("{now}", now)
+                .replace("{a}", a)
+                .replace("{b}", b)
+                .replace("{c}", c)
+        };
+        [
+            fill(insert),
+            // Placeholders in the order they appear, for `?`.
+            fill(
+                "UPDATE {leases} SET holder = {a}, held_until = {now} + {b} WHERE id = {c} AND held_until <= {now}",
+            ),
+            fill("DELETE FROM {leases} WHERE id = {a} AND holder = {b}"),
+        ]
     }
 }
 
@@ -1311,6 +1370,40 @@ impl SessionStore for SqlStore {
             Pool::Sqlite(pool) => take_in_transaction!(self, pool, id, now),
         };
         self.sql.record_from_row(row)
+    }
+
+    /// A row of `{table}_leases` (created by `migrate`): an insert when the
+    /// session has none (one round trip), else an update that takes over
+    /// a lease past its time (two). The database's clock judges the hold.
+    async fn lease(
+        &self,
+        id: &SessionId,
+        holder: &str,
+        hold: std::time::Duration,
+    ) -> Result<bool, Error> {
+        let [insert, take_over, _] = self.lease_sql();
+        let hold = i64::try_from(hold.as_millis()).unwrap_or(i64::MAX);
+        let taken = by_backend!(self, pool => {
+            let query = sqlx::query(&insert).bind(id.as_str()).bind(holder).bind(hold);
+            let inserted = bounded(self.timeout, query.execute(pool)).await?;
+            if inserted.rows_affected() == 1 {
+                true
+            } else {
+                let query = sqlx::query(&take_over).bind(holder).bind(hold).bind(id.as_str());
+                bounded(self.timeout, query.execute(pool)).await?.rows_affected() == 1
+            }
+        });
+        Ok(taken)
+    }
+
+    /// One `DELETE` of the lease row, if `holder` still holds it.
+    async fn release(&self, id: &SessionId, holder: &str) -> Result<(), Error> {
+        let [_, _, release] = self.lease_sql();
+        by_backend!(self, pool => {
+            let query = sqlx::query(&release).bind(id.as_str()).bind(holder);
+            bounded(self.timeout, query.execute(pool)).await?;
+        });
+        Ok(())
     }
 
     async fn delete_expired(&self, now: u64) -> Result<u64, Error> {
