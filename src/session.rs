@@ -345,6 +345,9 @@ impl Session {
     }
 
     /// Stores a raw JSON value under `key`, returning the previous one.
+    /// Unless this request read the key before, it is a blind write (the
+    /// value returned is this request's own, not a read that the store
+    /// checks): the last such write wins.
     pub fn insert_value(&self, key: impl Into<String>, value: Value) -> Option<Value> {
         let key = key.into();
         let mut state = self.read();

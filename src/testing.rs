@@ -24,7 +24,8 @@ use crate::error::ErrorKind;
 use crate::store::{Changes, Merge, OWNER_KEY, OWNER_META_KEY, Record, SessionId, SessionStore};
 
 /// Runs every check against `store`. Takes a few seconds: one check waits
-/// for a record to expire, so stores with native TTLs are checked too.
+/// for a record to expire, so stores with native TTLs are checked too, and
+/// one for a lease to run out (on stores with leases).
 ///
 /// # Panics
 /// On the first check the store fails.
