@@ -470,7 +470,8 @@ pub async fn merges_apply_to_what_the_store_holds<S: SessionStore + ?Sized>(stor
     let big = 9_007_199_254_740_993_i64; // 2^53 + 1: not a double
     let id = created(
         store,
-        &record(json!({"n": 1, "big": big, "list": [], "map": {"m": 1}, "s": "text"})),
+        &record(json!({"n": 1, "big": big, "list": [], "s": "text",
+            "map": {"m": 1, "t": {"x": "}],\"{[\\"}, "u": [1, {"y": "]"}, []], "zz": -1.5e-7}})),
     )
     .await;
     let expires = now() + 3600;
@@ -505,6 +506,10 @@ pub async fn merges_apply_to_what_the_store_holds<S: SessionStore + ?Sized>(stor
         .map(|(i, m)| ((*m).to_owned(), json!(i)))
         .collect();
     map.insert("b".into(), json!("again"));
+    // Members already there, whose text holds brackets and quotes, stay.
+    map.insert("t".into(), json!({"x": "}],\"{[\\"}));
+    map.insert("u".into(), json!([1, {"y": "]"}, []]));
+    map.insert("zz".into(), json!(-1.5e-7));
     let mut new_map: serde_json::Map<String, Value> = (members.iter().enumerate())
         .map(|(i, m)| ((*m).to_owned(), json!([i])))
         .collect();
