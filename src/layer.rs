@@ -150,11 +150,8 @@ impl<H> SessionLayer<H, Keyed> {
     /// A Flask layer has no key of this crate's to sign ids with:
     /// `with_store` is not available on it.
     pub fn with_store(mut self, store: impl SessionStore) -> Self {
-        Arc::make_mut(&mut self.shared).backend = Backend::Store(StoreBackend {
-            stamps: store.stamps_writes(),
-            store: Arc::new(store),
-            keys: self.kind.keys.clone(),
-        });
+        Arc::make_mut(&mut self.shared).backend =
+            Backend::Store(StoreBackend::new(Arc::new(store), self.kind.keys.clone()));
         self
     }
 

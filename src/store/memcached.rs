@@ -10,7 +10,7 @@ use async_trait::async_trait;
 use tokio::sync::{Mutex, MutexGuard};
 use tokio::time::Instant;
 
-use super::net::{KeyPrefix, prefix_and_timeout};
+use super::net::{KeyPrefix, backoff, prefix_and_timeout};
 use super::{Changes, Record, SessionId, SessionStore};
 use crate::error::Error;
 
@@ -114,7 +114,7 @@ impl MemcachedStore {
     /// Runs `op` on a pooled connection, connecting first if needed. All
     /// of it, the wait for a free connection included, must end by
     /// `deadline`.
-    async fn with_client<T, F>(&self, deadline: Instant, op: F) -> Result<T, Error>
+    pub(super) async fn with_client<T, F>(&self, deadline: Instant, op: F) -> Result<T, Error>
     where
         F: for<'c> FnOnce(
             &'c mut Client,
@@ -170,7 +170,7 @@ impl MemcachedStore {
         self.pool[first % slots].lock().await
     }
 
-    fn deadline(&self) -> Instant {
+    pub(super) fn deadline(&self) -> Instant {
         Instant::now() + self.timeout
     }
 
@@ -205,7 +205,7 @@ impl MemcachedStore {
 
     /// Stores `value` under `key` with the meta-set `flags` (mode, CAS
     /// token, expiry).
-    async fn set(
+    pub(super) async fn set(
         &self,
         deadline: Instant,
         key: &str,
@@ -225,15 +225,6 @@ impl MemcachedStore {
     }
 }
 
-/// Before a compare-and-swap retry: a jittered pause, so the losers of a
-/// race do not collide again.
-async fn backoff(attempt: u32) {
-    if attempt > 0 {
-        let jitter = getrandom::u32().unwrap_or(attempt) % (200 * attempt.min(50));
-        tokio::time::sleep(Duration::from_micros(u64::from(jitter))).await;
-    }
-}
-
 /// async-memcached's error, made a `std::error::Error` to keep as a source.
 #[derive(Debug)]
 struct McFailure(McError);
@@ -248,7 +239,7 @@ impl std::error::Error for McFailure {}
 
 /// A compare-and-swap lost to another writer: the item changed (`EX`) or
 /// went (`NF`) since it was read.
-fn lost_race(error: &Error) -> bool {
+pub(super) fn lost_race(error: &Error) -> bool {
     is_status(error, &Status::Exists) || is_status(error, &Status::NotFound)
 }
 
@@ -256,7 +247,7 @@ fn too_many_writers() -> Error {
     Error::store("memcached: too many concurrent writes to one session")
 }
 
-fn is_status(error: &Error, status: &Status) -> bool {
+pub(super) fn is_status(error: &Error, status: &Status) -> bool {
     std::error::Error::source(error)
         .and_then(|s| s.downcast_ref::<McFailure>())
         .is_some_and(|McFailure(e)| matches!(e, McError::Protocol(s) if s == status))

@@ -127,3 +127,13 @@ pub(super) fn report(message: &str, own: u64, to: &super::Invalidations) {
         Err(_) => {}
     }
 }
+
+/// Before a compare-and-swap retry: a jittered pause, so the losers of a
+/// race do not collide again.
+#[cfg(any(feature = "memcached-store", feature = "flask-session"))]
+pub(super) async fn backoff(attempt: u32) {
+    if attempt > 0 {
+        let jitter = getrandom::u32().unwrap_or(attempt) % (200 * attempt.min(50));
+        tokio::time::sleep(Duration::from_micros(u64::from(jitter))).await;
+    }
+}
