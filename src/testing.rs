@@ -245,10 +245,10 @@ pub async fn cycle_moves_the_data<S: SessionStore + ?Sized>(store: &S) {
     let original = record(json!({"user": "ann"}));
     let old = created(store, &original).await;
     let new = created(store, &original).await;
-    assert_eq!(
+    assert_same(
         store.take(&old, now()).await.expect("take"),
         Some(original.clone()),
-        "take returns the record"
+        "take returns the record",
     );
     assert_eq!(load(store, &old).await, None, "old id gone after a cycle");
     assert_eq!(

@@ -336,7 +336,32 @@ fn redis_both_directions() {
         return;
     };
     let store = rt().block_on(RedisStore::connect(&redis_url())).unwrap();
-    both_directions(&flask, FlaskSessionStore::redis(store));
+    let store = FlaskSessionStore::redis(store);
+    both_directions(&flask, store.clone());
+
+    // An id nobody stored gets a new one on both sides, never adopted.
+    let unknown = format!(
+        "session={}",
+        session_layer::store::SessionId::generate().as_str()
+    );
+    let rust = rust_app(store, &TestClock::at(now()));
+    let mut cookie = unknown.clone();
+    call_rust(&rust, "POST", "/set", r#"{"a": 1}"#, &mut cookie);
+    assert!(
+        !cookie.is_empty() && cookie != unknown,
+        "Rust made a new id"
+    );
+    let mut cookie = unknown.clone();
+    flask.call("POST", "/set", r#"{"a": 1}"#, &mut cookie);
+    assert!(
+        !cookie.is_empty() && cookie != unknown,
+        "Flask made a new id"
+    );
+    // A cookie of another shape never reaches Redis, and is a new session.
+    let mut cookie = "session=../../etc/passwd".to_owned();
+    let seen: Value =
+        serde_json::from_str(&call_rust(&rust, "GET", "/get", "", &mut cookie)).unwrap();
+    assert_eq!(seen["data"], json!({}));
 }
 
 #[test]
@@ -648,5 +673,106 @@ mod conformance {
         let store = FlaskSessionStore::mongodb(store);
         store.migrate().await.unwrap();
         check_store(Arc::new(store)).await;
+    }
+}
+
+/// `examples/kv` with `SESSION_FORMAT=flask-session` shares sessions with
+/// the Flask-Session app on every server.
+#[test]
+fn the_kv_example_speaks_flask_session_on_every_server() {
+    let dir = tempfile::tempdir().unwrap();
+    let sqlite = dir.path().join("kv.db");
+    let mongo = common::ServerProcess::start_mongo(common::free_port());
+    let mut servers: Vec<(String, Vec<(&str, String)>)> = vec![
+        (
+            redis_url(),
+            vec![("BACKEND", "redis".into()), ("URL", redis_url())],
+        ),
+        (
+            "memcache://127.0.0.1:11211".into(),
+            vec![
+                ("BACKEND", "memcached".into()),
+                ("URL", "127.0.0.1:11211".into()),
+            ],
+        ),
+        (
+            "postgres://postgres@127.0.0.1:5432/test".into(),
+            vec![
+                ("BACKEND", "sqlalchemy".into()),
+                (
+                    "URL",
+                    "postgresql+psycopg2://postgres@127.0.0.1:5432/test".into(),
+                ),
+                ("TABLE", "flask_kv_sessions".into()),
+            ],
+        ),
+        (
+            "mysql://root@127.0.0.1:3306/test".into(),
+            vec![
+                ("BACKEND", "sqlalchemy".into()),
+                ("URL", "mysql+pymysql://root@127.0.0.1:3306/test".into()),
+                ("TABLE", "flask_kv_sessions".into()),
+            ],
+        ),
+        (
+            format!("sqlite:{}", sqlite.display()),
+            vec![
+                ("BACKEND", "sqlalchemy".into()),
+                ("URL", format!("sqlite:///{}", sqlite.display())),
+                ("TABLE", "flask_kv_sessions".into()),
+            ],
+        ),
+    ];
+    if let Some(mongo) = &mongo {
+        servers.push((
+            format!("{}/flask_session", mongo.url()),
+            vec![("BACKEND", "mongodb".into()), ("URL", mongo.url())],
+        ));
+    }
+    for (store, flask_env) in servers {
+        let host = store
+            .split("://")
+            .nth(1)
+            .unwrap_or("")
+            .split(['/', '@'])
+            .last();
+        if let Some(host) = host.filter(|h| h.contains(':'))
+            && !reachable(host.split('/').next().unwrap())
+        {
+            continue;
+        }
+        let env: Vec<(&str, &str)> = flask_env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+        let Some(flask) = FlaskApp::start(&env) else {
+            return;
+        };
+        let kv = common::start_example(
+            "kv",
+            &[
+                ("SESSION_FORMAT", "flask-session"),
+                ("SESSION_STORE", &store),
+                ("SESSION_SECURE", "false"),
+                ("SESSION_FLASK_TABLE", "flask_kv_sessions"),
+            ],
+        );
+        let mut cookie = String::new();
+        let reply = common::http_request(&kv.addr, "PUT", "/session/user", "\"ann\"", &cookie);
+        assert_eq!(reply.status, 200, "{store}: {}", reply.body);
+        keep(&reply.set_cookies, &mut cookie);
+        assert_eq!(
+            flask.values(&mut cookie),
+            json!({"user": "ann"}),
+            "{store}: Flask reads what kv wrote"
+        );
+        flask.call(
+            "POST",
+            "/set",
+            r#"{"cart": {"$tuple": [1, 2]}}"#,
+            &mut cookie,
+        );
+        let reply = common::http_request(&kv.addr, "GET", "/session", "", &cookie);
+        assert_eq!(
+            reply.body, r#"{"cart":[1,2],"user":"ann"}"#,
+            "{store}: kv reads what Flask wrote"
+        );
     }
 }

@@ -22,7 +22,8 @@ pub(super) struct Table {
 
 #[derive(Clone)]
 struct Statements {
-    create: Vec<String>,
+    create: String,
+    probe: String,
     get: String,
     swap: String,
     insert: String,
@@ -56,8 +57,12 @@ impl Table {
         }
     }
 
+    /// Creates the table if missing, then checks that it has Flask-Session's
+    /// columns: a table of the same name in another layout (this crate's
+    /// own `SqlStore` also defaults to `sessions`) fails here, at start-up,
+    /// rather than on every request.
     pub(super) async fn migrate(&self) -> Result<(), Error> {
-        for statement in &self.sql.create {
+        for statement in [&self.sql.create, &self.sql.probe] {
             on_pool!(self, pool => bounded(self.timeout, sqlx::query(statement).execute(pool))
                 .await
                 .map(drop))?;
@@ -196,6 +201,7 @@ impl Statements {
         let expiry = dialect.epoch_seconds("expiry");
         Self {
             create: dialect.create(table),
+            probe: format!("SELECT id, session_id, data, expiry FROM {table} WHERE 1 = 0"),
             get: format!(
                 "SELECT data, {expiry} FROM {table} WHERE session_id = {}",
                 p(1)
@@ -298,7 +304,7 @@ impl Dialect {
     }
 
     /// The table as Flask-Session's SQLAlchemy model creates it.
-    fn create(self, table: &str) -> Vec<String> {
+    fn create(self, table: &str) -> String {
         let columns = match self {
             #[cfg(feature = "postgres-store")]
             Self::Postgres => {
@@ -318,8 +324,8 @@ impl Dialect {
                 "id INTEGER NOT NULL, session_id VARCHAR(255), data BLOB, expiry DATETIME"
             }
         };
-        vec![format!(
+        format!(
             "CREATE TABLE IF NOT EXISTS {table} ({columns}, PRIMARY KEY (id), UNIQUE (session_id))"
-        )]
+        )
     }
 }
