@@ -776,3 +776,97 @@ fn the_kv_example_speaks_flask_session_on_every_server() {
         );
     }
 }
+
+/// The README's walk-through of `examples/flask_session_shared`: Flask
+/// with Flask-Session and the Axum example share one login over Redis.
+#[test]
+fn a_login_on_one_app_is_seen_by_the_other_through_redis() {
+    if !reachable("127.0.0.1:6379") {
+        return;
+    }
+    let python = concat!(env!("CARGO_MANIFEST_DIR"), "/.venv/bin/python");
+    let child = Command::new(python)
+        .arg(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/examples/flask_session_shared/app.py"
+        ))
+        .env("PORT", "0")
+        .env("REDIS_URL", redis_url())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn();
+    let Ok(mut child) = child else {
+        missing("the venv's Python (.venv)");
+        return;
+    };
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    let flask = FlaskApp {
+        child,
+        addr: line
+            .trim()
+            .strip_prefix("listening on http://")
+            .unwrap_or_else(|| panic!("app.py said {line:?}"))
+            .to_owned(),
+    };
+    let axum_app = common::start_example("flask_session_shared", &[("REDIS_URL", &redis_url())]);
+    let axum = axum_app.addr.clone();
+    let mut cookie = String::new();
+
+    assert_eq!(
+        visit(&flask.addr, "POST", "/login", "user=ann", &mut cookie),
+        "logged in as ann (by Flask)\n"
+    );
+    assert_eq!(
+        visit(&axum, "GET", "/whoami", "", &mut cookie),
+        "ann (logged in by flask, seen by Axum, visit 1)\n"
+    );
+    assert_eq!(
+        visit(&flask.addr, "GET", "/whoami", "", &mut cookie),
+        "ann (logged in by flask, seen by Flask, visit 2)\n"
+    );
+    let before = cookie.clone();
+    assert_eq!(
+        visit(&axum, "POST", "/login", "user=bob", &mut cookie),
+        "logged in as bob (by Axum)\n"
+    );
+    assert_ne!(cookie, before, "a new id at login");
+    assert_eq!(
+        visit(&flask.addr, "GET", "/whoami", "", &mut cookie),
+        "bob (logged in by axum, seen by Flask, visit 1)\n"
+    );
+    assert_eq!(
+        visit(&axum, "POST", "/logout", "", &mut cookie),
+        "logged out (by Axum)\n"
+    );
+    assert!(cookie.is_empty(), "the Axum logout deleted the cookie");
+    assert_eq!(
+        visit(&flask.addr, "GET", "/whoami", "", &mut cookie),
+        "anonymous (logged in by nobody, seen by Flask, visit 1)\n"
+    );
+    assert_eq!(
+        visit(&flask.addr, "POST", "/logout", "", &mut cookie),
+        "logged out (by Flask)\n"
+    );
+    assert!(cookie.is_empty(), "the Flask logout deleted the cookie");
+    assert_eq!(
+        visit(&axum, "GET", "/whoami", "", &mut cookie),
+        "anonymous (logged in by nobody, seen by Axum, visit 1)\n"
+    );
+    // The old session, ended by the logout, stays ended for both.
+    cookie = before;
+    assert_eq!(
+        visit(&flask.addr, "GET", "/whoami", "", &mut cookie),
+        "anonymous (logged in by nobody, seen by Flask, visit 1)\n"
+    );
+}
+
+/// One request of a browser whose cookie both apps share.
+fn visit(addr: &str, method: &str, path: &str, body: &str, cookie: &mut String) -> String {
+    let reply = common::http_request(addr, method, path, body, cookie);
+    assert_eq!(reply.status, 200, "{method} {path}: {}", reply.body);
+    keep(&reply.set_cookies, cookie);
+    reply.body
+}
