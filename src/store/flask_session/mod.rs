@@ -93,9 +93,12 @@ const NO_EXPIRY: u64 = 365 * 24 * 60 * 60;
 /// retrying otherwise. Two round trips per save, more under contention;
 /// one per load.
 ///
-/// **What the format lacks.** The record holds no creation time, so an
-/// [absolute timeout](crate::SessionLayer::absolute_timeout) counts from
-/// each load and never ends a session; Flask-Session keeps no owner
+/// **What the format lacks.** The record holds no creation time: each load
+/// counts as the session's creation, so an
+/// [absolute timeout](crate::SessionLayer::absolute_timeout) never ends a
+/// session and a [`not_before`](crate::SessionLayer::not_before) hook
+/// never voids one (end sessions by deleting their records, or with
+/// [`Sessions::end`](crate::Sessions::end)). Flask-Session keeps no owner
 /// index, so [`Sessions::of`](crate::Sessions::of) answers
 /// [`ErrorKind::Unsupported`](crate::ErrorKind::Unsupported).
 #[derive(Clone)]
