@@ -26,7 +26,18 @@
 //!   (`Authorization: Bearer` in, `x-session-token` out);
 //! - `SESSION_CACHE=1`: a cache in this process in front of a server-side
 //!   store (`--features caching-store`): coherent on Redis and PostgreSQL,
-//!   which report every change, time-bounded (5 s) on the others.
+//!   which report every change, time-bounded (5 s) on the others;
+//! - `SESSION_FORMAT=flask-session`: Flask-Session 0.8's records and
+//!   cookie on the `SESSION_STORE` server (`redis://..`, `memcache://..`,
+//!   `postgres://..`, `mysql://..`, `sqlite:PATH`, `mongodb://..`;
+//!   `--features flask-session` and the store's), so a Flask app with
+//!   Flask-Session shares the sessions; `SESSION_FLASK_SIGNER=1` signs the
+//!   id as `SESSION_USE_SIGNER` does, with `SESSION_SECRET` as the Flask
+//!   `SECRET_KEY`; `SESSION_FLASK_PREFIX` is `SESSION_KEY_PREFIX`
+//!   (default `session:`), `SESSION_FLASK_TABLE` is
+//!   `SESSION_SQLALCHEMY_TABLE` (default `sessions`); on MongoDB the URL's
+//!   database (`mongodb://host/flask_session`) holds the `sessions`
+//!   collection (`SESSION_FLASK_COLLECTION` for another).
 //!
 //! Routes: `GET /session`, `PUT /session/{key}` (JSON body),
 //! `DELETE /session/{key}`, `POST /session/clear`,
@@ -218,6 +229,15 @@ async fn router() -> Result<Router, String> {
     };
     let codec = std::env::var("SESSION_CODEC").unwrap_or_else(|_| "signed".into());
     let layer = match codec.as_str() {
+        // Flask-Session's cookie carries a raw (or Flask-signed) id; the
+        // layer's key then only makes handles, and SESSION_SECRET may be a
+        // short Flask key.
+        "signed" if std::env::var_os("SESSION_FORMAT").is_some() => {
+            let secret = std::env::var("SESSION_SECRET").unwrap_or_default();
+            SessionLayer::signed(
+                Key::from_bytes(secret.as_bytes()).unwrap_or_else(|_| Key::generate()),
+            )
+        }
         "signed" => SessionLayer::signed(key()?),
         "private" => SessionLayer::private(key()?),
         "flask" => {
@@ -235,6 +255,19 @@ async fn router() -> Result<Router, String> {
             ));
         }
     };
+    if let Some(format) = std::env::var_os("SESSION_FORMAT") {
+        if format != "flask-session" {
+            return Err(format!(
+                "SESSION_FORMAT={format:?} is not supported; use flask-session"
+            ));
+        }
+        let layer = flask_session(layer)
+            .await?
+            .secure(secure)
+            .transport(transport()?);
+        let sessions = layer.sessions();
+        return Ok(app(layer, sessions));
+    }
     let layer = match std::env::var("SESSION_STORE").as_deref() {
         Err(_) | Ok("cookie") => layer,
         Ok("memory") => layer.with_store(MemoryStore::new()),
@@ -338,6 +371,110 @@ async fn network_store(layer: SessionLayer, spec: &str) -> Result<SessionLayer, 
             })
         }
     }
+}
+
+/// `SESSION_FORMAT=flask-session`: Flask-Session's records on the
+/// `SESSION_STORE` server.
+#[cfg(all(
+    feature = "flask-session",
+    any(
+        feature = "redis-store",
+        feature = "postgres-store",
+        feature = "mysql-store",
+        feature = "sqlite-store",
+        feature = "memcached-store",
+        feature = "mongodb-store"
+    )
+))]
+async fn flask_session(layer: SessionLayer) -> Result<SessionLayer, String> {
+    use session_layer::store::FlaskSessionStore;
+    let spec = std::env::var("SESSION_STORE")
+        .map_err(|_| "SESSION_FORMAT=flask-session needs a SESSION_STORE server URL".to_owned())?;
+    let failed = |e: session_layer::Error| format!("SESSION_STORE={spec}: {}", with_cause(&e));
+    let scheme = spec.split(':').next().unwrap_or("");
+    let store = match scheme {
+        #[cfg(feature = "redis-store")]
+        "redis" | "rediss" => {
+            let store = session_layer::store::RedisStore::connect(&spec).await;
+            FlaskSessionStore::redis(store.map_err(failed)?)
+        }
+        #[cfg(any(
+            feature = "postgres-store",
+            feature = "mysql-store",
+            feature = "sqlite-store"
+        ))]
+        "postgres" | "postgresql" | "mysql" | "mariadb" | "sqlite" => {
+            let store = session_layer::store::SqlStore::connect(&spec).await;
+            let table = std::env::var("SESSION_FLASK_TABLE").unwrap_or_else(|_| "sessions".into());
+            let valid = !table.is_empty()
+                && table.len() <= 63
+                && !table.starts_with(|c: char| c.is_ascii_digit())
+                && table
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'_');
+            if !valid {
+                return Err(format!(
+                    "SESSION_FLASK_TABLE={table:?} is not a plain SQL name"
+                ));
+            }
+            FlaskSessionStore::sql(store.map_err(failed)?.table(&table))
+        }
+        #[cfg(feature = "memcached-store")]
+        "memcache" | "memcached" => {
+            let store = session_layer::store::MemcachedStore::connect(&spec).await;
+            FlaskSessionStore::memcached(store.map_err(failed)?)
+        }
+        #[cfg(feature = "mongodb-store")]
+        "mongodb" | "mongodb+srv" => {
+            let store = session_layer::store::MongoStore::connect(&spec).await;
+            let collection =
+                std::env::var("SESSION_FLASK_COLLECTION").unwrap_or_else(|_| "sessions".into());
+            FlaskSessionStore::mongodb(store.map_err(failed)?.collection(&collection))
+        }
+        _ => {
+            return Err(format!(
+                "SESSION_FORMAT=flask-session: SESSION_STORE={spec:?} is no server this build \
+                 has a store for (redis://, memcache://, postgres://, mysql://, sqlite:, mongodb://, \
+                 each with its store feature)"
+            ));
+        }
+    };
+    let mut store = store
+        .key_prefix(std::env::var("SESSION_FLASK_PREFIX").unwrap_or_else(|_| "session:".into()));
+    match std::env::var("SESSION_FLASK_SIGNER").as_deref() {
+        Err(_) | Ok("0") => {}
+        Ok("1") => {
+            let secret = std::env::var("SESSION_SECRET").map_err(|_| {
+                "SESSION_FLASK_SIGNER=1 needs SESSION_SECRET, the Flask app's SECRET_KEY".to_owned()
+            })?;
+            let ids = session_layer::codec::FlaskSessionIds::signed(secret);
+            store = store.ids(ids.map_err(|e| e.to_string())?);
+        }
+        Ok(other) => return Err(format!("SESSION_FLASK_SIGNER={other:?}: use 1 or 0")),
+    }
+    // Flask-Session's table or indexes, as Flask-Session makes them at
+    // start-up (nothing on Redis and Memcached).
+    store.migrate().await.map_err(failed)?;
+    Ok(layer.with_store(store))
+}
+
+#[cfg(not(all(
+    feature = "flask-session",
+    any(
+        feature = "redis-store",
+        feature = "postgres-store",
+        feature = "mysql-store",
+        feature = "sqlite-store",
+        feature = "memcached-store",
+        feature = "mongodb-store"
+    )
+)))]
+async fn flask_session(_: SessionLayer) -> Result<SessionLayer, String> {
+    Err(
+        "SESSION_FORMAT=flask-session needs the flask-session feature and a store's: \
+         cargo run --features flask-session,redis-store --example kv"
+            .into(),
+    )
 }
 
 #[cfg(feature = "file-store")]

@@ -145,8 +145,12 @@ cargo clippy --all-targets --quiet -- -D warnings
 step "the library builds and tests without Axum, and each optional feature builds alone"
 cargo clippy --no-default-features --lib -- -D warnings
 for feature in memory-store file-store caching-store redis-store postgres-store mysql-store \
-    sqlite-store memcached-store mongodb-store flask testing; do
+    sqlite-store memcached-store mongodb-store flask flask-session testing; do
     cargo clippy --no-default-features --features "$feature" --lib --quiet -- -D warnings
+done
+# Flask-Session's records over each server alone (each has code of its own).
+for store in redis-store memcached-store postgres-store mysql-store sqlite-store mongodb-store; do
+    cargo clippy --no-default-features --features "flask-session $store" --lib --quiet -- -D warnings
 done
 
 step "cargo test with no features and with the default ones (each test gated on what it needs)"

@@ -10,8 +10,9 @@ use crate::config::Config;
 use crate::cookie::{self, MAX_COOKIE_LEN, chunk};
 use crate::data::SessionData;
 use crate::error::Error;
+use crate::id;
 use crate::key::Keyring;
-use crate::store::SessionStore;
+use crate::store::{IdCookie, SessionId, SessionStore};
 
 /// What every request of one layer shares.
 #[derive(Debug, Clone)]
@@ -39,8 +40,48 @@ pub(crate) struct CookieBackend {
 pub(crate) struct StoreBackend {
     pub(crate) store: Arc<dyn SessionStore>,
     pub(crate) keys: Keyring,
-    /// The store asked for write stamps ([`SessionStore::stamps_writes`]).
+    /// The store asked for write stamps ([`SessionStore::stamps_writes`]),
+    /// and its id cookie can carry them.
     pub(crate) stamps: bool,
+    /// How the cookie carries ids ([`SessionStore::id_cookie`]).
+    pub(crate) ids: IdCookie,
+}
+
+impl StoreBackend {
+    pub(crate) fn new(store: Arc<dyn SessionStore>, keys: Keyring) -> Self {
+        let ids = store.id_cookie();
+        Self {
+            stamps: store.stamps_writes() && matches!(ids, IdCookie::Signed),
+            store,
+            keys,
+            ids,
+        }
+    }
+
+    /// The id a cookie value carries, if its shape (and signature) is right.
+    pub(crate) fn verify_id(&self, name: &str, value: &[u8]) -> Option<id::Verified> {
+        match &self.ids {
+            IdCookie::Signed => id::verify(&self.keys, name, value),
+            #[cfg(feature = "flask-session")]
+            IdCookie::FlaskSession(ids) => {
+                let value = std::str::from_utf8(value).ok()?;
+                Some(id::Verified {
+                    id: crate::store::SessionId::parse(ids.decode(value)?)?,
+                    by_fallback_key: false,
+                    stamp: None,
+                })
+            }
+        }
+    }
+
+    /// The cookie value carrying `id` (and `stamp`, where the form has room).
+    pub(crate) fn id_value(&self, name: &str, id: &SessionId, stamp: Option<&str>) -> String {
+        match &self.ids {
+            IdCookie::Signed => id::sign(&self.keys, name, id, stamp),
+            #[cfg(feature = "flask-session")]
+            IdCookie::FlaskSession(ids) => ids.encode(id.as_str()),
+        }
+    }
 }
 
 impl CookieBackend {

@@ -685,7 +685,7 @@ async fn run_store(
     };
     let config = &shared.config;
     let set = |id: &SessionId, expires: Option<u64>, stamp: Option<String>| {
-        let value = id::sign(&backend.keys, &config.name, id, stamp.as_deref());
+        let value = backend.id_value(&config.name, id, stamp.as_deref());
         vec![cookie::set_cookie(
             config,
             &config.name,

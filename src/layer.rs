@@ -150,11 +150,8 @@ impl<H> SessionLayer<H, Keyed> {
     /// A Flask layer has no key of this crate's to sign ids with:
     /// `with_store` is not available on it.
     pub fn with_store(mut self, store: impl SessionStore) -> Self {
-        Arc::make_mut(&mut self.shared).backend = Backend::Store(StoreBackend {
-            stamps: store.stamps_writes(),
-            store: Arc::new(store),
-            keys: self.kind.keys.clone(),
-        });
+        Arc::make_mut(&mut self.shared).backend =
+            Backend::Store(StoreBackend::new(Arc::new(store), self.kind.keys.clone()));
         self
     }
 
@@ -220,8 +217,10 @@ impl<H> SessionLayer<H, Keyed> {
     /// `SET NX PX`), `SqlStore` (a row of `{table}_leases`, which
     /// `migrate` creates), `MemcachedStore` (an add with a TTL in whole
     /// seconds), `MongoStore` (a document `lease:{id}`, one upsert) and
-    /// `CachingStore` (the store behind's). A store of your own without
-    /// them answers 501 to every request that takes `Session`
+    /// `CachingStore` (the store behind's). `FlaskSessionStore` has none
+    /// (a Flask app sharing the records would not honour them); there, as
+    /// with a store of your own without them, every request that takes
+    /// `Session` answers 501
     /// ([`ErrorKind::Unsupported`](crate::ErrorKind::Unsupported)).
     #[cfg(feature = "tokio")]
     pub fn serialize_requests(mut self, hold: Duration) -> Self {

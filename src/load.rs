@@ -229,7 +229,7 @@ async fn fetch(
             id,
             by_fallback_key,
             stamp,
-        }) = id::verify(&backend.keys, name, candidate)
+        }) = backend.verify_id(name, candidate)
         else {
             tracing::debug!(cookie = name, "session id cookie refused");
             continue;

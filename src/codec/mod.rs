@@ -10,6 +10,8 @@ use std::fmt;
 
 #[cfg(feature = "flask")]
 pub use flask::FlaskCodec;
+#[cfg(feature = "flask-session")]
+pub use flask::FlaskSessionIds;
 pub use private::PrivateCodec;
 pub use signed::SignedCodec;
 

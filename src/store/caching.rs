@@ -470,6 +470,10 @@ impl<S: SessionStore> SessionStore for CachingStore<S> {
     async fn owned(&self, owner: &str, now: u64) -> Result<Vec<(SessionId, Record)>, Error> {
         self.inner.owned(owner, now).await
     }
+
+    fn id_cookie(&self) -> super::IdCookie {
+        self.inner.id_cookie()
+    }
 }
 
 impl<S: SessionStore> CachingStore<S> {

@@ -120,7 +120,7 @@ impl MemcachedStore {
     /// Runs `op` on a pooled connection, connecting first if needed. All
     /// of it, the wait for a free connection included, must end by
     /// `deadline`.
-    async fn with_client<T, F>(&self, deadline: Instant, op: F) -> Result<T, Error>
+    pub(super) async fn with_client<T, F>(&self, deadline: Instant, op: F) -> Result<T, Error>
     where
         F: for<'c> FnOnce(
             &'c mut Client,
@@ -176,7 +176,7 @@ impl MemcachedStore {
         self.pool[first % slots].lock().await
     }
 
-    fn deadline(&self) -> Instant {
+    pub(super) fn deadline(&self) -> Instant {
         Instant::now() + self.timeout
     }
 
@@ -211,7 +211,7 @@ impl MemcachedStore {
 
     /// Stores `value` under `key` with the meta-set `flags` (mode, CAS
     /// token, expiry).
-    async fn set(
+    pub(super) async fn set(
         &self,
         deadline: Instant,
         key: &str,
@@ -245,7 +245,7 @@ impl std::error::Error for McFailure {}
 
 /// A compare-and-swap lost to another writer: the item changed (`EX`) or
 /// went (`NF`) since it was read.
-fn lost_race(error: &Error) -> bool {
+pub(super) fn lost_race(error: &Error) -> bool {
     is_status(error, &Status::Exists) || is_status(error, &Status::NotFound)
 }
 
@@ -253,7 +253,7 @@ fn too_many_writers() -> Error {
     Error::store("memcached: too many concurrent writes to one session")
 }
 
-fn is_status(error: &Error, status: &Status) -> bool {
+pub(super) fn is_status(error: &Error, status: &Status) -> bool {
     std::error::Error::source(error)
         .and_then(|s| s.downcast_ref::<McFailure>())
         .is_some_and(|McFailure(e)| matches!(e, McError::Protocol(s) if s == status))

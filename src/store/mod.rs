@@ -11,6 +11,18 @@
 mod caching;
 #[cfg(feature = "file-store")]
 mod file;
+#[cfg(all(
+    feature = "flask-session",
+    any(
+        feature = "redis-store",
+        feature = "memcached-store",
+        feature = "postgres-store",
+        feature = "mysql-store",
+        feature = "sqlite-store",
+        feature = "mongodb-store"
+    )
+))]
+mod flask_session;
 #[cfg(feature = "memcached-store")]
 mod memcached;
 #[cfg(feature = "memory-store")]
@@ -50,6 +62,18 @@ pub use serde_json::Value;
 pub use caching::{CachingStore, Invalidations, Notifying};
 #[cfg(feature = "file-store")]
 pub use file::FileStore;
+#[cfg(all(
+    feature = "flask-session",
+    any(
+        feature = "redis-store",
+        feature = "memcached-store",
+        feature = "postgres-store",
+        feature = "mysql-store",
+        feature = "sqlite-store",
+        feature = "mongodb-store"
+    )
+))]
+pub use flask_session::{FlaskSessionStore, Serialization};
 #[cfg(feature = "memcached-store")]
 pub use memcached::MemcachedStore;
 #[cfg(feature = "memory-store")]
@@ -519,6 +543,13 @@ pub trait SessionStore: Debug + Send + Sync + 'static {
         ))
     }
 
+    /// How the cookie carries this store's session ids: signed with the
+    /// layer's key ([`IdCookie::Signed`], the default), or in a foreign
+    /// format the store's records belong to.
+    fn id_cookie(&self) -> IdCookie {
+        IdCookie::Signed
+    }
+
     /// The live sessions of `owner` at `now` (those whose record holds
     /// `owner` under [`OWNER_KEY`]), with their ids: what
     /// [`Sessions`](crate::Sessions) lists and ends.
@@ -629,6 +660,24 @@ impl<S: SessionStore + ?Sized> SessionStore for Arc<S> {
     async fn release(&self, id: &SessionId, holder: &str) -> Result<(), Error> {
         (**self).release(id, holder).await
     }
+
+    fn id_cookie(&self) -> IdCookie {
+        (**self).id_cookie()
+    }
+}
+
+/// How a session's id travels in its cookie (or header).
+#[derive(Debug, Clone, Default)]
+#[non_exhaustive]
+pub enum IdCookie {
+    /// The id and a MAC under the layer's key: forged ids never reach the
+    /// store.
+    #[default]
+    Signed,
+    /// Flask-Session's cookie, so that a Flask app reads it: the raw id,
+    /// or the id signed by itsdangerous (`FlaskSessionStore`).
+    #[cfg(feature = "flask-session")]
+    FlaskSession(crate::codec::FlaskSessionIds),
 }
 
 /// Seconds since the Unix epoch by the system clock: for the sweep, which

@@ -72,8 +72,8 @@ const DEFAULT_DATABASE: &str = "session_layer";
 /// share it.
 #[derive(Clone)]
 pub struct MongoStore {
-    collection: Collection<Document>,
-    timeout: Duration,
+    pub(super) collection: Collection<Document>,
+    pub(super) timeout: Duration,
 }
 
 impl fmt::Debug for MongoStore {

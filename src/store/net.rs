@@ -134,7 +134,11 @@ pub(super) fn report(message: &str, own: u64, to: &super::Invalidations) {
 /// Before an optimistic retry (a compare-and-swap, a version-checked
 /// rewrite): a jittered pause, so the losers of a race do not collide
 /// again.
-#[cfg(any(feature = "memcached-store", feature = "mongodb-store"))]
+#[cfg(any(
+    feature = "memcached-store",
+    feature = "mongodb-store",
+    feature = "flask-session"
+))]
 pub(super) async fn backoff(attempt: u32) {
     if attempt > 0 {
         let jitter = getrandom::u32().unwrap_or(attempt) % (200 * attempt.min(50));

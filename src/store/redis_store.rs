@@ -451,13 +451,13 @@ impl RedisStore {
         }
     }
 
-    async fn run<T: redis::FromRedisValue>(&self, cmd: &Cmd) -> Result<T, Error> {
+    pub(super) async fn run<T: redis::FromRedisValue>(&self, cmd: &Cmd) -> Result<T, Error> {
         let mut conn = self.conn.clone();
         bounded(self.timeout, cmd.query_async(&mut conn)).await
     }
 
     /// Runs `script` on `keys` (the first decides the server) with `args`.
-    async fn script<T: redis::FromRedisValue>(
+    pub(super) async fn script<T: redis::FromRedisValue>(
         &self,
         script: &Script,
         keys: &[&str],

@@ -53,9 +53,9 @@ const DEFAULT_TIMEOUT: Duration = Duration::from_secs(5);
 /// [`timeout`](Self::timeout) (5 s by default).
 #[derive(Clone)]
 pub struct SqlStore {
-    pool: Pool,
-    sql: Sql,
-    timeout: Duration,
+    pub(super) pool: Pool,
+    pub(super) sql: Sql,
+    pub(super) timeout: Duration,
     /// The tag of this store value's writes on PostgreSQL's change
     /// channel (0: owned by no cache).
     #[cfg_attr(not(feature = "postgres-store"), allow(dead_code))]
@@ -63,7 +63,7 @@ pub struct SqlStore {
 }
 
 #[derive(Clone)]
-enum Pool {
+pub(super) enum Pool {
     #[cfg(feature = "postgres-store")]
     Postgres(sqlx::PgPool),
     #[cfg(feature = "mysql-store")]
@@ -74,8 +74,8 @@ enum Pool {
 
 /// The statements for one table, built once.
 #[derive(Clone)]
-struct Sql {
-    table: String,
+pub(super) struct Sql {
+    pub(super) table: String,
     load: String,
     #[cfg_attr(
         not(any(feature = "mysql-store", feature = "sqlite-store")),

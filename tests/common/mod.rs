@@ -165,6 +165,7 @@ pub fn start_example(name: &str, env: &[(&str, &str)]) -> ExampleServer {
     command
         .env_remove("SESSION_CODEC")
         .env_remove("SESSION_STORE")
+        .env_remove("SESSION_FORMAT")
         .env("PORT", "0")
         .env("SESSION_SECURE", "false")
         .env("SESSION_SECRET", "example-test-secret-of-enough-length!!")

@@ -78,7 +78,7 @@ impl FlaskCodec {
     /// itself refuses to sign sessions.
     pub fn new(secret_key: impl AsRef<[u8]>) -> Result<Self, Error> {
         Ok(Self {
-            keys: Arc::from([derive(secret_key.as_ref())?]),
+            keys: Arc::from([derive(secret_key.as_ref(), SALT)?]),
         })
     }
 
@@ -89,7 +89,7 @@ impl FlaskCodec {
     /// [`ErrorKind::InvalidKey`] for an empty secret.
     pub fn fallback(self, secret_key: impl AsRef<[u8]>) -> Result<Self, Error> {
         let mut keys = self.keys.to_vec();
-        keys.push(derive(secret_key.as_ref())?);
+        keys.push(derive(secret_key.as_ref(), SALT)?);
         Ok(Self {
             keys: Arc::from(keys),
         })
@@ -177,6 +177,92 @@ impl FlaskCodec {
     }
 }
 
+/// Flask-Session's `SESSION_USE_SIGNER` salt.
+#[cfg(feature = "flask-session")]
+const ID_SALT: &[u8] = b"flask-session";
+
+/// How Flask-Session's cookie carries the session id: as it is (its
+/// default), or signed by itsdangerous with the Flask `SECRET_KEY`
+/// (`SESSION_USE_SIGNER = True`). Either way the id is the 43 characters
+/// `secrets.token_urlsafe(32)` gives (`SESSION_ID_LENGTH = 32`, the
+/// default), and a cookie of any other shape is refused before any I/O.
+///
+/// ```
+/// use session_layer::codec::FlaskSessionIds;
+/// let ids = FlaskSessionIds::signed("the Flask app's SECRET_KEY").unwrap();
+/// let id = "wQZ1yu7sOyzUA0mUCWU8SGHd5PyGb2DMwWbsoYdo_SA";
+/// let cookie = ids.encode(id);
+/// assert_eq!(ids.decode(&cookie), Some(id));
+/// assert_eq!(FlaskSessionIds::unsigned().encode(id), id);
+/// ```
+///
+/// The unsigned form is a bearer token like any session id: 256 random
+/// bits, unguessable. The signer adds nothing to that (Flask-Session
+/// deprecates it), but a deployment that has it on needs it here too.
+#[cfg(feature = "flask-session")]
+#[derive(Clone)]
+pub struct FlaskSessionIds {
+    signer: Option<HmacSha1>,
+}
+
+#[cfg(feature = "flask-session")]
+impl std::fmt::Debug for FlaskSessionIds {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("FlaskSessionIds")
+            .field("signed", &self.signer.is_some())
+            .finish()
+    }
+}
+
+#[cfg(feature = "flask-session")]
+impl FlaskSessionIds {
+    /// The raw id, Flask-Session's default.
+    pub fn unsigned() -> Self {
+        Self { signer: None }
+    }
+
+    /// The id signed with Flask's `SECRET_KEY` (as its UTF-8 bytes), as
+    /// `SESSION_USE_SIGNER = True` does: itsdangerous `Signer`, salt
+    /// `flask-session`, HMAC-SHA1 keys derived by HMAC.
+    ///
+    /// # Errors
+    /// [`ErrorKind::InvalidKey`] for an empty secret.
+    pub fn signed(secret_key: impl AsRef<[u8]>) -> Result<Self, Error> {
+        Ok(Self {
+            signer: Some(derive(secret_key.as_ref(), ID_SALT)?),
+        })
+    }
+
+    /// The cookie value carrying `id`.
+    pub fn encode(&self, id: &str) -> String {
+        let Some(key) = &self.signer else {
+            return id.to_owned();
+        };
+        let mut mac = key.clone();
+        mac.update(id.as_bytes());
+        let mut value = String::with_capacity(id.len() + 28);
+        value.push_str(id);
+        value.push('.');
+        URL_SAFE_NO_PAD.encode_string(mac.finalize().into_bytes(), &mut value);
+        value
+    }
+
+    /// The id a cookie value carries, if it is signed right (checked in
+    /// constant time) or unsigned ids are in use; its shape is the
+    /// caller's to check.
+    pub fn decode<'v>(&self, value: &'v str) -> Option<&'v str> {
+        let Some(key) = &self.signer else {
+            return Some(value);
+        };
+        let (id, signature) = value.rsplit_once('.')?;
+        let signature = unbase64(signature).ok()?;
+        let mut mac = key.clone();
+        mac.update(id.as_bytes());
+        mac.verify_slice(&signature).ok()?;
+        Some(id)
+    }
+}
+
 /// One part of the cookie, in the unpadded base64url itsdangerous writes
 /// (and the other codecs use). itsdangerous also reads padded parts and ones
 /// with trailing bits set, which it never writes; refusing them gives each
@@ -188,7 +274,7 @@ fn unbase64(part: &str) -> Result<Vec<u8>, DecodeError> {
 }
 
 /// itsdangerous' `key_derivation="hmac"`: HMAC-SHA1(secret, salt).
-fn derive(secret: &[u8]) -> Result<HmacSha1, Error> {
+fn derive(secret: &[u8], salt: &[u8]) -> Result<HmacSha1, Error> {
     if secret.is_empty() {
         return Err(Error::with_message(
             ErrorKind::InvalidKey,
@@ -202,7 +288,7 @@ fn derive(secret: &[u8]) -> Result<HmacSha1, Error> {
         );
     }
     let mut mac = HmacSha1::new_from_slice(secret).expect("HMAC takes keys of any length");
-    mac.update(SALT);
+    mac.update(salt);
     let key = mac.finalize().into_bytes();
     Ok(HmacSha1::new_from_slice(&key).expect("HMAC takes keys of any length"))
 }
