@@ -20,7 +20,8 @@
 use std::collections::BTreeMap;
 
 use rmpv::Value as Mp;
-use serde_json::{Map, Number, Value};
+use serde_json::value::RawValue;
+use serde_json::{Number, Value};
 use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
 
@@ -61,11 +62,26 @@ pub(super) struct Decoded {
     originals: BTreeMap<String, (Original, Value)>,
 }
 
-/// A top-level value as stored.
-#[derive(Debug, Clone, PartialEq)]
+/// A top-level entry as stored: its key (msgspec writes a dict's integer
+/// keys as integers) and its value, so that what a request leaves alone is
+/// written back exactly (the plain JSON of a value can lose what it was:
+/// an integer too big for 64 bits reads as a float).
+#[derive(Debug, Clone)]
 enum Original {
-    Msgpack(Mp),
-    Json(Value),
+    Msgpack { key: Mp, value: Mp },
+    Json(Box<RawValue>),
+}
+
+impl PartialEq for Original {
+    fn eq(&self, other: &Self) -> bool {
+        match (self, other) {
+            (Self::Msgpack { key, value }, Self::Msgpack { key: k, value: v }) => {
+                key == k && value == v
+            }
+            (Self::Json(a), Self::Json(b)) => a.get() == b.get(),
+            _ => false,
+        }
+    }
 }
 
 /// Reads a record Flask-Session wrote (or this module did): MessagePack
@@ -92,35 +108,31 @@ fn decode_msgpack(mut bytes: &[u8]) -> Option<Decoded> {
     }
     let Mp::Map(entries) = value else { return None };
     let mut decoded = Decoded::default();
-    for (key, value) in entries {
-        let key = map_key(&key)?;
+    for (stored, value) in entries {
+        let key = map_key(&stored)?;
         if key == PERMANENT_KEY {
             decoded.permanent = truthy_msgpack(&value);
             continue;
         }
         let plain = to_json(&value);
         decoded.data.insert(key.clone(), plain.clone());
-        decoded
-            .originals
-            .insert(key, (Original::Msgpack(value), plain));
+        let original = Original::Msgpack { key: stored, value };
+        decoded.originals.insert(key, (original, plain));
     }
     Some(decoded)
 }
 
 fn decode_json(bytes: &[u8]) -> Option<Decoded> {
-    let Value::Object(map) = serde_json::from_slice(bytes).ok()? else {
-        return None;
-    };
+    let map: BTreeMap<String, Box<RawValue>> = serde_json::from_slice(bytes).ok()?;
     let mut decoded = Decoded::default();
-    for (key, value) in map {
+    for (key, raw) in map {
+        let value: Value = serde_json::from_str(raw.get()).ok()?;
         if key == PERMANENT_KEY {
             decoded.permanent = truthy_json(&value);
             continue;
         }
         decoded.data.insert(key.clone(), value.clone());
-        decoded
-            .originals
-            .insert(key, (Original::Json(value.clone()), value));
+        decoded.originals.insert(key, (Original::Json(raw), value));
     }
     Some(decoded)
 }
@@ -145,12 +157,16 @@ pub(super) fn encode(
                 entries.push((Mp::from(PERMANENT_KEY), Mp::Boolean(true)));
             }
             for (key, value) in data {
-                let value = match original(key) {
-                    Some((Original::Msgpack(stored), plain)) if plain == value => stored.clone(),
-                    Some((Original::Msgpack(stored), _)) => to_msgpack(value, Some(stored)),
-                    _ => to_msgpack(value, None),
+                let entry = match original(key) {
+                    Some((Original::Msgpack { key, value: stored }, plain)) if plain == value => {
+                        (key.clone(), stored.clone())
+                    }
+                    Some((Original::Msgpack { key, value: stored }, _)) => {
+                        (key.clone(), to_msgpack(value, Some(stored)))
+                    }
+                    _ => (Mp::from(key.as_str()), to_msgpack(value, None)),
                 };
-                entries.push((Mp::from(key.as_str()), value));
+                entries.push(entry);
             }
             let mut bytes = Vec::new();
             rmpv::encode::write_value(&mut bytes, &Mp::Map(entries))
@@ -158,12 +174,19 @@ pub(super) fn encode(
             bytes
         }
         Serialization::Json => {
-            let mut map = Map::new();
+            let raw = |value: &Value| {
+                serde_json::value::to_raw_value(value).expect("JSON values always serialize")
+            };
+            let mut map = BTreeMap::new();
             if permanent && !data.contains_key(PERMANENT_KEY) {
-                map.insert(PERMANENT_KEY.to_owned(), Value::Bool(true));
+                map.insert(PERMANENT_KEY, raw(&Value::Bool(true)));
             }
             for (key, value) in data {
-                map.insert(key.clone(), value.clone());
+                let value = match original(key) {
+                    Some((Original::Json(stored), plain)) if plain == value => stored.clone(),
+                    _ => raw(value),
+                };
+                map.insert(key.as_str(), value);
             }
             serde_json::to_vec(&map).expect("JSON values always serialize")
         }
@@ -435,6 +458,39 @@ mod tests {
     }
 
     #[test]
+    fn json_records_write_untouched_values_back_as_read() {
+        // msgspec.json writes a Python int of any size as its digits;
+        // rewriting a record for a change to another key must not turn it
+        // into a float.
+        let record = br#"{"_permanent":true,"big":1180591620717411303424,"n":1}"#;
+        let decoded = decode(record).unwrap();
+        let mut changed = decoded.data.clone();
+        changed.insert("n".into(), json!(2));
+        let written = encode(Serialization::Json, &changed, true, Some(&decoded));
+        assert_eq!(
+            String::from_utf8(written).unwrap(),
+            r#"{"_permanent":true,"big":1180591620717411303424,"n":2}"#
+        );
+    }
+
+    #[test]
+    fn integer_keys_stay_integers() {
+        // {1: "a", "b": 2}: msgspec writes a dict's int keys as integers,
+        // and Python finds `session[1]` only under an integer key.
+        let record = b"\x82\x01\xa1a\xa1b\x02";
+        let decoded = decode(record).unwrap();
+        assert_eq!(decoded.data, data(json!({"1": "a", "b": 2})));
+        let mut changed = decoded.data.clone();
+        changed.insert("b".into(), json!(3));
+        let written = encode(Serialization::Msgpack, &changed, false, Some(&decoded));
+        assert_eq!(written, b"\x82\x01\xa1a\xa1b\x03".to_vec());
+        // Changed, an integer key's value still goes under the integer.
+        changed.insert("1".into(), json!("z"));
+        let written = encode(Serialization::Msgpack, &changed, false, Some(&decoded));
+        assert_eq!(written, b"\x82\x01\xa1z\xa1b\x03".to_vec());
+    }
+
+    #[test]
     fn what_is_not_a_record_reads_as_none() {
         // A pickle (protocol 4 of {"a": 1}) is never loaded.
         assert_eq!(
@@ -457,6 +513,9 @@ mod tests {
         let mut deep = b"\x81\xa1a".to_vec();
         deep.extend(std::iter::repeat_n(0x91, 100_000));
         deep.push(0x01);
+        assert_eq!(decode(&deep), None);
+        let mut deep = br#"{"a":"#.to_vec();
+        deep.extend(std::iter::repeat_n(b'[', 100_000));
         assert_eq!(decode(&deep), None);
     }
 }
