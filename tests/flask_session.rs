@@ -870,3 +870,48 @@ fn visit(addr: &str, method: &str, path: &str, body: &str, cookie: &mut String) 
     keep(&reply.set_cookies, cookie);
     reply.body
 }
+
+/// A MongoDB document without `expiration` (written by another tool, or
+/// by hand: Flask-Session loads it, and the TTL index never removes it)
+/// is a live session; moving its expiry gives it one rather than
+/// answering that the session ended.
+#[test]
+fn a_mongodb_record_without_expiration_takes_a_refresh() {
+    use session_layer::store::{Changes, SessionId, SessionStore};
+
+    let Some(server) = common::ServerProcess::start_mongo(common::free_port()) else {
+        return;
+    };
+    let id = "wQZ1yu7sOyzUA0mUCWU8SGHd5PyGb2DMwWbsoYdo_SA";
+    let python = concat!(env!("CARGO_MANIFEST_DIR"), "/.venv/bin/python");
+    let inserted = Command::new(python)
+        .args([
+            "-c",
+            "import sys, pymongo\n\
+             c = pymongo.MongoClient(sys.argv[1])\n\
+             c.flask_session.sessions.insert_one(\
+             {'id': 'session:' + sys.argv[2], 'val': b'\\x81\\xa4user\\xa3ann'})",
+            &server.url(),
+            id,
+        ])
+        .status()
+        .unwrap();
+    assert!(inserted.success());
+    let url = format!("{}/flask_session", server.url());
+    let store = rt().block_on(MongoStore::connect(&url)).unwrap();
+    let store = FlaskSessionStore::mongodb(store);
+    let id = SessionId::parse(id).unwrap();
+    let now = now();
+    rt().block_on(async {
+        let record = store.load(&id, now).await.unwrap().expect("a live record");
+        assert_eq!(record.data["user"], "ann");
+        let refresh = Changes::expiry(now, now + LIFETIME);
+        assert!(
+            store.apply(&id, &refresh).await.unwrap(),
+            "the record is there: the refresh must not end the session"
+        );
+        let record = store.load(&id, now).await.unwrap().expect("still live");
+        assert_eq!(record.expires_at, now + LIFETIME);
+        assert_eq!(record.data["user"], "ann");
+    });
+}

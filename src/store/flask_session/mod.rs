@@ -338,10 +338,14 @@ impl SessionStore for FlaskSessionStore {
     async fn apply(&self, id: &SessionId, changes: &Changes) -> Result<bool, Error> {
         let key = self.key(id);
         let (now, expires_at) = (changes.now, changes.expires_at);
+        // A touch that misses is not the end of the session: the record
+        // may be live without an expiry the server can compare (a MongoDB
+        // document without `expiration`). The compare-and-swap below reads
+        // it and decides.
         if changes.is_expiry_only()
-            && let Some(touched) = self.backend.touch(&key, expires_at, now).await?
+            && self.backend.touch(&key, expires_at, now).await? == Some(true)
         {
-            return Ok(touched);
+            return Ok(true);
         }
         for attempt in 0..CAS_ATTEMPTS {
             backoff(attempt).await;
@@ -451,9 +455,10 @@ impl Backend {
         }
     }
 
-    /// Moves the expiry of the record under `key` if it is live at `now`:
-    /// `None` where the server cannot do that in one call (Memcached:
-    /// `apply` then takes its compare-and-swap path).
+    /// Moves the expiry of the record under `key` if it is live at `now`
+    /// and has an expiry: `None` where the server cannot do that in one
+    /// call (Memcached). `apply` takes its compare-and-swap path unless
+    /// this says `Some(true)`.
     async fn touch(&self, key: &str, expires_at: u64, now: u64) -> Result<Option<bool>, Error> {
         match self {
             #[cfg(feature = "redis-store")]
