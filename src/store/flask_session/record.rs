@@ -140,7 +140,9 @@ fn decode_json(bytes: &[u8]) -> Option<Decoded> {
 /// Writes `data` as Flask-Session would store `dict(session)`, with
 /// `_permanent` first when the session is permanent (Flask-Session sets it
 /// when it opens a session); values read by `decoded` and unchanged since
-/// go back as they were.
+/// go back as they were. The flag alone decides `_permanent`: a value a
+/// handler put under that key is dropped, since the layer set the cookie's
+/// expiry by the flag and the record must say the same.
 pub(super) fn encode(
     format: Serialization,
     data: &SessionData,
@@ -151,12 +153,10 @@ pub(super) fn encode(
     match format {
         Serialization::Msgpack => {
             let mut entries = Vec::with_capacity(data.len() + 1);
-            // A value a handler put under `_permanent` is the flag, as in
-            // Flask-Session, where `session.permanent` is that key.
-            if permanent && !data.contains_key(PERMANENT_KEY) {
+            if permanent {
                 entries.push((Mp::from(PERMANENT_KEY), Mp::Boolean(true)));
             }
-            for (key, value) in data {
+            for (key, value) in data.iter().filter(|(key, _)| *key != PERMANENT_KEY) {
                 let entry = match original(key) {
                     Some((Original::Msgpack { key, value: stored }, plain)) if plain == value => {
                         (key.clone(), stored.clone())
@@ -178,10 +178,10 @@ pub(super) fn encode(
                 serde_json::value::to_raw_value(value).expect("JSON values always serialize")
             };
             let mut map = BTreeMap::new();
-            if permanent && !data.contains_key(PERMANENT_KEY) {
+            if permanent {
                 map.insert(PERMANENT_KEY, raw(&Value::Bool(true)));
             }
-            for (key, value) in data {
+            for (key, value) in data.iter().filter(|(key, _)| *key != PERMANENT_KEY) {
                 let value = match original(key) {
                     Some((Original::Json(stored), plain)) if plain == value => stored.clone(),
                     _ => raw(value),
@@ -488,6 +488,21 @@ mod tests {
         changed.insert("1".into(), json!("z"));
         let written = encode(Serialization::Msgpack, &changed, false, Some(&decoded));
         assert_eq!(written, b"\x82\x01\xa1z\xa1b\x03".to_vec());
+    }
+
+    #[test]
+    fn the_flag_decides_permanent_whatever_the_data_holds() {
+        // A handler's own `_permanent` value cannot contradict the flag the
+        // layer set the cookie's expiry by: read back, the session is as
+        // permanent as the cookie says.
+        for format in [Serialization::Msgpack, Serialization::Json] {
+            for permanent in [true, false] {
+                let data = data(json!({"_permanent": !permanent, "a": 1}));
+                let decoded = decode(&encode(format, &data, permanent, None)).unwrap();
+                assert_eq!(decoded.permanent, permanent, "{format:?}");
+                assert_eq!(decoded.data, super::tests::data(json!({"a": 1})));
+            }
+        }
     }
 
     #[test]
