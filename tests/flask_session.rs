@@ -871,6 +871,63 @@ fn visit(addr: &str, method: &str, path: &str, body: &str, cookie: &mut String) 
     reply.body
 }
 
+/// Writes a document into the `sessions` collection of `flask_session` on
+/// `server`, through pymongo, as another tool would.
+fn insert_mongo_document(server: &common::ServerProcess, document: &str) {
+    let python = concat!(env!("CARGO_MANIFEST_DIR"), "/.venv/bin/python");
+    let inserted = Command::new(python)
+        .args([
+            "-c",
+            "import sys, datetime, pymongo\n\
+             c = pymongo.MongoClient(sys.argv[1])\n\
+             c.flask_session.sessions.insert_one(eval(sys.argv[2]))",
+            &server.url(),
+            document,
+        ])
+        .status()
+        .unwrap();
+    assert!(inserted.success());
+}
+
+/// A document whose write counter `v` is not a counter this store wrote
+/// (a double, a negative number: a corrupt or foreign document) still
+/// takes a save: the compare-and-swap matches `v` as it was read, instead
+/// of retrying until it gives up with a 503 on every request.
+#[test]
+fn a_mongodb_record_with_a_foreign_counter_takes_a_save() {
+    use session_layer::store::{Changes, SessionId, SessionStore};
+
+    let Some(server) = common::ServerProcess::start_mongo(common::free_port()) else {
+        return;
+    };
+    let url = format!("{}/flask_session", server.url());
+    let store = rt().block_on(MongoStore::connect(&url)).unwrap();
+    let store = FlaskSessionStore::mongodb(store);
+    let now = now();
+    for (id, v) in [
+        ("wQZ1yu7sOyzUA0mUCWU8SGHd5PyGb2DMwWbsoYdo_SA", "2.5"),
+        ("xQZ1yu7sOyzUA0mUCWU8SGHd5PyGb2DMwWbsoYdo_SA", "-3"),
+    ] {
+        insert_mongo_document(
+            &server,
+            &format!(
+                "{{'id': 'session:{id}', 'val': b'\\x81\\xa4user\\xa3ann', 'v': {v}, \
+                 'expiration': datetime.datetime.utcfromtimestamp({})}}",
+                now + LIFETIME
+            ),
+        );
+        let id = SessionId::parse(id).unwrap();
+        rt().block_on(async {
+            let mut changes = Changes::expiry(now, now + LIFETIME);
+            changes.set.push(("cart".into(), json!([1])));
+            assert!(store.apply(&id, &changes).await.unwrap(), "v = {v}");
+            let record = store.load(&id, now).await.unwrap().expect("live");
+            assert_eq!(record.data["cart"], json!([1]));
+            assert_eq!(record.data["user"], "ann");
+        });
+    }
+}
+
 /// A MongoDB document without `expiration` (written by another tool, or
 /// by hand: Flask-Session loads it, and the TTL index never removes it)
 /// is a live session; moving its expiry gives it one rather than
@@ -883,20 +940,10 @@ fn a_mongodb_record_without_expiration_takes_a_refresh() {
         return;
     };
     let id = "wQZ1yu7sOyzUA0mUCWU8SGHd5PyGb2DMwWbsoYdo_SA";
-    let python = concat!(env!("CARGO_MANIFEST_DIR"), "/.venv/bin/python");
-    let inserted = Command::new(python)
-        .args([
-            "-c",
-            "import sys, pymongo\n\
-             c = pymongo.MongoClient(sys.argv[1])\n\
-             c.flask_session.sessions.insert_one(\
-             {'id': 'session:' + sys.argv[2], 'val': b'\\x81\\xa4user\\xa3ann'})",
-            &server.url(),
-            id,
-        ])
-        .status()
-        .unwrap();
-    assert!(inserted.success());
+    insert_mongo_document(
+        &server,
+        &format!("{{'id': 'session:{id}', 'val': b'\\x81\\xa4user\\xa3ann'}}"),
+    );
     let url = format!("{}/flask_session", server.url());
     let store = rt().block_on(MongoStore::connect(&url)).unwrap();
     let store = FlaskSessionStore::mongodb(store);

@@ -164,6 +164,9 @@ pub(super) struct Raw {
     /// MongoDB: `expiration` exactly as stored.
     #[cfg(feature = "mongodb-store")]
     expiration: Option<mongodb::bson::Bson>,
+    /// MongoDB: `v` exactly as stored, whatever its type.
+    #[cfg(feature = "mongodb-store")]
+    version: Option<mongodb::bson::Bson>,
 }
 
 impl FlaskSessionStore {
