@@ -91,11 +91,15 @@ const NO_EXPIRY: u64 = 365 * 24 * 60 * 60;
 /// `expiration`, which every Flask-Session write moves, and on a write
 /// counter `v` of this store's own, which Flask-Session leaves alone),
 /// retrying otherwise. Two round trips per save, more under contention;
-/// one per load.
+/// one per load. A Flask request with `SESSION_REFRESH_EACH_REQUEST =
+/// True` (the default) rewrites the whole record even when it only read
+/// it, so a save of this store that lands while one runs is lost.
 ///
 /// **What the format lacks.** The record holds no creation time, so an
 /// [absolute timeout](crate::SessionLayer::absolute_timeout) counts from
-/// each load and never ends a session; Flask-Session keeps no owner
+/// each load and never ends a session, and a
+/// [`not_before`](crate::SessionLayer::not_before) hook never revokes one
+/// (each load counts as its creation); Flask-Session keeps no owner
 /// index, so [`Sessions::of`](crate::Sessions::of) answers
 /// [`ErrorKind::Unsupported`](crate::ErrorKind::Unsupported).
 #[derive(Clone)]
