@@ -300,16 +300,21 @@ fn to_msgpack(value: &Value, like: Option<&Mp>) -> Mp {
             )
         }
         Value::Object(map) => {
-            let like_of = |key: &str| match like {
+            // The entry a key replaces: its key keeps its type (an integer
+            // key reads as decimal text) and its value lends its own.
+            let likes: BTreeMap<String, &(Mp, Mp)> = match like {
                 Some(Mp::Map(entries)) => entries
                     .iter()
-                    .find(|(k, _)| k.as_str() == Some(key))
-                    .map(|(_, v)| v),
-                _ => None,
+                    .filter_map(|entry| Some((map_key(&entry.0)?, entry)))
+                    .collect(),
+                _ => BTreeMap::new(),
             };
             Mp::Map(
                 map.iter()
-                    .map(|(k, v)| (Mp::from(k.as_str()), to_msgpack(v, like_of(k))))
+                    .map(|(k, v)| match likes.get(k) {
+                        Some((stored, like)) => (stored.clone(), to_msgpack(v, Some(like))),
+                        None => (Mp::from(k.as_str()), to_msgpack(v, None)),
+                    })
                     .collect(),
             )
         }
@@ -470,6 +475,20 @@ mod tests {
         assert_eq!(
             String::from_utf8(written).unwrap(),
             r#"{"_permanent":true,"big":1180591620717411303424,"n":2}"#
+        );
+    }
+
+    #[test]
+    fn integer_keys_of_nested_dicts_stay_integers() {
+        // {"d": {1: "a", 2: "b"}}, changed to {"1": "z", "2": "b", "3": "c"}.
+        let record = b"\x81\xa1d\x82\x01\xa1a\x02\xa1b";
+        let decoded = decode(record).unwrap();
+        let mut changed = decoded.data.clone();
+        changed.insert("d".into(), json!({"1": "z", "2": "b", "3": "c"}));
+        let written = encode(Serialization::Msgpack, &changed, false, Some(&decoded));
+        assert_eq!(
+            written,
+            b"\x81\xa1d\x83\x01\xa1z\x02\xa1b\xa13\xa1c".to_vec()
         );
     }
 
