@@ -962,3 +962,33 @@ fn a_mongodb_record_without_expiration_takes_a_refresh() {
         assert_eq!(record.data["user"], "ann");
     });
 }
+
+/// A session too large for this store to read back is refused when it is
+/// saved, where the layer reports the failure, never stored and then read
+/// as no session (the user logged out, the data gone, with no trace).
+#[test]
+fn a_record_too_large_to_read_back_is_not_saved() {
+    use session_layer::store::{Record, SessionId, SessionStore};
+
+    if !reachable("127.0.0.1:6379") {
+        return;
+    }
+    let store = rt().block_on(RedisStore::connect(&redis_url())).unwrap();
+    let store = FlaskSessionStore::redis(store).key_prefix("fs-too-large:");
+    let now = now();
+    let mut data = serde_json::Map::new();
+    data.insert("blob".into(), Value::String("x".repeat(1 << 20)));
+    let record = Record::new(data, true, now, now + LIFETIME);
+    let id = SessionId::generate();
+    rt().block_on(async {
+        match store.create(&id, &record).await {
+            Err(_) => {}
+            Ok(created) => {
+                assert!(created);
+                let read = store.load(&id, now).await.unwrap();
+                store.delete(&id).await.unwrap();
+                assert!(read.is_some(), "saved, then read as no session");
+            }
+        }
+    });
+}

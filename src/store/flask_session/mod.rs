@@ -277,8 +277,19 @@ impl FlaskSessionStore {
         key
     }
 
-    fn encode(&self, record: &Record, read: Option<&record::Decoded>) -> Vec<u8> {
-        record::encode(self.serialization, &record.data, record.permanent, read)
+    /// The record's bytes; an error for one too large for [`record::decode`]
+    /// to read back, which would otherwise be stored and then read as no
+    /// session.
+    fn encode(&self, record: &Record, read: Option<&record::Decoded>) -> Result<Vec<u8>, Error> {
+        let bytes = record::encode(self.serialization, &record.data, record.permanent, read);
+        if bytes.len() > record::MAX_RECORD {
+            return Err(Error::store(format!(
+                "the session is {} bytes serialized; Flask-Session records are read up to {}",
+                bytes.len(),
+                record::MAX_RECORD
+            )));
+        }
+        Ok(bytes)
     }
 
     /// The live record under `key` at `now`, as read and decoded.
@@ -318,7 +329,7 @@ impl SessionStore for FlaskSessionStore {
     /// (the server has not dropped it yet) is replaced by
     /// compare-and-swap, since its id is free again.
     async fn create(&self, id: &SessionId, record: &Record) -> Result<bool, Error> {
-        let (key, bytes) = (self.key(id), self.encode(record, None));
+        let (key, bytes) = (self.key(id), self.encode(record, None)?);
         let (now, expires_at) = (record.created_at, record.expires_at);
         for attempt in 0..CAS_ATTEMPTS {
             backoff(attempt).await;
@@ -361,7 +372,7 @@ impl SessionStore for FlaskSessionStore {
             };
             let mut record = Record::new(decoded.data.clone(), decoded.permanent, now, expires_at);
             changes.apply_to(&mut record);
-            let bytes = self.encode(&record, Some(&decoded));
+            let bytes = self.encode(&record, Some(&decoded))?;
             if self
                 .backend
                 .swap(&key, &raw, bytes, record.expires_at)

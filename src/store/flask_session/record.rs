@@ -38,7 +38,7 @@ const TIMESTAMP: i8 = -1;
 
 /// The most a record may hold: far above what a session needs, and a bound
 /// on what a hostile or corrupt record can make a server allocate.
-const MAX_RECORD: usize = 1 << 20;
+pub(super) const MAX_RECORD: usize = 1 << 20;
 
 /// How records are serialized (Flask-Session's
 /// `SESSION_SERIALIZATION_FORMAT`). Either way both are read, as
