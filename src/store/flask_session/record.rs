@@ -204,22 +204,31 @@ fn map_key(key: &Mp) -> Option<String> {
     }
 }
 
-/// Python's truth of a stored `_permanent`.
+/// Python's truth of a stored `_permanent`, which Flask and Flask-Session
+/// test as it is: zero, empty text, bytes and containers are false.
 fn truthy_msgpack(value: &Mp) -> bool {
     match value {
+        Mp::Nil => false,
         Mp::Boolean(b) => *b,
         Mp::Integer(n) => n.as_i64() != Some(0),
-        Mp::Nil => false,
-        _ => true,
+        Mp::F32(f) => *f != 0.0,
+        Mp::F64(f) => *f != 0.0,
+        Mp::String(text) => !text.as_bytes().is_empty(),
+        Mp::Binary(bytes) => !bytes.is_empty(),
+        Mp::Array(items) => !items.is_empty(),
+        Mp::Map(entries) => !entries.is_empty(),
+        Mp::Ext(..) => true,
     }
 }
 
 fn truthy_json(value: &Value) -> bool {
     match value {
+        Value::Null => false,
         Value::Bool(b) => *b,
         Value::Number(n) => n.as_f64() != Some(0.0),
-        Value::Null => false,
-        _ => true,
+        Value::String(text) => !text.is_empty(),
+        Value::Array(items) => !items.is_empty(),
+        Value::Object(map) => !map.is_empty(),
     }
 }
 
@@ -476,6 +485,32 @@ mod tests {
             String::from_utf8(written).unwrap(),
             r#"{"_permanent":true,"big":1180591620717411303424,"n":2}"#
         );
+    }
+
+    #[test]
+    fn permanent_is_read_with_python_truth() {
+        // Flask-Session and Flask test `session.permanent`, the stored
+        // value, for truth: empty strings, containers and 0.0 are false.
+        for (record, permanent) in [
+            (&b"\x81\xaa_permanent\xa0"[..], false),
+            (b"\x81\xaa_permanent\x90", false),
+            (b"\x81\xaa_permanent\x80", false),
+            (b"\x81\xaa_permanent\xc4\x00", false),
+            (
+                b"\x81\xaa_permanent\xcb\x00\x00\x00\x00\x00\x00\x00\x00",
+                false,
+            ),
+            (b"\x81\xaa_permanent\xa1x", true),
+            (b"\x81\xaa_permanent\x91\x00", true),
+            (br#"{"_permanent":""}"#, false),
+            (br#"{"_permanent":[]}"#, false),
+            (br#"{"_permanent":{}}"#, false),
+            (br#"{"_permanent":0.0}"#, false),
+            (br#"{"_permanent":"x"}"#, true),
+            (br#"{"_permanent":[0]}"#, true),
+        ] {
+            assert_eq!(decode(record).unwrap().permanent, permanent, "{record:?}");
+        }
     }
 
     #[test]
