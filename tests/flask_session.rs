@@ -735,7 +735,7 @@ fn the_kv_example_speaks_flask_session_on_every_server() {
             .nth(1)
             .unwrap_or("")
             .split(['/', '@'])
-            .last();
+            .next_back();
         if let Some(host) = host.filter(|h| h.contains(':'))
             && !reachable(host.split('/').next().unwrap())
         {
