@@ -1007,3 +1007,44 @@ fn a_record_too_large_to_read_back_is_not_saved() {
         }
     });
 }
+
+/// A save that rewrites the record as it was (a key set to the value it
+/// holds, in the second of the last write) succeeds: on MySQL/MariaDB the
+/// compare-and-swap `UPDATE` then changes no row, and only the matched-rows
+/// count (the client's FOUND_ROWS flag, which sqlx sets) tells it apart
+/// from a lost race.
+#[test]
+fn an_sql_save_that_changes_nothing_succeeds() {
+    use session_layer::store::{Changes, Record, SessionId, SessionStore};
+
+    let dir = tempfile::tempdir().unwrap();
+    let sqlite = format!("sqlite:{}", dir.path().join("same.db").display());
+    for (url, server) in [
+        ("mysql://root@127.0.0.1:3306/test", Some("127.0.0.1:3306")),
+        (
+            "postgres://postgres@127.0.0.1:5432/test",
+            Some("127.0.0.1:5432"),
+        ),
+        (sqlite.as_str(), None),
+    ] {
+        if server.is_some_and(|s| !reachable(s)) {
+            continue;
+        }
+        let table = "flask_sessions_unchanged";
+        drop_table(url, table);
+        rt().block_on(async {
+            let store = FlaskSessionStore::sql(SqlStore::connect(url).await.unwrap().table(table));
+            store.migrate().await.unwrap();
+            let now = now();
+            let mut data = serde_json::Map::new();
+            data.insert("a".into(), json!(1));
+            let id = SessionId::generate();
+            let record = Record::new(data, true, now, now + LIFETIME);
+            assert!(store.create(&id, &record).await.unwrap());
+            let mut same = Changes::expiry(now, now + LIFETIME);
+            same.set.push(("a".into(), json!(1)));
+            assert!(store.apply(&id, &same).await.unwrap(), "{url}");
+        });
+        drop_table(url, table);
+    }
+}
