@@ -405,6 +405,21 @@ fn redis_with_the_signer_json_and_a_prefix_of_its_own() {
         flask.values(&mut cookie),
         json!({"_permanent": true, "user": "ann", "n": [1, 2.5], "theme": "dark"})
     );
+    // An int beyond 64 bits, which msgspec.json writes as digits, is still
+    // an int for Flask after Rust rewrote the record for another key.
+    flask.call(
+        "POST",
+        "/set",
+        r#"{"big": 1180591620717411303424}"#,
+        &mut cookie,
+    );
+    call_rust(&rust, "POST", "/set", r#"{"theme": "light"}"#, &mut cookie);
+    let body = flask.call("GET", "/get", "", &mut cookie);
+    assert!(
+        body.contains(r#""big": 1180591620717411303424"#)
+            || body.contains(r#""big":1180591620717411303424"#),
+        "{body}"
+    );
     let key = format!(
         "app1:{}",
         cookie
@@ -735,7 +750,7 @@ fn the_kv_example_speaks_flask_session_on_every_server() {
             .nth(1)
             .unwrap_or("")
             .split(['/', '@'])
-            .last();
+            .next_back();
         if let Some(host) = host.filter(|h| h.contains(':'))
             && !reachable(host.split('/').next().unwrap())
         {
@@ -869,4 +884,167 @@ fn visit(addr: &str, method: &str, path: &str, body: &str, cookie: &mut String) 
     assert_eq!(reply.status, 200, "{method} {path}: {}", reply.body);
     keep(&reply.set_cookies, cookie);
     reply.body
+}
+
+/// Writes a document into the `sessions` collection of `flask_session` on
+/// `server`, through pymongo, as another tool would.
+fn insert_mongo_document(server: &common::ServerProcess, document: &str) {
+    let python = concat!(env!("CARGO_MANIFEST_DIR"), "/.venv/bin/python");
+    let inserted = Command::new(python)
+        .args([
+            "-c",
+            "import sys, datetime, pymongo\n\
+             c = pymongo.MongoClient(sys.argv[1])\n\
+             c.flask_session.sessions.insert_one(eval(sys.argv[2]))",
+            &server.url(),
+            document,
+        ])
+        .status()
+        .unwrap();
+    assert!(inserted.success());
+}
+
+/// A document whose write counter `v` is not a counter this store wrote
+/// (a double, a negative number: a corrupt or foreign document) still
+/// takes a save: the compare-and-swap matches `v` as it was read, instead
+/// of retrying until it gives up with a 503 on every request.
+#[test]
+fn a_mongodb_record_with_a_foreign_counter_takes_a_save() {
+    use session_layer::store::{Changes, SessionId, SessionStore};
+
+    let Some(server) = common::ServerProcess::start_mongo(common::free_port()) else {
+        return;
+    };
+    let url = format!("{}/flask_session", server.url());
+    let store = rt().block_on(MongoStore::connect(&url)).unwrap();
+    let store = FlaskSessionStore::mongodb(store);
+    let now = now();
+    for (id, v) in [
+        ("wQZ1yu7sOyzUA0mUCWU8SGHd5PyGb2DMwWbsoYdo_SA", "2.5"),
+        ("xQZ1yu7sOyzUA0mUCWU8SGHd5PyGb2DMwWbsoYdo_SA", "-3"),
+    ] {
+        insert_mongo_document(
+            &server,
+            &format!(
+                "{{'id': 'session:{id}', 'val': b'\\x81\\xa4user\\xa3ann', 'v': {v}, \
+                 'expiration': datetime.datetime.utcfromtimestamp({})}}",
+                now + LIFETIME
+            ),
+        );
+        let id = SessionId::parse(id).unwrap();
+        rt().block_on(async {
+            let mut changes = Changes::expiry(now, now + LIFETIME);
+            changes.set.push(("cart".into(), json!([1])));
+            assert!(store.apply(&id, &changes).await.unwrap(), "v = {v}");
+            let record = store.load(&id, now).await.unwrap().expect("live");
+            assert_eq!(record.data["cart"], json!([1]));
+            assert_eq!(record.data["user"], "ann");
+        });
+    }
+}
+
+/// A MongoDB document without `expiration` (written by another tool, or
+/// by hand: Flask-Session loads it, and the TTL index never removes it)
+/// is a live session; moving its expiry gives it one rather than
+/// answering that the session ended.
+#[test]
+fn a_mongodb_record_without_expiration_takes_a_refresh() {
+    use session_layer::store::{Changes, SessionId, SessionStore};
+
+    let Some(server) = common::ServerProcess::start_mongo(common::free_port()) else {
+        return;
+    };
+    let id = "wQZ1yu7sOyzUA0mUCWU8SGHd5PyGb2DMwWbsoYdo_SA";
+    insert_mongo_document(
+        &server,
+        &format!("{{'id': 'session:{id}', 'val': b'\\x81\\xa4user\\xa3ann'}}"),
+    );
+    let url = format!("{}/flask_session", server.url());
+    let store = rt().block_on(MongoStore::connect(&url)).unwrap();
+    let store = FlaskSessionStore::mongodb(store);
+    let id = SessionId::parse(id).unwrap();
+    let now = now();
+    rt().block_on(async {
+        let record = store.load(&id, now).await.unwrap().expect("a live record");
+        assert_eq!(record.data["user"], "ann");
+        let refresh = Changes::expiry(now, now + LIFETIME);
+        assert!(
+            store.apply(&id, &refresh).await.unwrap(),
+            "the record is there: the refresh must not end the session"
+        );
+        let record = store.load(&id, now).await.unwrap().expect("still live");
+        assert_eq!(record.expires_at, now + LIFETIME);
+        assert_eq!(record.data["user"], "ann");
+    });
+}
+
+/// A session too large for this store to read back is refused when it is
+/// saved, where the layer reports the failure, never stored and then read
+/// as no session (the user logged out, the data gone, with no trace).
+#[test]
+fn a_record_too_large_to_read_back_is_not_saved() {
+    use session_layer::store::{Record, SessionId, SessionStore};
+
+    if !reachable("127.0.0.1:6379") {
+        return;
+    }
+    let store = rt().block_on(RedisStore::connect(&redis_url())).unwrap();
+    let store = FlaskSessionStore::redis(store).key_prefix("fs-too-large:");
+    let now = now();
+    let mut data = serde_json::Map::new();
+    data.insert("blob".into(), Value::String("x".repeat(1 << 20)));
+    let record = Record::new(data, true, now, now + LIFETIME);
+    let id = SessionId::generate();
+    rt().block_on(async {
+        match store.create(&id, &record).await {
+            Err(_) => {}
+            Ok(created) => {
+                assert!(created);
+                let read = store.load(&id, now).await.unwrap();
+                store.delete(&id).await.unwrap();
+                assert!(read.is_some(), "saved, then read as no session");
+            }
+        }
+    });
+}
+
+/// A save that rewrites the record as it was (a key set to the value it
+/// holds, in the second of the last write) succeeds: on MySQL/MariaDB the
+/// compare-and-swap `UPDATE` then changes no row, and only the matched-rows
+/// count (the client's FOUND_ROWS flag, which sqlx sets) tells it apart
+/// from a lost race.
+#[test]
+fn an_sql_save_that_changes_nothing_succeeds() {
+    use session_layer::store::{Changes, Record, SessionId, SessionStore};
+
+    let dir = tempfile::tempdir().unwrap();
+    let sqlite = format!("sqlite:{}", dir.path().join("same.db").display());
+    for (url, server) in [
+        ("mysql://root@127.0.0.1:3306/test", Some("127.0.0.1:3306")),
+        (
+            "postgres://postgres@127.0.0.1:5432/test",
+            Some("127.0.0.1:5432"),
+        ),
+        (sqlite.as_str(), None),
+    ] {
+        if server.is_some_and(|s| !reachable(s)) {
+            continue;
+        }
+        let table = "flask_sessions_unchanged";
+        drop_table(url, table);
+        rt().block_on(async {
+            let store = FlaskSessionStore::sql(SqlStore::connect(url).await.unwrap().table(table));
+            store.migrate().await.unwrap();
+            let now = now();
+            let mut data = serde_json::Map::new();
+            data.insert("a".into(), json!(1));
+            let id = SessionId::generate();
+            let record = Record::new(data, true, now, now + LIFETIME);
+            assert!(store.create(&id, &record).await.unwrap());
+            let mut same = Changes::expiry(now, now + LIFETIME);
+            same.set.push(("a".into(), json!(1)));
+            assert!(store.apply(&id, &same).await.unwrap(), "{url}");
+        });
+        drop_table(url, table);
+    }
 }

@@ -35,6 +35,8 @@ pub(super) async fn get(store: &MemcachedStore, key: &str) -> Result<Option<Raw>
         cas,
         #[cfg(feature = "mongodb-store")]
         expiration: None,
+        #[cfg(feature = "mongodb-store")]
+        version: None,
     }))
 }
 

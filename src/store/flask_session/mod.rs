@@ -91,7 +91,9 @@ const NO_EXPIRY: u64 = 365 * 24 * 60 * 60;
 /// `expiration`, which every Flask-Session write moves, and on a write
 /// counter `v` of this store's own, which Flask-Session leaves alone),
 /// retrying otherwise. Two round trips per save, more under contention;
-/// one per load.
+/// one per load. A Flask request with `SESSION_REFRESH_EACH_REQUEST =
+/// True` (the default) rewrites the whole record even when it only read
+/// it, so a save of this store that lands while one runs is lost.
 ///
 /// **What the format lacks.** The record holds no creation time: each load
 /// counts as the session's creation, so an
@@ -167,6 +169,9 @@ pub(super) struct Raw {
     /// MongoDB: `expiration` exactly as stored.
     #[cfg(feature = "mongodb-store")]
     expiration: Option<mongodb::bson::Bson>,
+    /// MongoDB: `v` exactly as stored, whatever its type.
+    #[cfg(feature = "mongodb-store")]
+    version: Option<mongodb::bson::Bson>,
 }
 
 impl FlaskSessionStore {
@@ -273,8 +278,19 @@ impl FlaskSessionStore {
         key
     }
 
-    fn encode(&self, record: &Record, read: Option<&record::Decoded>) -> Vec<u8> {
-        record::encode(self.serialization, &record.data, record.permanent, read)
+    /// The record's bytes; an error for one too large for [`record::decode`]
+    /// to read back, which would otherwise be stored and then read as no
+    /// session.
+    fn encode(&self, record: &Record, read: Option<&record::Decoded>) -> Result<Vec<u8>, Error> {
+        let bytes = record::encode(self.serialization, &record.data, record.permanent, read);
+        if bytes.len() > record::MAX_RECORD {
+            return Err(Error::store(format!(
+                "the session is {} bytes serialized; Flask-Session records are read up to {}",
+                bytes.len(),
+                record::MAX_RECORD
+            )));
+        }
+        Ok(bytes)
     }
 
     /// The live record under `key` at `now`, as read and decoded.
@@ -314,7 +330,7 @@ impl SessionStore for FlaskSessionStore {
     /// (the server has not dropped it yet) is replaced by
     /// compare-and-swap, since its id is free again.
     async fn create(&self, id: &SessionId, record: &Record) -> Result<bool, Error> {
-        let (key, bytes) = (self.key(id), self.encode(record, None));
+        let (key, bytes) = (self.key(id), self.encode(record, None)?);
         let (now, expires_at) = (record.created_at, record.expires_at);
         for attempt in 0..CAS_ATTEMPTS {
             backoff(attempt).await;
@@ -341,10 +357,14 @@ impl SessionStore for FlaskSessionStore {
     async fn apply(&self, id: &SessionId, changes: &Changes) -> Result<bool, Error> {
         let key = self.key(id);
         let (now, expires_at) = (changes.now, changes.expires_at);
+        // A touch that misses is not the end of the session: the record
+        // may be live without an expiry the server can compare (a MongoDB
+        // document without `expiration`). The compare-and-swap below reads
+        // it and decides.
         if changes.is_expiry_only()
-            && let Some(touched) = self.backend.touch(&key, expires_at, now).await?
+            && self.backend.touch(&key, expires_at, now).await? == Some(true)
         {
-            return Ok(touched);
+            return Ok(true);
         }
         for attempt in 0..CAS_ATTEMPTS {
             backoff(attempt).await;
@@ -353,7 +373,7 @@ impl SessionStore for FlaskSessionStore {
             };
             let mut record = Record::new(decoded.data.clone(), decoded.permanent, now, expires_at);
             changes.apply_to(&mut record)?;
-            let bytes = self.encode(&record, Some(&decoded));
+            let bytes = self.encode(&record, Some(&decoded))?;
             if self
                 .backend
                 .swap(&key, &raw, bytes, record.expires_at)
@@ -454,9 +474,10 @@ impl Backend {
         }
     }
 
-    /// Moves the expiry of the record under `key` if it is live at `now`:
-    /// `None` where the server cannot do that in one call (Memcached:
-    /// `apply` then takes its compare-and-swap path).
+    /// Moves the expiry of the record under `key` if it is live at `now`
+    /// and has an expiry: `None` where the server cannot do that in one
+    /// call (Memcached). `apply` takes its compare-and-swap path unless
+    /// this says `Some(true)`.
     async fn touch(&self, key: &str, expires_at: u64, now: u64) -> Result<Option<bool>, Error> {
         match self {
             #[cfg(feature = "redis-store")]

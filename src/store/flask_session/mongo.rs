@@ -58,7 +58,11 @@ fn raw(document: &Document) -> Option<Raw> {
         // refresh gives it one.
         _ => None,
     };
-    let version = match document.get("v") {
+    // The next write's counter; the filter matches `v` as stored, so a
+    // counter of a type or sign this store never writes (a corrupt or
+    // foreign document) is replaced rather than never matched.
+    let version = document.get("v").cloned();
+    let count = match &version {
         Some(Bson::Int64(v)) => u64::try_from(*v).unwrap_or(0),
         Some(Bson::Int32(v)) => u64::try_from(*v).unwrap_or(0),
         _ => 0,
@@ -66,8 +70,9 @@ fn raw(document: &Document) -> Option<Raw> {
     Some(Raw {
         bytes,
         expires_at,
-        cas: version,
+        cas: count,
         expiration,
+        version,
     })
 }
 
@@ -82,7 +87,7 @@ fn parse_date(text: &str) -> Option<u64> {
 
 /// The document exactly as `old` was read: same `expiration` (every
 /// Flask-Session write moves it, to the millisecond) and same write
-/// counter (every write of this store increments it). The value itself is
+/// counter `v`, as stored (every write of this store moves it). The value itself is
 /// not compared: nx-27017, the test server, matches no binary value.
 fn as_read(key: &str, old: &Raw) -> Document {
     let mut filter = doc! { "id": key };
@@ -90,9 +95,9 @@ fn as_read(key: &str, old: &Raw) -> Document {
         Some(expiration) => filter.insert("expiration", expiration.clone()),
         None => filter.insert("expiration", doc! { "$exists": false }),
     };
-    match old.cas {
-        0 => filter.insert("v", doc! { "$exists": false }),
-        v => filter.insert("v", i64::try_from(v).unwrap_or(i64::MAX)),
+    match &old.version {
+        Some(version) => filter.insert("v", version.clone()),
+        None => filter.insert("v", doc! { "$exists": false }),
     };
     filter
 }
@@ -115,7 +120,8 @@ pub(super) async fn swap(
     bytes: Vec<u8>,
     expires_at: u64,
 ) -> Result<bool, Error> {
-    let next = i64::try_from(old.cas + 1).unwrap_or(i64::MAX);
+    // Wrapping, so the counter always moves.
+    let next = i64::try_from(old.cas).map_or(1, |v| v.wrapping_add(1).max(1));
     let filter = as_read(key, old);
     let update =
         doc! { "$set": { "val": binary(bytes), "expiration": date(expires_at), "v": next } };

@@ -20,7 +20,8 @@
 use std::collections::BTreeMap;
 
 use rmpv::Value as Mp;
-use serde_json::{Map, Number, Value};
+use serde_json::value::RawValue;
+use serde_json::{Number, Value};
 use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
 
@@ -37,7 +38,7 @@ const TIMESTAMP: i8 = -1;
 
 /// The most a record may hold: far above what a session needs, and a bound
 /// on what a hostile or corrupt record can make a server allocate.
-const MAX_RECORD: usize = 1 << 20;
+pub(super) const MAX_RECORD: usize = 1 << 20;
 
 /// How records are serialized (Flask-Session's
 /// `SESSION_SERIALIZATION_FORMAT`). Either way both are read, as
@@ -61,11 +62,26 @@ pub(super) struct Decoded {
     originals: BTreeMap<String, (Original, Value)>,
 }
 
-/// A top-level value as stored.
-#[derive(Debug, Clone, PartialEq)]
+/// A top-level entry as stored: its key (msgspec writes a dict's integer
+/// keys as integers) and its value, so that what a request leaves alone is
+/// written back exactly (the plain JSON of a value can lose what it was:
+/// an integer too big for 64 bits reads as a float).
+#[derive(Debug, Clone)]
 enum Original {
-    Msgpack(Mp),
-    Json(Value),
+    Msgpack { key: Mp, value: Mp },
+    Json(Box<RawValue>),
+}
+
+impl PartialEq for Original {
+    fn eq(&self, other: &Self) -> bool {
+        match (self, other) {
+            (Self::Msgpack { key, value }, Self::Msgpack { key: k, value: v }) => {
+                key == k && value == v
+            }
+            (Self::Json(a), Self::Json(b)) => a.get() == b.get(),
+            _ => false,
+        }
+    }
 }
 
 /// Reads a record Flask-Session wrote (or this module did): MessagePack
@@ -92,35 +108,31 @@ fn decode_msgpack(mut bytes: &[u8]) -> Option<Decoded> {
     }
     let Mp::Map(entries) = value else { return None };
     let mut decoded = Decoded::default();
-    for (key, value) in entries {
-        let key = map_key(&key)?;
+    for (stored, value) in entries {
+        let key = map_key(&stored)?;
         if key == PERMANENT_KEY {
             decoded.permanent = truthy_msgpack(&value);
             continue;
         }
         let plain = to_json(&value);
         decoded.data.insert(key.clone(), plain.clone());
-        decoded
-            .originals
-            .insert(key, (Original::Msgpack(value), plain));
+        let original = Original::Msgpack { key: stored, value };
+        decoded.originals.insert(key, (original, plain));
     }
     Some(decoded)
 }
 
 fn decode_json(bytes: &[u8]) -> Option<Decoded> {
-    let Value::Object(map) = serde_json::from_slice(bytes).ok()? else {
-        return None;
-    };
+    let map: BTreeMap<String, Box<RawValue>> = serde_json::from_slice(bytes).ok()?;
     let mut decoded = Decoded::default();
-    for (key, value) in map {
+    for (key, raw) in map {
+        let value: Value = serde_json::from_str(raw.get()).ok()?;
         if key == PERMANENT_KEY {
             decoded.permanent = truthy_json(&value);
             continue;
         }
         decoded.data.insert(key.clone(), value.clone());
-        decoded
-            .originals
-            .insert(key, (Original::Json(value.clone()), value));
+        decoded.originals.insert(key, (Original::Json(raw), value));
     }
     Some(decoded)
 }
@@ -128,7 +140,9 @@ fn decode_json(bytes: &[u8]) -> Option<Decoded> {
 /// Writes `data` as Flask-Session would store `dict(session)`, with
 /// `_permanent` first when the session is permanent (Flask-Session sets it
 /// when it opens a session); values read by `decoded` and unchanged since
-/// go back as they were.
+/// go back as they were. The flag alone decides `_permanent`: a value a
+/// handler put under that key is dropped, since the layer set the cookie's
+/// expiry by the flag and the record must say the same.
 pub(super) fn encode(
     format: Serialization,
     data: &SessionData,
@@ -139,18 +153,20 @@ pub(super) fn encode(
     match format {
         Serialization::Msgpack => {
             let mut entries = Vec::with_capacity(data.len() + 1);
-            // A value a handler put under `_permanent` is the flag, as in
-            // Flask-Session, where `session.permanent` is that key.
-            if permanent && !data.contains_key(PERMANENT_KEY) {
+            if permanent {
                 entries.push((Mp::from(PERMANENT_KEY), Mp::Boolean(true)));
             }
-            for (key, value) in data {
-                let value = match original(key) {
-                    Some((Original::Msgpack(stored), plain)) if plain == value => stored.clone(),
-                    Some((Original::Msgpack(stored), _)) => to_msgpack(value, Some(stored)),
-                    _ => to_msgpack(value, None),
+            for (key, value) in data.iter().filter(|(key, _)| *key != PERMANENT_KEY) {
+                let entry = match original(key) {
+                    Some((Original::Msgpack { key, value: stored }, plain)) if plain == value => {
+                        (key.clone(), stored.clone())
+                    }
+                    Some((Original::Msgpack { key, value: stored }, _)) => {
+                        (key.clone(), to_msgpack(value, Some(stored)))
+                    }
+                    _ => (Mp::from(key.as_str()), to_msgpack(value, None)),
                 };
-                entries.push((Mp::from(key.as_str()), value));
+                entries.push(entry);
             }
             let mut bytes = Vec::new();
             rmpv::encode::write_value(&mut bytes, &Mp::Map(entries))
@@ -158,12 +174,19 @@ pub(super) fn encode(
             bytes
         }
         Serialization::Json => {
-            let mut map = Map::new();
-            if permanent && !data.contains_key(PERMANENT_KEY) {
-                map.insert(PERMANENT_KEY.to_owned(), Value::Bool(true));
+            let raw = |value: &Value| {
+                serde_json::value::to_raw_value(value).expect("JSON values always serialize")
+            };
+            let mut map = BTreeMap::new();
+            if permanent {
+                map.insert(PERMANENT_KEY, raw(&Value::Bool(true)));
             }
-            for (key, value) in data {
-                map.insert(key.clone(), value.clone());
+            for (key, value) in data.iter().filter(|(key, _)| *key != PERMANENT_KEY) {
+                let value = match original(key) {
+                    Some((Original::Json(stored), plain)) if plain == value => stored.clone(),
+                    _ => raw(value),
+                };
+                map.insert(key.as_str(), value);
             }
             serde_json::to_vec(&map).expect("JSON values always serialize")
         }
@@ -181,22 +204,31 @@ fn map_key(key: &Mp) -> Option<String> {
     }
 }
 
-/// Python's truth of a stored `_permanent`.
+/// Python's truth of a stored `_permanent`, which Flask and Flask-Session
+/// test as it is: zero, empty text, bytes and containers are false.
 fn truthy_msgpack(value: &Mp) -> bool {
     match value {
+        Mp::Nil => false,
         Mp::Boolean(b) => *b,
         Mp::Integer(n) => n.as_i64() != Some(0),
-        Mp::Nil => false,
-        _ => true,
+        Mp::F32(f) => *f != 0.0,
+        Mp::F64(f) => *f != 0.0,
+        Mp::String(text) => !text.as_bytes().is_empty(),
+        Mp::Binary(bytes) => !bytes.is_empty(),
+        Mp::Array(items) => !items.is_empty(),
+        Mp::Map(entries) => !entries.is_empty(),
+        Mp::Ext(..) => true,
     }
 }
 
 fn truthy_json(value: &Value) -> bool {
     match value {
+        Value::Null => false,
         Value::Bool(b) => *b,
         Value::Number(n) => n.as_f64() != Some(0.0),
-        Value::Null => false,
-        _ => true,
+        Value::String(text) => !text.is_empty(),
+        Value::Array(items) => !items.is_empty(),
+        Value::Object(map) => !map.is_empty(),
     }
 }
 
@@ -277,16 +309,21 @@ fn to_msgpack(value: &Value, like: Option<&Mp>) -> Mp {
             )
         }
         Value::Object(map) => {
-            let like_of = |key: &str| match like {
+            // The entry a key replaces: its key keeps its type (an integer
+            // key reads as decimal text) and its value lends its own.
+            let likes: BTreeMap<String, &(Mp, Mp)> = match like {
                 Some(Mp::Map(entries)) => entries
                     .iter()
-                    .find(|(k, _)| k.as_str() == Some(key))
-                    .map(|(_, v)| v),
-                _ => None,
+                    .filter_map(|entry| Some((map_key(&entry.0)?, entry)))
+                    .collect(),
+                _ => BTreeMap::new(),
             };
             Mp::Map(
                 map.iter()
-                    .map(|(k, v)| (Mp::from(k.as_str()), to_msgpack(v, like_of(k))))
+                    .map(|(k, v)| match likes.get(k) {
+                        Some((stored, like)) => (stored.clone(), to_msgpack(v, Some(like))),
+                        None => (Mp::from(k.as_str()), to_msgpack(v, None)),
+                    })
                     .collect(),
             )
         }
@@ -435,6 +472,94 @@ mod tests {
     }
 
     #[test]
+    fn json_records_write_untouched_values_back_as_read() {
+        // msgspec.json writes a Python int of any size as its digits;
+        // rewriting a record for a change to another key must not turn it
+        // into a float.
+        let record = br#"{"_permanent":true,"big":1180591620717411303424,"n":1}"#;
+        let decoded = decode(record).unwrap();
+        let mut changed = decoded.data.clone();
+        changed.insert("n".into(), json!(2));
+        let written = encode(Serialization::Json, &changed, true, Some(&decoded));
+        assert_eq!(
+            String::from_utf8(written).unwrap(),
+            r#"{"_permanent":true,"big":1180591620717411303424,"n":2}"#
+        );
+    }
+
+    #[test]
+    fn permanent_is_read_with_python_truth() {
+        // Flask-Session and Flask test `session.permanent`, the stored
+        // value, for truth: empty strings, containers and 0.0 are false.
+        for (record, permanent) in [
+            (&b"\x81\xaa_permanent\xa0"[..], false),
+            (b"\x81\xaa_permanent\x90", false),
+            (b"\x81\xaa_permanent\x80", false),
+            (b"\x81\xaa_permanent\xc4\x00", false),
+            (
+                b"\x81\xaa_permanent\xcb\x00\x00\x00\x00\x00\x00\x00\x00",
+                false,
+            ),
+            (b"\x81\xaa_permanent\xa1x", true),
+            (b"\x81\xaa_permanent\x91\x00", true),
+            (br#"{"_permanent":""}"#, false),
+            (br#"{"_permanent":[]}"#, false),
+            (br#"{"_permanent":{}}"#, false),
+            (br#"{"_permanent":0.0}"#, false),
+            (br#"{"_permanent":"x"}"#, true),
+            (br#"{"_permanent":[0]}"#, true),
+        ] {
+            assert_eq!(decode(record).unwrap().permanent, permanent, "{record:?}");
+        }
+    }
+
+    #[test]
+    fn integer_keys_of_nested_dicts_stay_integers() {
+        // {"d": {1: "a", 2: "b"}}, changed to {"1": "z", "2": "b", "3": "c"}.
+        let record = b"\x81\xa1d\x82\x01\xa1a\x02\xa1b";
+        let decoded = decode(record).unwrap();
+        let mut changed = decoded.data.clone();
+        changed.insert("d".into(), json!({"1": "z", "2": "b", "3": "c"}));
+        let written = encode(Serialization::Msgpack, &changed, false, Some(&decoded));
+        assert_eq!(
+            written,
+            b"\x81\xa1d\x83\x01\xa1z\x02\xa1b\xa13\xa1c".to_vec()
+        );
+    }
+
+    #[test]
+    fn integer_keys_stay_integers() {
+        // {1: "a", "b": 2}: msgspec writes a dict's int keys as integers,
+        // and Python finds `session[1]` only under an integer key.
+        let record = b"\x82\x01\xa1a\xa1b\x02";
+        let decoded = decode(record).unwrap();
+        assert_eq!(decoded.data, data(json!({"1": "a", "b": 2})));
+        let mut changed = decoded.data.clone();
+        changed.insert("b".into(), json!(3));
+        let written = encode(Serialization::Msgpack, &changed, false, Some(&decoded));
+        assert_eq!(written, b"\x82\x01\xa1a\xa1b\x03".to_vec());
+        // Changed, an integer key's value still goes under the integer.
+        changed.insert("1".into(), json!("z"));
+        let written = encode(Serialization::Msgpack, &changed, false, Some(&decoded));
+        assert_eq!(written, b"\x82\x01\xa1z\xa1b\x03".to_vec());
+    }
+
+    #[test]
+    fn the_flag_decides_permanent_whatever_the_data_holds() {
+        // A handler's own `_permanent` value cannot contradict the flag the
+        // layer set the cookie's expiry by: read back, the session is as
+        // permanent as the cookie says.
+        for format in [Serialization::Msgpack, Serialization::Json] {
+            for permanent in [true, false] {
+                let data = data(json!({"_permanent": !permanent, "a": 1}));
+                let decoded = decode(&encode(format, &data, permanent, None)).unwrap();
+                assert_eq!(decoded.permanent, permanent, "{format:?}");
+                assert_eq!(decoded.data, super::tests::data(json!({"a": 1})));
+            }
+        }
+    }
+
+    #[test]
     fn what_is_not_a_record_reads_as_none() {
         // A pickle (protocol 4 of {"a": 1}) is never loaded.
         assert_eq!(
@@ -457,6 +582,9 @@ mod tests {
         let mut deep = b"\x81\xa1a".to_vec();
         deep.extend(std::iter::repeat_n(0x91, 100_000));
         deep.push(0x01);
+        assert_eq!(decode(&deep), None);
+        let mut deep = br#"{"a":"#.to_vec();
+        deep.extend(std::iter::repeat_n(b'[', 100_000));
         assert_eq!(decode(&deep), None);
     }
 }

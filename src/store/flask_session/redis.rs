@@ -91,6 +91,8 @@ pub(super) async fn get(store: &RedisStore, key: &str) -> Result<Option<Raw>, Er
         cas: 0,
         #[cfg(feature = "mongodb-store")]
         expiration: None,
+        #[cfg(feature = "mongodb-store")]
+        version: None,
     }))
 }
 

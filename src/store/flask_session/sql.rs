@@ -86,6 +86,8 @@ impl Table {
             cas: 0,
             #[cfg(feature = "mongodb-store")]
             expiration: None,
+            #[cfg(feature = "mongodb-store")]
+            version: None,
         }))
     }
 
