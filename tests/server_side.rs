@@ -746,6 +746,14 @@ fn cart_app(store: Arc<MemoryStore>, barrier: Arc<tokio::sync::Barrier>) -> Rout
             Ok::<_, Error>(serde_json::to_string(&cart).unwrap())
         }
     };
+    let blind = {
+        let barrier = barrier.clone();
+        move |session: Session, Path(item): Path<u32>| async move {
+            barrier.wait().await;
+            session.insert("cart", [item])?;
+            Ok::<_, Error>("set")
+        }
+    };
     let merge = move |session: Session, Path(item): Path<u32>| async move {
         let _ = session.get_value("cart");
         barrier.wait().await;
@@ -759,6 +767,7 @@ fn cart_app(store: Arc<MemoryStore>, barrier: Arc<tokio::sync::Barrier>) -> Rout
         .route("/", get(read))
         .route("/naive/{item}", post(naive))
         .route("/push/{item}", post(merge))
+        .route("/blind/{item}", post(blind))
         .layer(SessionLayer::new(Key::from_bytes(&[5; 32]).unwrap()).with_store(store))
 }
 
@@ -1074,4 +1083,22 @@ async fn a_cycle_keeps_racing_merges_and_refuses_a_stale_read() {
         }
         assert_eq!(store.inner.len(), 1, "one record");
     }
+}
+
+/// Twenty blind writes of one key at once (set without being read): all
+/// answer 200 and the last one saved wins, as before the checks.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn concurrent_blind_writes_of_one_key_apply_as_they_come() {
+    let store = Arc::new(MemoryStore::new());
+    let app = cart_app(store, Arc::new(tokio::sync::Barrier::new(20)));
+    let mut jar = Jar::new();
+    let start = http::Request::post("/start").body(axum::body::Body::empty());
+    jar.send(&app, start.unwrap()).await;
+    let cookie = jar.header().unwrap();
+    for (item, response) in twenty_at_once(&app, &cookie, "/blind").await {
+        assert_eq!(response.status(), StatusCode::OK, "blind write {item}");
+    }
+    let stored: serde_json::Value = serde_json::from_str(&show(&mut jar, &app).await).unwrap();
+    let cart: Vec<u32> = serde_json::from_value(stored["cart"].clone()).unwrap();
+    assert!(cart.len() == 1 && cart[0] < 20, "one of them: {cart:?}");
 }
