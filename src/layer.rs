@@ -209,7 +209,8 @@ impl<H> SessionLayer<H, Keyed> {
     /// Two store round trips more for every request that takes `Session`
     /// (the lease, its release), and the requests of one user (a page's
     /// parallel API calls, several tabs) queue behind each other, each for
-    /// as long as its handler runs. Only routes that take `Session` pay.
+    /// as long as its handler runs; a waiting request asks the store again
+    /// every 20 ms at most. Only routes that take `Session` pay.
     ///
     /// Every store of the crate has leases: `MemoryStore` (a map beside
     /// the records), `FileStore` (a `.lease` file beside the record, under

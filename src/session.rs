@@ -84,12 +84,13 @@ pub(crate) struct State {
 
 /// The keys a request read, for the expectations of the keys it then
 /// writes. Kept as keyed 64-bit hashes, the first eight inline, so that
-/// reading costs no allocation.
+/// reading costs no allocation; a handler that reads thousands of keys
+/// looks each up in a set, not a list.
 #[derive(Debug, Default)]
 pub(crate) struct Reads {
     inline: [u64; 8],
     len: usize,
-    spill: Vec<u64>,
+    spill: std::collections::HashSet<u64>,
     /// The whole session was read (`to_map`).
     all: bool,
 }
@@ -105,7 +106,9 @@ impl Reads {
                 *slot = hash;
                 self.len += 1;
             }
-            None => self.spill.push(hash),
+            None => {
+                self.spill.insert(hash);
+            }
         }
     }
 
