@@ -486,64 +486,25 @@ fn the_layer_shares_a_session_with_flask() {
     assert_eq!(status, 500);
 }
 
-/// The venv's Python running `script` with `env`, killed on drop.
-struct PythonApp(Child);
-
-impl Drop for PythonApp {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
 /// Starts `examples/flask_shared/app.py` on a port it picks itself and
 /// returns once it listens.
-fn start_flask_app(secret: &str) -> Option<(PythonApp, String)> {
-    use std::io::BufRead;
-    let python = venv_python()?;
-    let mut child = Command::new(python)
-        .arg(concat!(
-            env!("CARGO_MANIFEST_DIR"),
-            "/examples/flask_shared/app.py"
-        ))
-        .env("PORT", "0")
-        .env("SESSION_SECRET", secret)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let mut line = String::new();
-    BufReader::new(child.stdout.take().unwrap())
-        .read_line(&mut line)
-        .unwrap();
-    let app = PythonApp(child);
-    let addr = line
-        .trim()
-        .strip_prefix("listening on http://")
-        .unwrap_or_else(|| panic!("the Flask app said {line:?}"))
-        .to_owned();
-    Some((app, addr))
+fn start_flask_app(secret: &str) -> Option<common::ExampleServer> {
+    let env = [("SESSION_SECRET", secret)];
+    common::start_python_app("examples/flask_shared/app.py", &env, "flask")
 }
 
 /// A browser's cookie for one host: both apps share it, as on one domain.
 fn cookie_after(reply: &common::Reply, cookie: &mut String) {
-    for line in &reply.set_cookies {
-        let pair = line.split(';').next().unwrap();
-        let deleted = line.contains("Max-Age=0") || line.contains("1970") || pair.ends_with('=');
-        *cookie = if deleted {
-            String::new()
-        } else {
-            pair.to_owned()
-        };
-    }
+    common::keep_cookie(&reply.set_cookies, cookie);
 }
 
 #[test]
 fn a_login_on_one_app_is_seen_by_the_other() {
     let secret = "one secret for both apps";
-    let Some((_flask, flask)) = start_flask_app(secret) else {
+    let Some(flask_app) = start_flask_app(secret) else {
         return;
     };
+    let flask = flask_app.addr.clone();
     let axum_app = common::start_example("flask_shared", &[("SESSION_SECRET", secret)]);
     let axum = axum_app.addr.clone();
     let mut cookie = String::new();

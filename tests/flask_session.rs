@@ -18,8 +18,7 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader};
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 
 use axum::Router;
 use axum::body::Body;
@@ -38,57 +37,21 @@ const LIFETIME: u64 = 3600;
 const SECRET: &str = "the Flask app's SECRET_KEY";
 
 /// The Flask-Session app (tests/flask/flask_session_app.py), killed on drop.
-struct FlaskApp {
-    child: Child,
-    addr: String,
-}
-
-impl Drop for FlaskApp {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
+struct FlaskApp(common::ExampleServer);
 
 impl FlaskApp {
     fn start(env: &[(&str, &str)]) -> Option<Self> {
-        let python = concat!(env!("CARGO_MANIFEST_DIR"), "/.venv/bin/python");
-        let ready = Command::new(python)
-            .args(["-c", "import flask_session, msgspec"])
-            .status()
-            .is_ok_and(|s| s.success());
-        if !ready {
-            missing("Flask-Session in the venv (.venv)");
-            return None;
-        }
-        let mut child = Command::new(python)
-            .arg(concat!(
-                env!("CARGO_MANIFEST_DIR"),
-                "/tests/flask/flask_session_app.py"
-            ))
-            .envs(env.iter().copied())
-            .env("SECRET", SECRET)
-            .env("LIFETIME", LIFETIME.to_string())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .unwrap();
-        let mut line = String::new();
-        BufReader::new(child.stdout.take().unwrap())
-            .read_line(&mut line)
-            .unwrap();
-        let addr = line
-            .trim()
-            .strip_prefix("listening on http://")
-            .unwrap_or_else(|| panic!("the Flask-Session app said {line:?}"))
-            .to_owned();
-        Some(Self { child, addr })
+        let lifetime = LIFETIME.to_string();
+        let mut env = env.to_vec();
+        env.extend([("SECRET", SECRET), ("LIFETIME", lifetime.as_str())]);
+        let script = "tests/flask/flask_session_app.py";
+        common::start_python_app(script, &env, "flask_session, msgspec").map(Self)
     }
 
     /// Sends a request with the shared cookie and keeps what Flask sets.
     fn call(&self, method: &str, path: &str, body: &str, cookie: &mut String) -> String {
         let reply =
-            common::http_request_as(&self.addr, method, path, body, cookie, "application/json");
+            common::http_request_as(&self.0.addr, method, path, body, cookie, "application/json");
         assert_eq!(reply.status, 200, "Flask {method} {path}: {}", reply.body);
         keep(&reply.set_cookies, cookie);
         reply.body
@@ -99,18 +62,7 @@ impl FlaskApp {
     }
 }
 
-/// A browser's cookie for one host, shared by both apps.
-fn keep(set_cookies: &[String], cookie: &mut String) {
-    for line in set_cookies {
-        let pair = line.split(';').next().unwrap();
-        let deleted = line.contains("Max-Age=0") || line.contains("1970") || pair.ends_with('=');
-        *cookie = if deleted {
-            String::new()
-        } else {
-            pair.to_owned()
-        };
-    }
-}
+use common::keep_cookie as keep;
 
 /// The Axum side: the same session through a `FlaskSessionStore`.
 fn rust_app(store: FlaskSessionStore, clock: &TestClock) -> Router {
@@ -799,32 +751,11 @@ fn a_login_on_one_app_is_seen_by_the_other_through_redis() {
     if !reachable("127.0.0.1:6379") {
         return;
     }
-    let python = concat!(env!("CARGO_MANIFEST_DIR"), "/.venv/bin/python");
-    let child = Command::new(python)
-        .arg(concat!(
-            env!("CARGO_MANIFEST_DIR"),
-            "/examples/flask_session_shared/app.py"
-        ))
-        .env("PORT", "0")
-        .env("REDIS_URL", redis_url())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn();
-    let Ok(mut child) = child else {
-        missing("the venv's Python (.venv)");
+    let env = [("REDIS_URL", redis_url())];
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let script = "examples/flask_session_shared/app.py";
+    let Some(flask) = common::start_python_app(script, &env, "flask_session, redis") else {
         return;
-    };
-    let mut line = String::new();
-    BufReader::new(child.stdout.take().unwrap())
-        .read_line(&mut line)
-        .unwrap();
-    let flask = FlaskApp {
-        child,
-        addr: line
-            .trim()
-            .strip_prefix("listening on http://")
-            .unwrap_or_else(|| panic!("app.py said {line:?}"))
-            .to_owned(),
     };
     let axum_app = common::start_example("flask_session_shared", &[("REDIS_URL", &redis_url())]);
     let axum = axum_app.addr.clone();

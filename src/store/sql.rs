@@ -475,7 +475,8 @@ fn is_unique_violation(error: &sqlx::Error) -> bool {
         .is_some_and(|e| e.is_unique_violation())
 }
 
-/// The same body for every backend, on its own pool type.
+/// The same body for every backend, on its own pool type (`Pool` must be
+/// in scope where it expands).
 macro_rules! by_backend {
     ($self:ident, $pool:ident => $body:expr) => {
         match &$self.pool {
@@ -488,6 +489,8 @@ macro_rules! by_backend {
         }
     };
 }
+#[cfg(feature = "flask-session")]
+pub(super) use by_backend;
 
 impl SqlStore {
     /// The longest owner ([`Session::set_owner`](crate::Session::set_owner))

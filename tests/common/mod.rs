@@ -160,17 +160,45 @@ pub fn example_binary(name: &str) -> std::path::PathBuf {
 /// Starts `examples/NAME.rs` on a free port with a fixed secret, plain
 /// http, and `env` on top; returns once it listens.
 pub fn start_example(name: &str, env: &[(&str, &str)]) -> ExampleServer {
-    use std::io::BufRead;
     let mut command = std::process::Command::new(example_binary(name));
     command
         .env_remove("SESSION_CODEC")
         .env_remove("SESSION_STORE")
         .env_remove("SESSION_FORMAT")
-        .env("PORT", "0")
         .env("SESSION_SECURE", "false")
         .env("SESSION_SECRET", "example-test-secret-of-enough-length!!")
-        .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::inherit());
+    listening(command, env)
+}
+
+/// Starts `script` (a path in the repository) with the venv's Python
+/// (scripts/test.sh makes `.venv`) on a free port, with `env`; returns
+/// once it listens, or `None` (after `missing`) without the venv or the
+/// Python packages `needs` names.
+pub fn start_python_app(script: &str, env: &[(&str, &str)], needs: &str) -> Option<ExampleServer> {
+    let python = concat!(env!("CARGO_MANIFEST_DIR"), "/.venv/bin/python");
+    let ready = std::process::Command::new(python)
+        .args(["-c", &format!("import {needs}")])
+        .status()
+        .is_ok_and(|s| s.success());
+    if !ready {
+        missing(&format!("the venv (.venv) with {needs}"));
+        return None;
+    }
+    let mut command = std::process::Command::new(python);
+    command
+        .arg(format!("{}/{script}", env!("CARGO_MANIFEST_DIR")))
+        .stderr(std::process::Stdio::null());
+    Some(listening(command, env))
+}
+
+/// Runs `command` with `PORT=0` and `env`, and waits for its first line,
+/// `listening on http://ADDR`.
+fn listening(mut command: std::process::Command, env: &[(&str, &str)]) -> ExampleServer {
+    use std::io::BufRead;
+    command
+        .env("PORT", "0")
+        .stdout(std::process::Stdio::piped());
     for (k, v) in env {
         command.env(k, v);
     }
@@ -185,6 +213,20 @@ pub fn start_example(name: &str, env: &[(&str, &str)]) -> ExampleServer {
         .unwrap_or_else(|| panic!("unexpected first line {line:?}"))
         .to_owned();
     ExampleServer { child, addr }
+}
+
+/// A browser's cookie for one host, after a response's Set-Cookie lines:
+/// apps on one domain (Flask and Axum side by side) share it.
+pub fn keep_cookie(set_cookies: &[String], cookie: &mut String) {
+    for line in set_cookies {
+        let pair = line.split(';').next().unwrap();
+        let deleted = line.contains("Max-Age=0") || line.contains("1970") || pair.ends_with('=');
+        *cookie = if deleted {
+            String::new()
+        } else {
+            pair.to_owned()
+        };
+    }
 }
 
 /// Whether the run is CI's, where a test that needs something missing

@@ -10,7 +10,7 @@ use super::Raw;
 use crate::error::Error;
 use crate::store::SqlStore;
 use crate::store::net::bounded;
-use crate::store::sql::Pool;
+use crate::store::sql::{Pool, by_backend};
 
 /// Flask-Session's table on one database, with its statements.
 #[derive(Clone)]
@@ -33,20 +33,6 @@ struct Statements {
     delete_expired: String,
 }
 
-/// The same body for every database, on its own pool type.
-macro_rules! on_pool {
-    ($self:ident, $pool:ident => $body:expr) => {
-        match &$self.pool {
-            #[cfg(feature = "postgres-store")]
-            Pool::Postgres($pool) => $body,
-            #[cfg(feature = "mysql-store")]
-            Pool::MySql($pool) => $body,
-            #[cfg(feature = "sqlite-store")]
-            Pool::Sqlite($pool) => $body,
-        }
-    };
-}
-
 impl Table {
     pub(super) fn new(store: SqlStore) -> Self {
         let sql = Statements::new(&store.sql.table, &store.pool);
@@ -63,7 +49,7 @@ impl Table {
     /// rather than on every request.
     pub(super) async fn migrate(&self) -> Result<(), Error> {
         for statement in [&self.sql.create, &self.sql.probe] {
-            on_pool!(self, pool => bounded(self.timeout, sqlx::query(statement).execute(pool))
+            by_backend!(self, pool => bounded(self.timeout, sqlx::query(statement).execute(pool))
                 .await
                 .map(drop))?;
         }
@@ -71,7 +57,7 @@ impl Table {
     }
 
     pub(super) async fn get(&self, key: &str) -> Result<Option<Raw>, Error> {
-        let row: Option<(Option<Vec<u8>>, Option<i64>)> = on_pool!(self, pool => bounded(
+        let row: Option<(Option<Vec<u8>>, Option<i64>)> = by_backend!(self, pool => bounded(
             self.timeout,
             sqlx::query_as(&self.sql.get).bind(key).fetch_optional(pool),
         )
@@ -99,7 +85,7 @@ impl Table {
         expires_at: u64,
     ) -> Result<bool, Error> {
         let expires_at = seconds(expires_at);
-        let rows = on_pool!(self, pool => bounded(
+        let rows = by_backend!(self, pool => bounded(
             self.timeout,
             sqlx::query(&self.sql.swap)
                 .bind(bytes)
@@ -120,7 +106,7 @@ impl Table {
         expires_at: u64,
     ) -> Result<bool, Error> {
         let expires_at = seconds(expires_at);
-        let result = on_pool!(self, pool => tokio::time::timeout(
+        let result = by_backend!(self, pool => tokio::time::timeout(
             self.timeout,
             sqlx::query(&self.sql.insert)
                 .bind(key)
@@ -146,7 +132,7 @@ impl Table {
     }
 
     pub(super) async fn touch(&self, key: &str, expires_at: u64, now: u64) -> Result<bool, Error> {
-        let rows = on_pool!(self, pool => bounded(
+        let rows = by_backend!(self, pool => bounded(
             self.timeout,
             sqlx::query(&self.sql.touch)
                 .bind(seconds(expires_at))
@@ -160,7 +146,7 @@ impl Table {
     }
 
     pub(super) async fn take(&self, key: &str, old: &Raw) -> Result<bool, Error> {
-        let rows = on_pool!(self, pool => bounded(
+        let rows = by_backend!(self, pool => bounded(
             self.timeout,
             sqlx::query(&self.sql.take)
                 .bind(key)
@@ -173,7 +159,7 @@ impl Table {
     }
 
     pub(super) async fn delete(&self, key: &str) -> Result<(), Error> {
-        on_pool!(self, pool => bounded(
+        by_backend!(self, pool => bounded(
             self.timeout,
             sqlx::query(&self.sql.delete).bind(key).execute(pool),
         )
@@ -182,7 +168,7 @@ impl Table {
     }
 
     pub(super) async fn delete_expired(&self, now: u64) -> Result<u64, Error> {
-        on_pool!(self, pool => bounded(
+        by_backend!(self, pool => bounded(
             self.timeout,
             sqlx::query(&self.sql.delete_expired).bind(seconds(now)).execute(pool),
         )
