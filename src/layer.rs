@@ -207,22 +207,26 @@ impl<H> SessionLayer<H, Keyed> {
     ///
     /// # Cost
     /// Two store round trips more for every request that takes `Session`
-    /// (the lease, its release), and the requests of one user (a page's
+    /// and sends a session cookie (the lease, its release; a request
+    /// without one has no session to wait for), and the requests of one user (a page's
     /// parallel API calls, several tabs) queue behind each other, each for
     /// as long as its handler runs; a waiting request asks the store again
     /// every 20 ms at most. Only routes that take `Session` pay.
     ///
-    /// Every store of the crate has leases: `MemoryStore` (a map beside
-    /// the records), `FileStore` (a `.lease` file beside the record, under
-    /// its directory's lock), `RedisStore` (a key `{prefix}lease:{id}`,
-    /// `SET NX PX`), `SqlStore` (a row of `{table}_leases`, which
-    /// `migrate` creates), `MemcachedStore` (an add with a TTL in whole
-    /// seconds), `MongoStore` (a document `lease:{id}`, one upsert) and
-    /// `CachingStore` (the store behind's). `FlaskSessionStore` has none
-    /// (a Flask app sharing the records would not honour them); there, as
-    /// with a store of your own without them, every request that takes
-    /// `Session` answers 501
-    /// ([`ErrorKind::Unsupported`](crate::ErrorKind::Unsupported)).
+    /// Every store of the crate but `FlaskSessionStore` has leases:
+    /// `MemoryStore` (a map beside the records), `FileStore` (a `.lease`
+    /// file beside the record, under its directory's lock), `RedisStore`
+    /// (a key `{prefix}lease:{id}`, `SET NX PX`), `SqlStore` (a row of
+    /// `{table}_leases`, which `migrate` creates), `MemcachedStore` (an
+    /// add with a TTL in whole seconds), `MongoStore` (a document
+    /// `lease:{id}`, one upsert) and `CachingStore` (the store behind's).
+    /// `FlaskSessionStore` has none (a Flask app sharing the records would
+    /// not honour them): do not combine the two. There, as with a store of
+    /// your own without leases, every request that takes `Session` and
+    /// sends a session cookie answers 501
+    /// ([`ErrorKind::Unsupported`](crate::ErrorKind::Unsupported)). A
+    /// request without one still runs and may start a session, so a login
+    /// succeeds and the requests after it fail.
     #[cfg(feature = "tokio")]
     pub fn serialize_requests(mut self, hold: Duration) -> Self {
         self.config().serialize = Some(hold);
