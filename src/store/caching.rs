@@ -57,7 +57,11 @@ use crate::error::Error;
 /// Every server's layer stamps its writes when its store is a cache, and
 /// the client carries the stamp (docs/cookie-format.md): a cached copy is
 /// served only to a client whose last write it holds, so a client reads
-/// its own writes on any server, in either mode.
+/// its own writes on any server, in either mode. Except in front of a
+/// `FlaskSessionStore`, whose cookie (Flask-Session's) has no room for the
+/// stamp and whose Flask app reports no writes: there the cache is
+/// time-bounded for the client's own writes made through another server
+/// too, and for the Flask app's (a logout included).
 #[derive(Debug)]
 pub struct CachingStore<S> {
     inner: S,

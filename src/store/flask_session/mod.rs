@@ -52,6 +52,8 @@ const NO_EXPIRY: u64 = 365 * 24 * 60 * 60;
 /// // Flask: SESSION_TYPE = "redis", SESSION_KEY_PREFIX = "session:" (the defaults).
 /// let store = FlaskSessionStore::redis(RedisStore::connect("redis://127.0.0.1/").await?)
 ///     .ids(FlaskSessionIds::unsigned());
+/// // The layer's own key (32 bytes or more) only makes session handles
+/// // here; the Flask `SECRET_KEY` goes to `FlaskSessionIds::signed`.
 /// let layer = SessionLayer::new(Key::from_env("SESSION_SECRET")?)
 ///     .with_store(store)
 ///     .lifetime(std::time::Duration::from_secs(31 * 24 * 60 * 60)); // PERMANENT_SESSION_LIFETIME
@@ -102,7 +104,21 @@ const NO_EXPIRY: u64 = 365 * 24 * 60 * 60;
 /// never voids one (end sessions by deleting their records, or with
 /// [`Sessions::end`](crate::Sessions::end)). Flask-Session keeps no owner
 /// index, so [`Sessions::of`](crate::Sessions::of) answers
-/// [`ErrorKind::Unsupported`](crate::ErrorKind::Unsupported).
+/// [`ErrorKind::Unsupported`](crate::ErrorKind::Unsupported), while
+/// [`Session::set_owner`](crate::Session::set_owner) still succeeds and
+/// writes its value into the dict, where the Flask app sees it as a key
+/// starting with U+10FFFF: leave it out here.
+///
+/// **Beside other settings.** It has no leases (the Flask app would not
+/// honour them): with
+/// [`serialize_requests`](crate::SessionLayer::serialize_requests), every
+/// request that sends a session cookie answers 501. A
+/// [`CachingStore`](super::CachingStore) in front of it (feature
+/// `caching-store`) is time-bounded only, and cannot give a client its own
+/// writes back on another server: Flask-Session's cookie has no room for
+/// the write stamp, and the Flask app's writes (a logout included) reach
+/// the cache only when its copy expires (5 s by default). Use it without a
+/// cache.
 #[derive(Clone)]
 pub struct FlaskSessionStore {
     backend: Backend,
