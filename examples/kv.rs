@@ -37,7 +37,8 @@
 //!   (default `session:`), `SESSION_FLASK_TABLE` is
 //!   `SESSION_SQLALCHEMY_TABLE` (default `sessions`); on MongoDB the URL's
 //!   database (`mongodb://host/flask_session`) holds the `sessions`
-//!   collection (`SESSION_FLASK_COLLECTION` for another).
+//!   collection (`SESSION_FLASK_COLLECTION` for another). `SESSION_CACHE`
+//!   is refused there (a cache would miss the Flask app's writes).
 //!
 //! Routes: `GET /session`, `PUT /session/{key}` (JSON body),
 //! `DELETE /session/{key}`, `POST /session/clear`,
@@ -47,9 +48,12 @@
 //! item) appends to the list under the key with the merge operation
 //! (`session.push`: concurrent appends all survive, on every store);
 //! `POST /session/{key}/append?naive=1` reads the list, appends and writes
-//! it back, so a concurrent append to the same list answers 409 (nothing
-//! saved, retry) instead of being lost. Both answer the list as the handler
-//! saw it. `PUT` is a blind write: the last one wins. With a store, `GET /session/handle` answers
+//! it back, so with a store a concurrent append to the same list answers
+//! 409 (nothing saved, retry) instead of being lost. Both answer the list
+//! as the handler saw it. Without a store (`SESSION_STORE` unset) both are
+//! ordinary cookie writes: concurrent requests each send back a whole
+//! cookie, the client keeps the last, and neither answers 409.
+//! `PUT` is a blind write: the last one wins. With a store, `GET /session/handle` answers
 //! the session's public handle (a JSON string; `null` before its first
 //! write) and `DELETE /sessions/{handle}` ends that session
 //! (`{"ended": true}`). Owners ("sign out everywhere"): `POST
@@ -388,6 +392,15 @@ async fn network_store(layer: SessionLayer, spec: &str) -> Result<SessionLayer, 
 ))]
 async fn flask_session(layer: SessionLayer) -> Result<SessionLayer, String> {
     use session_layer::store::FlaskSessionStore;
+    // Not silently ignored: a cache cannot carry its write stamp in
+    // Flask-Session's cookie, nor hear of the Flask app's writes.
+    if std::env::var("SESSION_CACHE").is_ok_and(|cache| cache != "0") {
+        return Err(
+            "SESSION_CACHE is not offered with SESSION_FORMAT=flask-session: a cache would \
+             miss the Flask app's writes (a logout included) for its TTL"
+                .into(),
+        );
+    }
     let spec = std::env::var("SESSION_STORE")
         .map_err(|_| "SESSION_FORMAT=flask-session needs a SESSION_STORE server URL".to_owned())?;
     let failed = |e: session_layer::Error| format!("SESSION_STORE={spec}: {}", with_cause(&e));
