@@ -35,7 +35,9 @@
 //!   id as `SESSION_USE_SIGNER` does, with `SESSION_SECRET` as the Flask
 //!   `SECRET_KEY`; `SESSION_FLASK_PREFIX` is `SESSION_KEY_PREFIX`
 //!   (default `session:`), `SESSION_FLASK_TABLE` is
-//!   `SESSION_SQLALCHEMY_TABLE` (default `sessions`); on MongoDB the URL's
+//!   `SESSION_SQLALCHEMY_TABLE` (default `sessions`, the name the
+//!   non-Flask `SqlStore` uses too: on a database where `kv` already ran
+//!   with that store, pick another); on MongoDB the URL's
 //!   database (`mongodb://host/flask_session`) holds the `sessions`
 //!   collection (`SESSION_FLASK_COLLECTION` for another). `SESSION_CACHE`
 //!   is refused there (a cache would miss the Flask app's writes).

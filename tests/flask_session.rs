@@ -643,6 +643,34 @@ mod conformance {
     }
 }
 
+/// `SqlStore` and Flask-Session both default to a table named `sessions`:
+/// `migrate` on a database where `SqlStore` made its own says which table
+/// is in the way and what to do, not only the database's "no such column".
+#[tokio::test]
+async fn migrate_names_a_table_in_another_layout() {
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("sqlite:{}", dir.path().join("both.db").display());
+    let own = SqlStore::connect(&url).await.unwrap();
+    own.migrate().await.unwrap();
+    let error = FlaskSessionStore::sql(SqlStore::connect(&url).await.unwrap())
+        .migrate()
+        .await
+        .unwrap_err();
+    assert_eq!(error.kind(), session_layer::ErrorKind::Store);
+    let cause = std::error::Error::source(&error).unwrap().to_string();
+    assert!(cause.contains("\"sessions\""), "{cause}");
+    assert!(cause.contains("SqlStore::table"), "{cause}");
+    assert!(cause.contains("session_id"), "{cause}");
+    // Under another name, both live in one database.
+    let flask = FlaskSessionStore::sql(
+        SqlStore::connect(&url)
+            .await
+            .unwrap()
+            .table("flask_sessions"),
+    );
+    flask.migrate().await.unwrap();
+}
+
 /// `examples/kv` with `SESSION_FORMAT=flask-session` shares sessions with
 /// the Flask-Session app on every server.
 #[test]

@@ -213,7 +213,8 @@ impl FlaskSessionStore {
     /// default as `SESSION_SQLALCHEMY_TABLE`), with SQLAlchemy's columns
     /// `id`, `session_id` (prefix and id), `data` and `expiry` (naive UTC).
     /// [`migrate`](Self::migrate) creates it as Flask-Session does, if
-    /// missing.
+    /// missing, and refuses a table of that name in another layout (a
+    /// [`SqlStore`](super::SqlStore)'s own, also `sessions` by default).
     #[cfg(any(
         feature = "postgres-store",
         feature = "mysql-store",
@@ -271,7 +272,8 @@ impl FlaskSessionStore {
     ///
     /// # Errors
     /// [`ErrorKind::Store`](crate::ErrorKind::Store) when the server
-    /// refuses or cannot be reached.
+    /// refuses or cannot be reached, or when the SQL table exists without
+    /// Flask-Session's columns (its cause names the table).
     pub async fn migrate(&self) -> Result<(), Error> {
         match &self.backend {
             #[cfg(any(

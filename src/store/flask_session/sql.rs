@@ -18,6 +18,8 @@ pub(super) struct Table {
     pool: Pool,
     timeout: Duration,
     sql: Statements,
+    /// The table's name, for the error of a table in another layout.
+    name: String,
 }
 
 #[derive(Clone)]
@@ -40,6 +42,7 @@ impl Table {
             pool: store.pool,
             timeout: store.timeout,
             sql,
+            name: store.sql.table.to_string(),
         }
     }
 
@@ -48,12 +51,24 @@ impl Table {
     /// own `SqlStore` also defaults to `sessions`) fails here, at start-up,
     /// rather than on every request.
     pub(super) async fn migrate(&self) -> Result<(), Error> {
-        for statement in [&self.sql.create, &self.sql.probe] {
-            by_backend!(self, pool => bounded(self.timeout, sqlx::query(statement).execute(pool))
-                .await
-                .map(drop))?;
-        }
-        Ok(())
+        by_backend!(self, pool => bounded(self.timeout, sqlx::query(&self.sql.create).execute(pool))
+            .await
+            .map(drop))?;
+        let probe = by_backend!(self, pool => bounded(
+            self.timeout,
+            sqlx::query(&self.sql.probe).execute(pool),
+        )
+        .await
+        .map(drop));
+        // The database's own words ("column session_id does not exist")
+        // do not say what to do about it.
+        probe.map_err(|error| match std::error::Error::source(&error) {
+            Some(cause) if cause.is::<sqlx::Error>() => Error::store(WrongTable {
+                table: self.name.clone(),
+                cause: cause.to_string(),
+            }),
+            _ => error,
+        })
     }
 
     pub(super) async fn get(&self, key: &str) -> Result<Option<Raw>, Error> {
@@ -176,6 +191,27 @@ impl Table {
         .map(|done| done.rows_affected()))
     }
 }
+
+/// A table of Flask-Session's name whose columns are not Flask-Session's.
+#[derive(Debug)]
+struct WrongTable {
+    table: String,
+    cause: String,
+}
+
+impl std::fmt::Display for WrongTable {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "the table {:?} exists but lacks Flask-Session's columns (id, session_id, data, \
+             expiry): {}; is it another store's (SqlStore's default table is `sessions` too)? \
+             Give one of them another name (SqlStore::table, SESSION_SQLALCHEMY_TABLE)",
+            self.table, self.cause
+        )
+    }
+}
+
+impl std::error::Error for WrongTable {}
 
 /// Seconds since the epoch as the databases bind them.
 fn seconds(at: u64) -> i64 {
