@@ -613,7 +613,11 @@ impl Session {
     /// beside [`cycle_id`](Self::cycle_id). A server-side store then lists
     /// the user's sessions and ends them one by one, all at once, or all
     /// but the current one ([`Sessions`](crate::Sessions): "your devices",
-    /// "sign out everywhere" after a password change).
+    /// "sign out everywhere" after a password change). Stores without an
+    /// owner index (`MemcachedStore`, `FlaskSessionStore`) keep the value
+    /// but cannot list by it: [`Sessions::of`](crate::Sessions::of)
+    /// answers [`ErrorKind::Unsupported`]; under `FlaskSessionStore` the
+    /// Flask app sees the value as a key of its dict.
     ///
     /// The owner is a session value like any other, under
     /// [`OWNER_KEY`] (it shows in
