@@ -247,6 +247,13 @@ async fn router() -> Result<Router, String> {
         "signed" => SessionLayer::signed(key()?),
         "private" => SessionLayer::private(key()?),
         "flask" => {
+            if std::env::var_os("SESSION_FORMAT").is_some() {
+                return Err(
+                    "SESSION_CODEC=flask is Flask's cookie sessions, SESSION_FORMAT=flask-session \
+                     Flask-Session's server-side ones (with the default codec): set one of them"
+                        .into(),
+                );
+            }
             if std::env::var("SESSION_STORE").is_ok_and(|store| store != "cookie") {
                 return Err(
                     "SESSION_CODEC=flask keeps sessions in Flask's cookie; unset SESSION_STORE"
