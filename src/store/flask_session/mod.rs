@@ -113,7 +113,7 @@ const NO_EXPIRY: u64 = 365 * 24 * 60 * 60;
 /// honour them): with
 /// [`serialize_requests`](crate::SessionLayer::serialize_requests), every
 /// request that sends a session cookie answers 501. A
-/// [`CachingStore`](super::CachingStore) in front of it (feature
+/// `CachingStore` in front of it (feature
 /// `caching-store`) is time-bounded only, and cannot give a client its own
 /// writes back on another server: Flask-Session's cookie has no room for
 /// the write stamp, and the Flask app's writes (a logout included) reach
