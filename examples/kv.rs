@@ -52,7 +52,7 @@
 //! `POST /session/{key}/append?naive=1` reads the list, appends and writes
 //! it back, so with a store a concurrent append to the same list answers
 //! 409 (nothing saved, retry) instead of being lost. Both answer the list
-//! as the handler saw it. Without a store (`SESSION_STORE` unset) both are
+//! as the handler saw it, or 422 when the key holds something else. Without a store (`SESSION_STORE` unset) both are
 //! ordinary cookie writes: concurrent requests each send back a whole
 //! cookie, the client keeps the last, and neither answers 409.
 //! `PUT` is a blind write: the last one wins. With a store, `GET /session/handle` answers
