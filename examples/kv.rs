@@ -52,11 +52,12 @@
 //! `POST /session/{key}/append?naive=1` reads the list, appends and writes
 //! it back, so with a store a concurrent append to the same list answers
 //! 409 (nothing saved, retry) instead of being lost. Both answer the list
-//! as the handler saw it, or 422 when the key holds something else. Without a store (`SESSION_STORE` unset) both are
-//! ordinary cookie writes: concurrent requests each send back a whole
-//! cookie, the client keeps the last, and neither answers 409.
-//! `PUT` is a blind write: the last one wins. With a store, `GET /session/handle` answers
-//! the session's public handle (a JSON string; `null` before its first
+//! as the handler saw it, or 422 when the key holds something else.
+//! Without a store (`SESSION_STORE` unset) both are ordinary cookie
+//! writes: concurrent requests each send back a whole cookie, the client
+//! keeps the last, and neither answers 409. `PUT` is a blind write: the
+//! last one wins. With a store, `GET /session/handle` answers the
+//! session's public handle (a JSON string; `null` before its first
 //! write) and `DELETE /sessions/{handle}` ends that session
 //! (`{"ended": true}`). Owners ("sign out everywhere"): `POST
 //! /session/owner` (a JSON string) records whose session it is;
