@@ -62,8 +62,9 @@
 //!
 //! # Dependencies
 //!
-//! Cryptography comes from RustCrypto's `hmac`, `sha2` and `hkdf` (audited,
-//! constant-time verification), randomness from `getrandom` (the OS CSPRNG),
+//! Cryptography comes from RustCrypto's `hmac`, `sha2`, `hkdf` and
+//! `chacha20poly1305` (audited, constant-time verification; the last for
+//! private cookies), randomness from `getrandom` (the OS CSPRNG),
 //! `Set-Cookie` formatting from `cookie`, and the middleware traits from
 //! `tower-layer`/`tower-service` alone. The default features add
 //! `axum-core` (the extractor) and Tokio's `rt`, `time` and `sync` parts
