@@ -643,6 +643,59 @@ mod conformance {
     }
 }
 
+/// A request that only turns the session permanent (or back), changing no
+/// value, writes `_permanent` into the record: it is in the dict, so a
+/// refresh of the expiry alone would drop the change, for both apps.
+#[tokio::test]
+async fn a_flag_change_alone_reaches_the_record() {
+    use session_layer::store::{Changes, Record, SessionId, SessionStore};
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("sqlite:{}", dir.path().join("flag.db").display());
+    let mut stores = vec![FlaskSessionStore::sql(
+        SqlStore::connect(&url).await.unwrap(),
+    )];
+    if reachable("127.0.0.1:6379") {
+        stores.push(FlaskSessionStore::redis(
+            RedisStore::connect(&redis_url()).await.unwrap(),
+        ));
+    }
+    if reachable("127.0.0.1:11211") {
+        stores.push(FlaskSessionStore::memcached(
+            MemcachedStore::connect("memcache://127.0.0.1:11211")
+                .await
+                .unwrap(),
+        ));
+    }
+    let mongo = common::ServerProcess::start_mongo(common::free_port());
+    if let Some(server) = &mongo {
+        let url = format!("{}/flask_session", server.url());
+        stores.push(FlaskSessionStore::mongodb(
+            MongoStore::connect(&url).await.unwrap(),
+        ));
+    }
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    for store in stores {
+        store.migrate().await.unwrap();
+        let id = SessionId::generate();
+        let mut data = serde_json::Map::new();
+        data.insert("user".into(), json!("ann"));
+        let record = Record::new(data, false, now, now + 600);
+        assert!(store.create(&id, &record).await.unwrap());
+        for permanent in [true, false] {
+            let mut changes = Changes::expiry(now, now + 900);
+            changes.permanent = Some(permanent);
+            assert!(store.apply(&id, &changes).await.unwrap(), "{store:?}");
+            let loaded = store.load(&id, now).await.unwrap().unwrap();
+            assert_eq!(loaded.permanent, permanent, "{store:?}");
+            assert_eq!(loaded.data.get("user"), Some(&json!("ann")), "{store:?}");
+        }
+        store.delete(&id).await.unwrap();
+    }
+}
+
 /// `SqlStore` and Flask-Session both default to a table named `sessions`:
 /// `migrate` on a database where `SqlStore` made its own says which table
 /// is in the way and what to do, not only the database's "no such column".

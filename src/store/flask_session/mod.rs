@@ -378,8 +378,10 @@ impl SessionStore for FlaskSessionStore {
         // A touch that misses is not the end of the session: the record
         // may be live without an expiry the server can compare (a MongoDB
         // document without `expiration`). The compare-and-swap below reads
-        // it and decides.
+        // it and decides. A change of the permanent flag is no touch: the
+        // flag is `_permanent` in the dict.
         if changes.is_expiry_only()
+            && changes.permanent.is_none()
             && self.backend.touch(&key, expires_at, now).await? == Some(true)
         {
             return Ok(true);
