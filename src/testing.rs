@@ -178,6 +178,17 @@ pub async fn apply_is_per_key<S: SessionStore + ?Sized>(store: &S) {
         "cleared, then set"
     );
     assert!(loaded.permanent, "a change without a flag keeps it");
+
+    // The flag alone, no value changed: a store that takes such changes
+    // for an expiry refresh must still move the flag.
+    let flag = Changes {
+        permanent: Some(false),
+        ..Changes::expiry(now(), expires)
+    };
+    assert!(store.apply(&id, &flag).await.expect("apply"));
+    let loaded = load(store, &id).await.expect("record");
+    assert!(!loaded.permanent, "a change of the flag alone applied");
+    assert_eq!(Value::Object(loaded.data), json!({"fresh": true}));
 }
 
 /// One request that sets and removes hundreds of keys at once (stores that
