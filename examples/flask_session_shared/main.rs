@@ -38,10 +38,10 @@ async fn whoami(session: Session) -> Result<String, session_layer::Error> {
     let by: String = session
         .get("logged_in_by")?
         .unwrap_or_else(|| "nobody".into());
-    // Written as one key: a concurrent Flask request that writes another
-    // key keeps its write (see the README on mixed writes).
-    let visits = session.get::<u64>("visits")?.unwrap_or(0) + 1;
-    session.insert("visits", visits)?;
+    // A merge: the store adds one to what it holds when it saves, so a
+    // visit counted meanwhile (another tab, the Flask app) is never lost
+    // and never makes this request a 409 (see the README on mixed writes).
+    let visits = session.increment("visits", 1)?;
     Ok(format!(
         "{user} (logged in by {by}, seen by Axum, visit {visits})\n"
     ))
