@@ -954,6 +954,39 @@ mod tests {
         assert_eq!(changes.expected, [("n".to_owned(), Some(json!(1)))]);
     }
 
+    /// A handler that merges, then reads the merged value and writes a
+    /// value made from it (trims the cart it just pushed to, doubles the
+    /// counter it just incremented) depends on what it loaded: the write
+    /// carries the loaded value, or a concurrent merge by another request
+    /// would be overwritten and lost behind a 200.
+    #[test]
+    fn a_write_of_a_value_read_after_a_merge_carries_what_was_loaded() {
+        let s = stored(json!({"cart": ["a"], "n": 1, "_flashes": [["m", "old"]]}));
+        s.push("cart", "b").unwrap();
+        let cart: Vec<String> = s.get("cart").unwrap().unwrap();
+        s.insert("cart", &cart[1..]).unwrap();
+        s.increment("n", 1).unwrap();
+        s.update("n", |n: Option<i64>| n.unwrap_or(0) * 2).unwrap();
+        s.flash("m", "new").unwrap();
+        s.take_flashes().unwrap();
+        let changes = changes(&s);
+        assert!(changes.merges.is_empty(), "{changes:?}");
+        assert_eq!(
+            changes.expected,
+            [
+                ("_flashes".to_owned(), Some(json!([["m", "old"]]))),
+                ("cart".to_owned(), Some(json!(["a"]))),
+                ("n".to_owned(), Some(json!(1))),
+            ],
+            "what was loaded, before this request's merges"
+        );
+        // A write after a merge that read nothing stays blind.
+        let s = stored(json!({"n": 1}));
+        s.increment("n", 1).unwrap();
+        s.insert("n", 7).unwrap();
+        assert!(changes_of(&s).is_empty());
+    }
+
     #[test]
     fn merges_that_do_not_fit_leave_the_session_unchanged() {
         let s = stored(json!({"s": "text", "n": i64::MAX}));
