@@ -73,6 +73,10 @@ pub(crate) struct State {
     pub(crate) expected: BTreeMap<String, Option<Value>>,
     /// Merge operations, in order, for the store to make on what it holds.
     pub(crate) merges: Vec<(String, Merge)>,
+    /// What each merged key held before this request's first merge of it
+    /// (`None`: absent): a read after the merge sees that value merged, so
+    /// a write made from it expects that value, not the merged one.
+    pub(crate) merged_from: BTreeMap<String, Option<Value>>,
     /// Server-side: the record's id, and the keys and cookie name that
     /// make its handle; `None` once `cycle_id` or `flush` ends that id.
     pub(crate) stored_as: Option<(
@@ -162,10 +166,14 @@ impl State {
         let first = !self.cleared
             && !self.changed.contains(key)
             && !self.removed.contains(key)
-            && !self.expected.contains_key(key)
-            && !self.merges.iter().any(|(k, _)| k == key);
+            && !self.expected.contains_key(key);
         if first && self.reads.contains(key) {
-            let read = self.data.get(key).cloned();
+            // A read after this request's own merges saw them made on what
+            // was loaded: what was loaded is what the store must still hold.
+            let read = match self.merged_from.get(key) {
+                Some(loaded) => loaded.clone(),
+                None => self.data.get(key).cloned(),
+            };
             self.expected.insert(key.to_owned(), read);
         }
     }
@@ -205,6 +213,10 @@ impl State {
             return Ok(merged);
         }
         self.before_change(key);
+        if !self.merged_from.contains_key(key) {
+            let loaded = self.data.get(key).cloned();
+            self.merged_from.insert(key.to_owned(), loaded);
+        }
         self.merges.push((key.to_owned(), merge));
         self.modified = true;
         match merged.clone() {
@@ -219,6 +231,7 @@ impl State {
         self.changed.clear();
         self.removed.clear();
         self.merges.clear();
+        self.merged_from.clear();
         self.expected.clear();
         self.cleared = true;
         if self.permanent {
