@@ -1102,3 +1102,86 @@ async fn concurrent_blind_writes_of_one_key_apply_as_they_come() {
     let cart: Vec<u32> = serde_json::from_value(stored["cart"].clone()).unwrap();
     assert!(cart.len() == 1 && cart[0] < 20, "one of them: {cart:?}");
 }
+
+/// Takes the lease of `id` as "probe" within a few seconds (a release the
+/// layer left to a task of its own has run by then), then gives it back.
+async fn lease_comes_free(store: &MemoryStore, id: &SessionId) -> bool {
+    for _ in 0..500 {
+        if store.lease(id, "probe", Duration::from_secs(1)).await.unwrap() {
+            store.release(id, "probe").await.unwrap();
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    false
+}
+
+/// A request that never finishes its save (the client went away and its
+/// future was dropped, or its handler panicked) gives the session's lease
+/// back: the user's next requests must not wait out the whole hold (an
+/// hour here) behind a request that is no more.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dropped_or_panicking_request_gives_its_lease_back() {
+    let store = Arc::new(MemoryStore::new());
+    let (entered_tx, mut entered) = tokio::sync::mpsc::unbounded_channel::<()>();
+    let hang = move |session: Session| async move {
+        let _ = session.get_value("n");
+        let _ = entered_tx.send(());
+        std::future::pending::<()>().await;
+        "never"
+    };
+    let app = Router::new()
+        .route(
+            "/start",
+            post(|session: Session| async move { session.insert("n", 1) }),
+        )
+        .route("/hang", post(hang))
+        .route(
+            "/panic",
+            post(|session: Session| async move {
+                let _ = session.get_value("n");
+                if session.contains_key("n") {
+                    panic!("the handler failed");
+                }
+                "unreachable"
+            }),
+        )
+        .layer(
+            SessionLayer::new(Key::from_bytes(&[5; 32]).unwrap())
+                .serialize_requests(Duration::from_secs(3600))
+                .with_store(store.clone()),
+        );
+    let mut jar = Jar::new();
+    let start = http::Request::post("/start").body(axum::body::Body::empty());
+    jar.send(&app, start.unwrap()).await;
+    let cookie = jar.header().unwrap();
+    let id = cookie.split('=').nth(1).unwrap().split('.').next().unwrap();
+    let id = SessionId::parse(id).unwrap();
+    let request = |uri: &str| {
+        http::Request::post(uri)
+            .header(http::header::COOKIE, cookie.clone())
+            .body(axum::body::Body::empty())
+            .unwrap()
+    };
+    let hanging = tokio::spawn(app.clone().oneshot(request("/hang")));
+    entered.recv().await.unwrap();
+    assert!(
+        !store
+            .lease(&id, "probe", Duration::from_secs(1))
+            .await
+            .unwrap(),
+        "the running request holds the lease"
+    );
+    hanging.abort();
+    assert!(hanging.await.unwrap_err().is_cancelled());
+    assert!(
+        lease_comes_free(&store, &id).await,
+        "a dropped request kept the lease for its whole hold"
+    );
+    let panicking = tokio::spawn(app.clone().oneshot(request("/panic")));
+    assert!(panicking.await.unwrap_err().is_panic());
+    assert!(
+        lease_comes_free(&store, &id).await,
+        "a panicking handler kept the lease for its whole hold"
+    );
+}
