@@ -15,7 +15,7 @@ use crate::config::{Config, Transport};
 use crate::cookie::{self, Via, chunk, header_value};
 use crate::error::{Error, ErrorHandler, ErrorKind, LoadFailed};
 use crate::id::{self, SessionId};
-use crate::load::{Loaded, LoadedRecord, SessionHandle, release_lease};
+use crate::load::{Loaded, LoadedRecord, SessionHandle};
 use crate::session::State;
 use crate::store::{Changes, Merge, Record, STAMP_KEY, Value};
 
@@ -100,6 +100,13 @@ where
     }
 }
 
+/// The session's lease, for the response to give back once saved.
+fn take_lease(loaded: &Loaded) -> Option<crate::load::Lease> {
+    (loaded.lease.lock())
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+        .take()
+}
+
 enum Next<B> {
     Ready(Response<B>),
     Saving(Saving<B>),
@@ -133,15 +140,12 @@ where
     //    back the session's lease, if it holds one).
     if response.status().is_server_error() && !shared.config.persist_on_server_error {
         drop(state);
-        return match (&shared.backend, &loaded.lease) {
-            (Backend::Store(backend), Some(lease)) => {
-                let (backend, (id, holder)) = (backend.clone(), lease.clone());
-                Next::Saving(Box::pin(async move {
-                    release_lease(&backend, &id, &holder).await;
-                    response
-                }))
-            }
-            _ => Next::Ready(response),
+        return match take_lease(loaded) {
+            Some(lease) => Next::Saving(Box::pin(async move {
+                lease.release().await;
+                response
+            })),
+            None => Next::Ready(response),
         };
     }
     // 5. Client-side, 6. server-side; 7. every Set-Cookie varies on
@@ -160,7 +164,7 @@ where
         Backend::Store(backend) => {
             let plan = plan_store(shared, loaded, &state);
             drop(state);
-            let lease = loaded.lease.clone();
+            let lease = take_lease(loaded);
             if plan.is_none() && lease.is_none() {
                 return Next::Ready(response);
             }
@@ -178,8 +182,8 @@ where
                     },
                 };
                 // Saved (or failed): the next request of the session may go.
-                if let Some((id, holder)) = lease {
-                    release_lease(&backend, &id, &holder).await;
+                if let Some(lease) = lease {
+                    lease.release().await;
                 }
                 response
             }))
