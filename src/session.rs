@@ -180,50 +180,55 @@ impl State {
 
     /// Makes `merge` on the value under `key` here, and (server-side)
     /// queues it for the store, which makes it again on what it holds.
-    fn merge(&mut self, key: &str, merge: Merge) -> Result<Option<Value>, Error> {
+    fn merge(&mut self, key: &str, merge: Merge) -> Result<(), Error> {
         if key.starts_with(RESERVED) {
             return Err(Error::with_message(
                 ErrorKind::Serialize,
                 "merge operations on the layer's reserved keys are refused",
             ));
         }
-        let merged = merge.apply(self.data.get(key)).map_err(|_| {
+        if merge.misfit(self.data.get(key)).is_some() {
             let found = self.data.get(key).map_or("nothing", json_type);
-            Error::with_message(
+            return Err(Error::with_message(
                 ErrorKind::Deserialize,
                 format!("the value under {key:?} is {found}, which the merge does not fit"),
-            )
-        })?;
+            ));
+        }
         // Client-side, after a clear, or on a key this request set or
         // removed: the request's own value is the whole truth, an ordinary
-        // write.
+        // write (of which nothing is expected: see `before_change`).
         let queued = self.track_changes
             && !self.cleared
             && !self.changed.contains(key)
             && !self.removed.contains(key);
-        if !queued {
-            match merged.clone() {
-                Some(value) => {
-                    self.set(key.to_owned(), value);
-                }
-                None => {
-                    self.unset(key);
-                }
+        if queued {
+            self.before_change(key);
+            if !self.merged_from.contains_key(key) {
+                let loaded = self.data.get(key).cloned();
+                self.merged_from.insert(key.to_owned(), loaded);
             }
-            return Ok(merged);
         }
-        self.before_change(key);
-        if !self.merged_from.contains_key(key) {
-            let loaded = self.data.get(key).cloned();
-            self.merged_from.insert(key.to_owned(), loaded);
+        // Made in place, so that a thousand pushes onto one list do not
+        // copy it a thousand times.
+        let mut value = self.data.remove(key);
+        let made = merge.make(&mut value);
+        if let Some(value) = value {
+            self.data.insert(key.to_owned(), value);
         }
-        self.merges.push((key.to_owned(), merge));
-        self.modified = true;
-        match merged.clone() {
-            Some(value) => self.data.insert(key.to_owned(), value),
-            None => self.data.remove(key),
-        };
-        Ok(merged)
+        made?;
+        if queued {
+            // Even a member removed from a map this request found absent:
+            // another request may have made the map meanwhile.
+            self.merges.push((key.to_owned(), merge));
+            self.modified = true;
+        } else if self.data.contains_key(key) {
+            self.modified = true;
+            if self.track_changes {
+                self.removed.remove(key);
+                self.changed.insert(key.to_owned());
+            }
+        }
+        Ok(())
     }
 
     fn clear(&mut self) {
@@ -437,8 +442,13 @@ impl Session {
     /// saving, a store that finds something else than an integer under the
     /// key (another request replaced it) answers [`ErrorKind::Conflict`].
     pub fn increment(&self, key: &str, by: i64) -> Result<i64, Error> {
-        let merged = self.read().merge(key, Merge::Add(by))?;
-        Ok(merged.as_ref().and_then(Value::as_i64).unwrap_or_default())
+        let mut state = self.read();
+        state.merge(key, Merge::Add(by))?;
+        Ok(state
+            .data
+            .get(key)
+            .and_then(Value::as_i64)
+            .unwrap_or_default())
     }
 
     /// Appends `item` to the list under `key` (an absent key counts as an
@@ -466,7 +476,7 @@ impl Session {
     pub fn push<T: Serialize>(&self, key: &str, item: T) -> Result<(), Error> {
         let item =
             serde_json::to_value(item).map_err(|e| Error::with_source(ErrorKind::Serialize, e))?;
-        self.read().merge(key, Merge::Push(item)).map(drop)
+        self.read().merge(key, Merge::Push(item))
     }
 
     /// Sets `member` of the map (a JSON object) under `key` to `value` (an
@@ -494,7 +504,7 @@ impl Session {
         let value =
             serde_json::to_value(value).map_err(|e| Error::with_source(ErrorKind::Serialize, e))?;
         let merge = Merge::Insert(member.into(), value);
-        self.read().merge(key, merge).map(drop)
+        self.read().merge(key, merge)
     }
 
     /// Removes `member` from the map under `key`, a merge operation like
@@ -508,7 +518,7 @@ impl Session {
     /// [`ErrorKind::Conflict`].
     pub fn map_remove(&self, key: &str, member: &str) -> Result<(), Error> {
         let merge = Merge::Remove(member.to_owned());
-        self.read().merge(key, merge).map(drop)
+        self.read().merge(key, merge)
     }
 
     /// Removes the value under `key` and returns it as `T`.

@@ -1107,7 +1107,11 @@ async fn concurrent_blind_writes_of_one_key_apply_as_they_come() {
 /// layer left to a task of its own has run by then), then gives it back.
 async fn lease_comes_free(store: &MemoryStore, id: &SessionId) -> bool {
     for _ in 0..500 {
-        if store.lease(id, "probe", Duration::from_secs(1)).await.unwrap() {
+        if store
+            .lease(id, "probe", Duration::from_secs(1))
+            .await
+            .unwrap()
+        {
             store.release(id, "probe").await.unwrap();
             return true;
         }

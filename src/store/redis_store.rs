@@ -626,7 +626,25 @@ fn apply_tail(changes: &Changes) -> Vec<Vec<u8>> {
         args.push(field(key));
         args.push(read.as_ref().map(value).unwrap_or_default());
     }
+    let mut ops = 0_usize;
+    let mut last_push: Option<(&str, usize)> = None;
     for (key, merge) in &changes.merges {
+        // Pushes in a row onto one list go as one op whose item text is
+        // theirs joined by commas (`MERGE_LUA` splices it in as it is):
+        // the script then copies the list once, not once per item.
+        if let Merge::Push(item) = merge {
+            if let Some((pushed, at)) = last_push
+                && pushed == key
+            {
+                args[at].push(b',');
+                args[at].extend(value(item));
+                continue;
+            }
+            last_push = Some((key, args.len() + 2));
+        } else {
+            last_push = None;
+        }
+        ops += 1;
         args.push(field(key));
         let (op, a, b) = match merge {
             Merge::Add(by) => ("a", by.to_string().into_bytes(), Vec::new()),
@@ -636,6 +654,7 @@ fn apply_tail(changes: &Changes) -> Vec<Vec<u8>> {
         };
         args.extend([op.as_bytes().to_vec(), a, b]);
     }
+    args[6] = ops.to_string().into_bytes();
     for (key, json) in &changes.set {
         args.push(field(key));
         args.push(value(json));
