@@ -198,7 +198,9 @@ impl<H> SessionLayer<H, Keyed> {
     /// and answers 409 ([`ErrorKind::Conflict`](crate::ErrorKind::Conflict))
     /// if it is still taken then. A lease is held `hold` at most: a request
     /// that runs longer (or whose server died) loses it, and another may
-    /// begin.
+    /// begin. A request that ends without saving (its future dropped when
+    /// the client went away, its handler panicked) gives the lease back
+    /// from a task it spawns, so the next request need not wait out `hold`.
     ///
     /// Without it, concurrent requests of one session run at once, and a
     /// read-then-written key that another request changed meanwhile
