@@ -789,6 +789,44 @@ mod tests {
         assert!(Changes::expiry(1, 5).is_expiry_only());
     }
 
+    /// Expectations compare values exactly: `-0.0` is not `0.0` (another
+    /// request wrote it), as the stores that compare JSON text (Redis,
+    /// MongoDB) already see it; `1` is not `1.0`; nested maps compare
+    /// member by member whatever order they were written in.
+    #[test]
+    fn expectations_compare_values_exactly() {
+        let record = |value: Value| {
+            let data = json!({ "x": value }).as_object().unwrap().clone();
+            Record::new(data, false, 10, 20)
+        };
+        let expecting = |value: Value| Changes {
+            expected: vec![("x".into(), Some(value))],
+            set: vec![("x".into(), json!(5))],
+            ..Changes::expiry(20, 30)
+        };
+        let negative_zero = Value::from(-0.0_f64);
+        for (held, read) in [
+            (negative_zero.clone(), json!(0.0)),
+            (json!(0.0), negative_zero.clone()),
+            (json!([1, {"z": negative_zero}]), json!([1, {"z": 0.0}])),
+            (json!(1.0), json!(1)),
+        ] {
+            let error = expecting(read.clone())
+                .apply_to(&mut record(held.clone()))
+                .unwrap_err();
+            assert_eq!(
+                error.kind(),
+                crate::ErrorKind::Conflict,
+                "{held} read as {read}"
+            );
+        }
+        let nested: Value =
+            serde_json::from_str(r#"{"b": [1.5, -0.0], "a": {"d": 1, "c": null}}"#).unwrap();
+        let same: Value =
+            serde_json::from_str(r#"{"a": {"c": null, "d": 1}, "b": [1.5, -0.0]}"#).unwrap();
+        expecting(same).apply_to(&mut record(nested)).unwrap();
+    }
+
     #[test]
     fn a_conflict_leaves_the_record_as_it_was() {
         let original = Record::new(
