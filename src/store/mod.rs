@@ -283,6 +283,26 @@ fn merge_conflict(wanted: &str) -> Error {
     )
 }
 
+/// Whether two values are the same JSON: as `==`, except that floats
+/// compare bit for bit, so that `-0.0` is not `0.0` (the JSON texts differ,
+/// and the stores that compare texts see a change there too).
+fn identical(a: &Value, b: &Value) -> bool {
+    match (a, b) {
+        (Value::Number(x), Value::Number(y)) if x.is_f64() && y.is_f64() => {
+            x.as_f64().map(f64::to_bits) == y.as_f64().map(f64::to_bits)
+        }
+        (Value::Array(x), Value::Array(y)) => {
+            x.len() == y.len() && x.iter().zip(y).all(|(x, y)| identical(x, y))
+        }
+        (Value::Object(x), Value::Object(y)) => {
+            x.len() == y.len()
+                && x.iter()
+                    .all(|(key, x)| y.get(key).is_some_and(|y| identical(x, y)))
+        }
+        _ => a == b,
+    }
+}
+
 impl Changes {
     /// Changes made at `now` that only move the expiry (a refresh).
     pub fn expiry(now: u64, expires_at: u64) -> Self {
@@ -314,7 +334,11 @@ impl Changes {
     /// (never its value), when a key no longer holds what the request read.
     pub fn check(&self, data: &SessionData) -> Result<(), Error> {
         for (key, read) in &self.expected {
-            if data.get(key) != read.as_ref() {
+            let same = match (data.get(key), read) {
+                (Some(held), Some(read)) => identical(held, read),
+                (held, read) => held.is_none() && read.is_none(),
+            };
+            if !same {
                 return Err(Error::with_message(
                     crate::error::ErrorKind::Conflict,
                     format!("{key:?} changed since the request read it"),
