@@ -639,6 +639,36 @@ pub async fn many_merges_in_one_apply<S: SessionStore + ?Sized>(store: &S) {
     assert_eq!(loaded.data["old"], Value::Array(old), "in order");
     assert_eq!(loaded.data["other"], json!([0, 1000, 2000]));
     assert_eq!(loaded.data["n"], json!(3));
+    // Thousands of members set and removed in one map ("mark these as
+    // seen"), between members already there.
+    let mut merges = vec![("seen".to_owned(), Merge::Insert("m".into(), json!(0)))];
+    for i in 0..5000 {
+        merges.push((
+            "seen".to_owned(),
+            Merge::Insert(format!("k{i}\"}}"), json!([i])),
+        ));
+        if i % 2 == 1 {
+            merges.push(("seen".to_owned(), Merge::Remove(format!("k{}\"}}", i - 1))));
+        }
+    }
+    merges.push(("seen".to_owned(), Merge::Remove("m".into())));
+    merges.push(("seen".to_owned(), Merge::Insert("a".into(), json!(null))));
+    let changes = Changes {
+        merges,
+        ..Changes::expiry(now(), expires)
+    };
+    let applied = store.apply(&id, &changes).await;
+    assert!(
+        matches!(applied, Ok(true)),
+        "many map merges apply: {applied:?}"
+    );
+    let mut seen: serde_json::Map<String, Value> = (1..5000)
+        .step_by(2)
+        .map(|i| (format!("k{i}\"}}"), json!([i])))
+        .collect();
+    seen.insert("a".into(), Value::Null);
+    let loaded = load(store, &id).await.expect("record");
+    assert_eq!(loaded.data["seen"], Value::Object(seen), "every member");
     let misfit = Changes {
         merges: (0..3)
             .map(|i| ("s".to_owned(), Merge::Push(json!(i))))
