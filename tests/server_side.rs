@@ -32,6 +32,7 @@ struct Probe {
     deletes: AtomicUsize,
     fail_loads: AtomicBool,
     fail_saves: AtomicBool,
+    fail_deletes: AtomicBool,
     lose_records: AtomicBool,
 }
 
@@ -76,6 +77,9 @@ impl SessionStore for Probe {
     }
     async fn delete(&self, id: &SessionId) -> Result<(), Error> {
         self.deletes.fetch_add(1, Ordering::SeqCst);
+        if self.fail_deletes.load(Ordering::SeqCst) {
+            return Err(self.down());
+        }
         self.inner.delete(id).await
     }
     async fn take(&self, id: &SessionId, now: u64) -> Result<Option<Record>, Error> {
@@ -1187,5 +1191,61 @@ async fn a_dropped_or_panicking_request_gives_its_lease_back() {
     assert!(
         lease_comes_free(&store, &id).await,
         "a panicking handler kept the lease for its whole hold"
+    );
+}
+
+/// A login refused for a stale read puts the old record back before it
+/// cleans up the new one: a store that fails that clean-up must not leave
+/// the session, and every write acknowledged to it, gone.
+#[tokio::test]
+async fn a_refused_login_keeps_the_old_session_when_the_clean_up_fails() {
+    let store = Arc::new(Probe::default());
+    let (loaded, go) = (
+        Arc::new(tokio::sync::Notify::new()),
+        Arc::new(tokio::sync::Notify::new()),
+    );
+    let login = {
+        let (loaded, go) = (loaded.clone(), go.clone());
+        move |session: Session| async move {
+            let note: Option<String> = session.get("note")?;
+            loaded.notify_one();
+            go.notified().await;
+            session.cycle_id();
+            session.insert("note", format!("{note:?} and signed in"))?;
+            Ok::<_, Error>("signed in")
+        }
+    };
+    let app = Router::new()
+        .route("/", get(read))
+        .route("/set/{key}/{value}", get(set))
+        .route("/login", post(login))
+        .layer(SessionLayer::new(Key::from_bytes(&[5; 32]).unwrap()).with_store(store.clone()));
+    let mut jar = Jar::new();
+    jar.send(&app, get_req("/set/note/first")).await;
+    let old = jar.header().unwrap();
+    let signing_in = tokio::spawn({
+        let (app, old) = (app.clone(), old.clone());
+        async move {
+            let request = http::Request::post("/login")
+                .header(http::header::COOKIE, old)
+                .body(axum::body::Body::empty())
+                .unwrap();
+            app.oneshot(request).await.unwrap()
+        }
+    });
+    loaded.notified().await;
+    let changed = jar.send(&app, get_req("/set/note/changed")).await;
+    assert_eq!(changed.status(), StatusCode::OK, "acknowledged");
+    store.fail_deletes.store(true, Ordering::SeqCst);
+    go.notify_one();
+    let response = signing_in.await.unwrap();
+    assert!(response.status().is_client_error() || response.status().is_server_error());
+    store.fail_deletes.store(false, Ordering::SeqCst);
+    assert_eq!(jar.header().unwrap(), old, "the old id is kept");
+    let shown: serde_json::Value = serde_json::from_str(&show(&mut jar, &app).await).unwrap();
+    assert_eq!(
+        shown,
+        serde_json::json!({"note": "changed"}),
+        "the old session, with the write acknowledged to it"
     );
 }
