@@ -662,14 +662,20 @@ async fn run_store(
                 // back under its id, as taken (with what other requests
                 // wrote to it), and the new one goes. A write that came in
                 // between found no record and was answered 409 itself.
+                //
+                // The old record goes back first: it holds writes already
+                // acknowledged. The new one is only clean-up (unreachable,
+                // it expires if its delete fails).
                 Carry::Conflict(conflict) => {
-                    store.delete(&id).await?;
                     if let Some(taken) = &taken
                         && !store.create(&old, taken).await?
                     {
                         tracing::error!(
                             "a session taken by a refused cycle_id could not be put back"
                         );
+                    }
+                    if let Err(error) = store.delete(&id).await {
+                        tracing::warn!(%error, "the new record of a refused cycle_id is left to expire");
                     }
                     return Err(conflict);
                 }
