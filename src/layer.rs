@@ -209,7 +209,9 @@ impl<H> SessionLayer<H, Keyed> {
     ///
     /// # Cost
     /// Two store round trips more for every request that takes `Session`
-    /// (the lease, its release), and the requests of one user (a page's
+    /// (the lease, its release; three on `MemcachedStore`, whose release
+    /// reads the lease first, and on `SqlStore` when it takes over a lease
+    /// past its hold), and the requests of one user (a page's
     /// parallel API calls, several tabs) queue behind each other, each for
     /// as long as its handler runs; a waiting request asks the store again
     /// every 20 ms at most. Only routes that take `Session` pay.
