@@ -1249,3 +1249,52 @@ async fn a_refused_login_keeps_the_old_session_when_the_clean_up_fails() {
         "the old session, with the write acknowledged to it"
     );
 }
+
+/// A handler that increments a counter, reads it back and writes a value
+/// made from it, while another request's increment lands: the write
+/// depends on the value loaded, so it answers 409 and the other increment
+/// stays, rather than a 200 that overwrites it.
+#[tokio::test]
+async fn a_write_made_from_a_merged_value_does_not_overwrite_another_merge() {
+    let store = Arc::new(MemoryStore::new());
+    let (loaded, go) = (
+        Arc::new(tokio::sync::Notify::new()),
+        Arc::new(tokio::sync::Notify::new()),
+    );
+    let scale = {
+        let (loaded, go) = (loaded.clone(), go.clone());
+        move |session: Session| async move {
+            session.increment("n", 1)?;
+            let n: i64 = session.get("n")?.unwrap_or(0);
+            loaded.notify_one();
+            go.notified().await;
+            session.insert("n", n * 100)?;
+            Ok::<_, Error>("scaled")
+        }
+    };
+    let bump = |session: Session| async move { session.increment("n", 1).map(|n| n.to_string()) };
+    let app = Router::new()
+        .route("/", get(read))
+        .route("/set/{key}/{value}", get(set))
+        .route("/scale", post(scale))
+        .route("/bump", post(bump))
+        .layer(SessionLayer::new(Key::from_bytes(&[5; 32]).unwrap()).with_store(store));
+    let mut jar = Jar::new();
+    jar.send(&app, get_req("/set/other/1")).await;
+    let cookie = jar.header().unwrap();
+    let post_with = |uri: &str| {
+        http::Request::post(uri)
+            .header(http::header::COOKIE, cookie.clone())
+            .body(axum::body::Body::empty())
+            .unwrap()
+    };
+    let scaling = tokio::spawn(app.clone().oneshot(post_with("/scale")));
+    loaded.notified().await;
+    let bumped = app.clone().oneshot(post_with("/bump")).await.unwrap();
+    assert_eq!(bumped.status(), StatusCode::OK);
+    go.notify_one();
+    let scaled = scaling.await.unwrap().unwrap();
+    let shown: serde_json::Value = serde_json::from_str(&show(&mut jar, &app).await).unwrap();
+    assert_eq!(scaled.status(), StatusCode::CONFLICT, "stored: {shown}");
+    assert_eq!(shown["n"], 1, "the other request's increment is kept");
+}
