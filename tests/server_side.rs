@@ -33,6 +33,7 @@ struct Probe {
     fail_loads: AtomicBool,
     fail_saves: AtomicBool,
     fail_deletes: AtomicBool,
+    fail_applies: AtomicBool,
     lose_records: AtomicBool,
 }
 
@@ -67,7 +68,7 @@ impl SessionStore for Probe {
     }
     async fn apply(&self, id: &SessionId, changes: &Changes) -> Result<bool, Error> {
         self.applies.fetch_add(1, Ordering::SeqCst);
-        if self.fail_saves.load(Ordering::SeqCst) {
+        if self.fail_saves.load(Ordering::SeqCst) || self.fail_applies.load(Ordering::SeqCst) {
             return Err(self.down());
         }
         if self.lose_records.load(Ordering::SeqCst) {
@@ -1297,4 +1298,62 @@ async fn a_write_made_from_a_merged_value_does_not_overwrite_another_merge() {
     let shown: serde_json::Value = serde_json::from_str(&show(&mut jar, &app).await).unwrap();
     assert_eq!(scaled.status(), StatusCode::CONFLICT, "stored: {shown}");
     assert_eq!(shown["n"], 1, "the other request's increment is kept");
+}
+
+/// A login whose carry-over of what other requests wrote meanwhile fails
+/// (the store timed out on that one write) puts the old record back: the
+/// request answers the store's error, and the session, with the write
+/// acknowledged to the other request, is still there under the old id.
+#[tokio::test]
+async fn a_login_whose_carry_over_fails_keeps_the_old_session() {
+    let store = Arc::new(Probe::default());
+    let (loaded, go) = (
+        Arc::new(tokio::sync::Notify::new()),
+        Arc::new(tokio::sync::Notify::new()),
+    );
+    let login = {
+        let (loaded, go) = (loaded.clone(), go.clone());
+        move |session: Session| async move {
+            let _ = session.get_value("note");
+            loaded.notify_one();
+            go.notified().await;
+            session.cycle_id();
+            session.insert("user", "ann")?;
+            Ok::<_, Error>("signed in")
+        }
+    };
+    let app = Router::new()
+        .route("/", get(read))
+        .route("/set/{key}/{value}", get(set))
+        .route("/login", post(login))
+        .layer(SessionLayer::new(Key::from_bytes(&[5; 32]).unwrap()).with_store(store.clone()));
+    let mut jar = Jar::new();
+    jar.send(&app, get_req("/set/note/first")).await;
+    let old = jar.header().unwrap();
+    let signing_in = tokio::spawn({
+        let (app, old) = (app.clone(), old.clone());
+        async move {
+            let request = http::Request::post("/login")
+                .header(http::header::COOKIE, old)
+                .body(axum::body::Body::empty())
+                .unwrap();
+            app.oneshot(request).await.unwrap()
+        }
+    });
+    loaded.notified().await;
+    let changed = jar.send(&app, get_req("/set/cart/pear")).await;
+    assert_eq!(changed.status(), StatusCode::OK, "acknowledged");
+    store.fail_applies.store(true, Ordering::SeqCst);
+    go.notify_one();
+    let response = signing_in.await.unwrap();
+    assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
+    store.fail_applies.store(false, Ordering::SeqCst);
+    assert_eq!(jar.header().unwrap(), old, "the old id is kept");
+    let shown: serde_json::Value = serde_json::from_str(&show(&mut jar, &app).await).unwrap();
+    assert_eq!(
+        shown,
+        serde_json::json!({"cart": "pear", "note": "first"}),
+        "the old session, with the write acknowledged to it"
+    );
+    assert_eq!(store.inner.len(), 1, "the new record went");
 }
