@@ -624,6 +624,26 @@ impl Touched {
 /// collision means a broken random source, not bad luck.
 const CREATE_ATTEMPTS: usize = 4;
 
+/// Undoes a cycle that cannot finish: the old record goes back under its
+/// id first, as taken (it holds writes already acknowledged), then the new
+/// one goes, which no cookie names (it expires if its delete fails).
+async fn put_back(
+    store: &dyn crate::store::SessionStore,
+    old: &SessionId,
+    taken: Option<&Record>,
+    new: &SessionId,
+) -> Result<(), Error> {
+    if let Some(taken) = taken
+        && !store.create(old, taken).await?
+    {
+        tracing::error!("a session taken by an unfinished cycle_id could not be put back");
+    }
+    if let Err(error) = store.delete(new).await {
+        tracing::warn!(%error, "the new record of an unfinished cycle_id is left to expire");
+    }
+    Ok(())
+}
+
 /// Carries out a plan against the store; the Set-Cookie lines to add.
 async fn run_store(
     shared: &Shared,
@@ -649,11 +669,16 @@ async fn run_store(
             let taken = store.take(&old, plan.now).await?;
             match touched.carry(taken.as_ref(), &record) {
                 Carry::Nothing => {}
-                Carry::Changes(changes) => {
-                    if !store.apply(&id, &changes).await? {
-                        return Err(Error::new(ErrorKind::SessionEnded));
+                Carry::Changes(changes) => match store.apply(&id, &changes).await {
+                    Ok(true) => {}
+                    Ok(false) => return Err(Error::new(ErrorKind::SessionEnded)),
+                    // The cookie keeps naming the old id: it must hold the
+                    // session again, with what was acknowledged to it.
+                    Err(error) => {
+                        put_back(store, &old, taken.as_ref(), &id).await?;
+                        return Err(error);
                     }
-                }
+                },
                 Carry::Ended => {
                     store.delete(&id).await?;
                     return Err(Error::new(ErrorKind::SessionEnded));
@@ -667,16 +692,7 @@ async fn run_store(
                 // acknowledged. The new one is only clean-up (unreachable,
                 // it expires if its delete fails).
                 Carry::Conflict(conflict) => {
-                    if let Some(taken) = &taken
-                        && !store.create(&old, taken).await?
-                    {
-                        tracing::error!(
-                            "a session taken by a refused cycle_id could not be put back"
-                        );
-                    }
-                    if let Err(error) = store.delete(&id).await {
-                        tracing::warn!(%error, "the new record of a refused cycle_id is left to expire");
-                    }
+                    put_back(store, &old, taken.as_ref(), &id).await?;
                     return Err(conflict);
                 }
             }
