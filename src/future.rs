@@ -15,7 +15,7 @@ use crate::config::{Config, Transport};
 use crate::cookie::{self, Via, chunk, header_value};
 use crate::error::{Error, ErrorHandler, ErrorKind, LoadFailed};
 use crate::id::{self, SessionId};
-use crate::load::{Loaded, LoadedRecord, SessionHandle, release_lease};
+use crate::load::{Loaded, LoadedRecord, SessionHandle};
 use crate::session::State;
 use crate::store::{Changes, Merge, Record, STAMP_KEY, Value};
 
@@ -100,6 +100,13 @@ where
     }
 }
 
+/// The session's lease, for the response to give back once saved.
+fn take_lease(loaded: &Loaded) -> Option<crate::load::Lease> {
+    (loaded.lease.lock())
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+        .take()
+}
+
 enum Next<B> {
     Ready(Response<B>),
     Saving(Saving<B>),
@@ -133,15 +140,12 @@ where
     //    back the session's lease, if it holds one).
     if response.status().is_server_error() && !shared.config.persist_on_server_error {
         drop(state);
-        return match (&shared.backend, &loaded.lease) {
-            (Backend::Store(backend), Some(lease)) => {
-                let (backend, (id, holder)) = (backend.clone(), lease.clone());
-                Next::Saving(Box::pin(async move {
-                    release_lease(&backend, &id, &holder).await;
-                    response
-                }))
-            }
-            _ => Next::Ready(response),
+        return match take_lease(loaded) {
+            Some(lease) => Next::Saving(Box::pin(async move {
+                lease.release().await;
+                response
+            })),
+            None => Next::Ready(response),
         };
     }
     // 5. Client-side, 6. server-side; 7. every Set-Cookie varies on
@@ -160,7 +164,7 @@ where
         Backend::Store(backend) => {
             let plan = plan_store(shared, loaded, &state);
             drop(state);
-            let lease = loaded.lease.clone();
+            let lease = take_lease(loaded);
             if plan.is_none() && lease.is_none() {
                 return Next::Ready(response);
             }
@@ -178,8 +182,8 @@ where
                     },
                 };
                 // Saved (or failed): the next request of the session may go.
-                if let Some((id, holder)) = lease {
-                    release_lease(&backend, &id, &holder).await;
+                if let Some(lease) = lease {
+                    lease.release().await;
                 }
                 response
             }))
@@ -620,6 +624,26 @@ impl Touched {
 /// collision means a broken random source, not bad luck.
 const CREATE_ATTEMPTS: usize = 4;
 
+/// Undoes a cycle that cannot finish: the old record goes back under its
+/// id first, as taken (it holds writes already acknowledged), then the new
+/// one goes, which no cookie names (it expires if its delete fails).
+async fn put_back(
+    store: &dyn crate::store::SessionStore,
+    old: &SessionId,
+    taken: Option<&Record>,
+    new: &SessionId,
+) -> Result<(), Error> {
+    if let Some(taken) = taken
+        && !store.create(old, taken).await?
+    {
+        tracing::error!("a session taken by an unfinished cycle_id could not be put back");
+    }
+    if let Err(error) = store.delete(new).await {
+        tracing::warn!(%error, "the new record of an unfinished cycle_id is left to expire");
+    }
+    Ok(())
+}
+
 /// Carries out a plan against the store; the Set-Cookie lines to add.
 async fn run_store(
     shared: &Shared,
@@ -645,11 +669,16 @@ async fn run_store(
             let taken = store.take(&old, plan.now).await?;
             match touched.carry(taken.as_ref(), &record) {
                 Carry::Nothing => {}
-                Carry::Changes(changes) => {
-                    if !store.apply(&id, &changes).await? {
-                        return Err(Error::new(ErrorKind::SessionEnded));
+                Carry::Changes(changes) => match store.apply(&id, &changes).await {
+                    Ok(true) => {}
+                    Ok(false) => return Err(Error::new(ErrorKind::SessionEnded)),
+                    // The cookie keeps naming the old id: it must hold the
+                    // session again, with what was acknowledged to it.
+                    Err(error) => {
+                        put_back(store, &old, taken.as_ref(), &id).await?;
+                        return Err(error);
                     }
-                }
+                },
                 Carry::Ended => {
                     store.delete(&id).await?;
                     return Err(Error::new(ErrorKind::SessionEnded));
@@ -658,15 +687,12 @@ async fn run_store(
                 // back under its id, as taken (with what other requests
                 // wrote to it), and the new one goes. A write that came in
                 // between found no record and was answered 409 itself.
+                //
+                // The old record goes back first: it holds writes already
+                // acknowledged. The new one is only clean-up (unreachable,
+                // it expires if its delete fails).
                 Carry::Conflict(conflict) => {
-                    store.delete(&id).await?;
-                    if let Some(taken) = &taken
-                        && !store.create(&old, taken).await?
-                    {
-                        tracing::error!(
-                            "a session taken by a refused cycle_id could not be put back"
-                        );
-                    }
+                    put_back(store, &old, taken.as_ref(), &id).await?;
                     return Err(conflict);
                 }
             }

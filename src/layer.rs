@@ -198,7 +198,9 @@ impl<H> SessionLayer<H, Keyed> {
     /// and answers 409 ([`ErrorKind::Conflict`](crate::ErrorKind::Conflict))
     /// if it is still taken then. A lease is held `hold` at most: a request
     /// that runs longer (or whose server died) loses it, and another may
-    /// begin.
+    /// begin. A request that ends without saving (its future dropped when
+    /// the client went away, its handler panicked) gives the lease back
+    /// from a task it spawns, so the next request need not wait out `hold`.
     ///
     /// Without it, concurrent requests of one session run at once, and a
     /// read-then-written key that another request changed meanwhile
@@ -207,8 +209,10 @@ impl<H> SessionLayer<H, Keyed> {
     ///
     /// # Cost
     /// Two store round trips more for every request that takes `Session`
-    /// and sends a session cookie (the lease, its release; a request
-    /// without one has no session to wait for), and the requests of one user (a page's
+    /// and sends a session cookie (the lease, its release; three on
+    /// `MemcachedStore`, whose release reads the lease first, and on
+    /// `SqlStore` when it takes over a lease past its hold; a request
+    /// without a cookie has no session to wait for), and the requests of one user (a page's
     /// parallel API calls, several tabs) queue behind each other, each for
     /// as long as its handler runs; a waiting request asks the store again
     /// every 20 ms at most. Only routes that take `Session` pay.

@@ -12,7 +12,7 @@ use crate::cookie::{self, Family, Via};
 use crate::error::{Error, ErrorKind};
 use crate::id::{self, SessionId};
 use crate::session::{Session, State};
-use crate::store::STAMP_KEY;
+use crate::store::{STAMP_KEY, SessionStore};
 
 impl Session {
     /// The session a [`SessionLayer`](crate::SessionLayer) prepared for this
@@ -75,10 +75,11 @@ pub(crate) struct Loaded {
     /// How the request carried its token: the response answers the same
     /// way.
     pub(crate) via: Via,
-    /// Server-side, with `serialize_requests`: the id whose lease this
-    /// request holds, and its holder token; released once the response's
-    /// save is done.
-    pub(crate) lease: Option<(SessionId, String)>,
+    /// Server-side, with `serialize_requests`: the session's lease this
+    /// request holds, which the response takes and gives back once its
+    /// save is done (or, if the request never gets there, the lease's
+    /// drop does).
+    pub(crate) lease: std::sync::Mutex<Option<Lease>>,
 }
 
 /// Facts about a verified cookie.
@@ -151,7 +152,7 @@ fn empty(family: &Family<'_>, track_changes: bool) -> Loaded {
         origin: None,
         record: None,
         via: Via::Nothing,
-        lease: None,
+        lease: std::sync::Mutex::new(None),
     }
 }
 
@@ -235,7 +236,7 @@ async fn fetch(
             continue;
         };
         let lease = match config.serialize {
-            Some(hold) => Some((id.clone(), take_lease(backend, &id, hold).await?)),
+            Some(hold) => Some(take_lease(backend, &id, hold).await?),
             None => None,
         };
         let record = match (&stamp, backend.stamps) {
@@ -244,73 +245,61 @@ async fn fetch(
         };
         // The lease goes back unless the session is adopted (the response
         // then gives it back once saved).
-        let record = match record {
-            Ok(Some(record)) => Some(record),
+        let mut record = match record {
+            Ok(Some(record)) => record,
             other => {
-                if let Some((id, holder)) = &lease {
-                    release_lease(backend, id, holder).await;
-                }
-                other?
+                Lease::give_back(lease).await;
+                other?;
+                tracing::debug!(cookie = name, "session id unknown or expired; not adopted");
+                continue;
             }
         };
         // The stamp is the layer's, never the handler's.
-        let record = record.map(|mut record| {
-            record.data.remove(STAMP_KEY);
-            record
-        });
-        match record {
-            Some(record) if config.revoked(&record.data, record.created_at) => {
-                tracing::debug!(
-                    cookie = name,
-                    "session revoked by the not_before hook; not adopted"
-                );
-                if let Some((id, holder)) = &lease {
-                    release_lease(backend, id, holder).await;
-                }
-            }
-            Some(record) if !record.outlived(now, config.absolute_timeout) => {
-                loaded.session = Session::from_state(State {
-                    data: record.data,
-                    permanent: record.permanent,
-                    track_changes: true,
-                    stored_as: Some((id.clone(), backend.keys.clone(), config.name.clone())),
-                    ..State::default()
-                });
-                loaded.origin = Some(Origin {
-                    issued_at: now,
-                    created_at: record.created_at,
-                    by_fallback_key,
-                    memory: Memory::default(),
-                });
-                loaded.record = Some(LoadedRecord {
-                    id,
-                    created_at: record.created_at,
-                    expires_at: record.expires_at,
-                    stamp,
-                });
-                loaded.lease = lease;
-                break;
-            }
-            Some(_) => {
-                tracing::debug!(cookie = name, "session expired; not adopted");
-                if let Some((id, holder)) = &lease {
-                    release_lease(backend, id, holder).await;
-                }
-            }
-            None => tracing::debug!(cookie = name, "session id unknown or expired; not adopted"),
+        record.data.remove(STAMP_KEY);
+        if config.revoked(&record.data, record.created_at) {
+            tracing::debug!(
+                cookie = name,
+                "session revoked by the not_before hook; not adopted"
+            );
+            Lease::give_back(lease).await;
+        } else if record.outlived(now, config.absolute_timeout) {
+            tracing::debug!(cookie = name, "session expired; not adopted");
+            Lease::give_back(lease).await;
+        } else {
+            loaded.session = Session::from_state(State {
+                data: record.data,
+                permanent: record.permanent,
+                track_changes: true,
+                stored_as: Some((id.clone(), backend.keys.clone(), config.name.clone())),
+                ..State::default()
+            });
+            loaded.origin = Some(Origin {
+                issued_at: now,
+                created_at: record.created_at,
+                by_fallback_key,
+                memory: Memory::default(),
+            });
+            loaded.record = Some(LoadedRecord {
+                id,
+                created_at: record.created_at,
+                expires_at: record.expires_at,
+                stamp,
+            });
+            loaded.lease = std::sync::Mutex::new(lease);
+            break;
         }
     }
     Ok(loaded)
 }
 
-/// Waits for the session's lease (`serialize_requests`), up to `hold`;
-/// the holder token of this request.
+/// Waits for the session's lease (`serialize_requests`), up to `hold`,
+/// and takes it for this request.
 #[cfg(feature = "tokio")]
 async fn take_lease(
     backend: &StoreBackend,
     id: &SessionId,
     hold: std::time::Duration,
-) -> Result<String, Error> {
+) -> Result<Lease, Error> {
     let holder = id::stamp();
     let deadline = tokio::time::Instant::now() + hold;
     let mut pause = std::time::Duration::from_millis(1);
@@ -324,7 +313,12 @@ async fn take_lease(
         tokio::time::sleep(pause).await;
         pause = (pause * 2).min(std::time::Duration::from_millis(20));
     }
-    Ok(holder)
+    Ok(Lease {
+        store: backend.store.clone(),
+        id: id.clone(),
+        holder,
+        held: true,
+    })
 }
 
 /// Without tokio there is no `serialize_requests`, so no lease to take.
@@ -333,17 +327,61 @@ async fn take_lease(
     _: &StoreBackend,
     _: &SessionId,
     _: std::time::Duration,
-) -> Result<String, Error> {
+) -> Result<Lease, Error> {
     Err(Error::unsupported(
         "serialize_requests needs the tokio feature",
     ))
 }
 
-/// Gives a lease back; a failure only logs: the lease ends after its hold
-/// anyway.
-pub(crate) async fn release_lease(backend: &StoreBackend, id: &SessionId, holder: &str) {
-    if let Err(error) = backend.store.release(id, holder).await {
-        tracing::warn!(%error, "a session lease was not released; it ends after its hold");
+/// The lease of a session one request holds (`serialize_requests`).
+///
+/// It goes back through [`release`](Self::release) once the request's
+/// save is done; a request that never gets there (its future dropped when
+/// the client went away or a timeout fired, its handler panicked, a second
+/// load of it lost the race) gives it back on drop, from a task of its
+/// own, rather than make the user's next requests wait out the hold.
+pub(crate) struct Lease {
+    store: Arc<dyn SessionStore>,
+    id: SessionId,
+    holder: String,
+    /// Not yet given back.
+    held: bool,
+}
+
+impl Lease {
+    /// Gives the lease back; a failure only logs: the lease ends after
+    /// its hold anyway.
+    pub(crate) async fn release(mut self) {
+        let released = self.store.release(&self.id, &self.holder).await;
+        self.held = false;
+        if let Err(error) = released {
+            tracing::warn!(%error, "a session lease was not released; it ends after its hold");
+        }
+    }
+
+    /// [`release`](Self::release), if there is a lease.
+    async fn give_back(lease: Option<Self>) {
+        if let Some(lease) = lease {
+            lease.release().await;
+        }
+    }
+}
+
+impl Drop for Lease {
+    fn drop(&mut self) {
+        if !self.held {
+            return;
+        }
+        #[cfg(feature = "tokio")]
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            let (store, id) = (self.store.clone(), self.id.clone());
+            let holder = std::mem::take(&mut self.holder);
+            runtime.spawn(async move {
+                if let Err(error) = store.release(&id, &holder).await {
+                    tracing::warn!(%error, "a session lease was not released; it ends after its hold");
+                }
+            });
+        }
     }
 }
 

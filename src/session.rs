@@ -73,6 +73,10 @@ pub(crate) struct State {
     pub(crate) expected: BTreeMap<String, Option<Value>>,
     /// Merge operations, in order, for the store to make on what it holds.
     pub(crate) merges: Vec<(String, Merge)>,
+    /// What each merged key held before this request's first merge of it
+    /// (`None`: absent): a read after the merge sees that value merged, so
+    /// a write made from it expects that value, not the merged one.
+    pub(crate) merged_from: BTreeMap<String, Option<Value>>,
     /// Server-side: the record's id, and the keys and cookie name that
     /// make its handle; `None` once `cycle_id` or `flush` ends that id.
     pub(crate) stored_as: Option<(
@@ -162,56 +166,69 @@ impl State {
         let first = !self.cleared
             && !self.changed.contains(key)
             && !self.removed.contains(key)
-            && !self.expected.contains_key(key)
-            && !self.merges.iter().any(|(k, _)| k == key);
+            && !self.expected.contains_key(key);
         if first && self.reads.contains(key) {
-            let read = self.data.get(key).cloned();
+            // A read after this request's own merges saw them made on what
+            // was loaded: what was loaded is what the store must still hold.
+            let read = match self.merged_from.get(key) {
+                Some(loaded) => loaded.clone(),
+                None => self.data.get(key).cloned(),
+            };
             self.expected.insert(key.to_owned(), read);
         }
     }
 
     /// Makes `merge` on the value under `key` here, and (server-side)
     /// queues it for the store, which makes it again on what it holds.
-    fn merge(&mut self, key: &str, merge: Merge) -> Result<Option<Value>, Error> {
+    fn merge(&mut self, key: &str, merge: Merge) -> Result<(), Error> {
         if key.starts_with(RESERVED) {
             return Err(Error::with_message(
                 ErrorKind::Serialize,
                 "merge operations on the layer's reserved keys are refused",
             ));
         }
-        let merged = merge.apply(self.data.get(key)).map_err(|_| {
+        if merge.misfit(self.data.get(key)).is_some() {
             let found = self.data.get(key).map_or("nothing", json_type);
-            Error::with_message(
+            return Err(Error::with_message(
                 ErrorKind::Deserialize,
                 format!("the value under {key:?} is {found}, which the merge does not fit"),
-            )
-        })?;
+            ));
+        }
         // Client-side, after a clear, or on a key this request set or
         // removed: the request's own value is the whole truth, an ordinary
-        // write.
+        // write (of which nothing is expected: see `before_change`).
         let queued = self.track_changes
             && !self.cleared
             && !self.changed.contains(key)
             && !self.removed.contains(key);
-        if !queued {
-            match merged.clone() {
-                Some(value) => {
-                    self.set(key.to_owned(), value);
-                }
-                None => {
-                    self.unset(key);
-                }
+        if queued {
+            self.before_change(key);
+            if !self.merged_from.contains_key(key) {
+                let loaded = self.data.get(key).cloned();
+                self.merged_from.insert(key.to_owned(), loaded);
             }
-            return Ok(merged);
         }
-        self.before_change(key);
-        self.merges.push((key.to_owned(), merge));
-        self.modified = true;
-        match merged.clone() {
-            Some(value) => self.data.insert(key.to_owned(), value),
-            None => self.data.remove(key),
-        };
-        Ok(merged)
+        // Made in place, so that a thousand pushes onto one list do not
+        // copy it a thousand times.
+        let mut value = self.data.remove(key);
+        let made = merge.make(&mut value);
+        if let Some(value) = value {
+            self.data.insert(key.to_owned(), value);
+        }
+        made?;
+        if queued {
+            // Even a member removed from a map this request found absent:
+            // another request may have made the map meanwhile.
+            self.merges.push((key.to_owned(), merge));
+            self.modified = true;
+        } else if self.data.contains_key(key) {
+            self.modified = true;
+            if self.track_changes {
+                self.removed.remove(key);
+                self.changed.insert(key.to_owned());
+            }
+        }
+        Ok(())
     }
 
     fn clear(&mut self) {
@@ -219,6 +236,7 @@ impl State {
         self.changed.clear();
         self.removed.clear();
         self.merges.clear();
+        self.merged_from.clear();
         self.expected.clear();
         self.cleared = true;
         if self.permanent {
@@ -424,8 +442,13 @@ impl Session {
     /// saving, a store that finds something else than an integer under the
     /// key (another request replaced it) answers [`ErrorKind::Conflict`].
     pub fn increment(&self, key: &str, by: i64) -> Result<i64, Error> {
-        let merged = self.read().merge(key, Merge::Add(by))?;
-        Ok(merged.as_ref().and_then(Value::as_i64).unwrap_or_default())
+        let mut state = self.read();
+        state.merge(key, Merge::Add(by))?;
+        Ok(state
+            .data
+            .get(key)
+            .and_then(Value::as_i64)
+            .unwrap_or_default())
     }
 
     /// Appends `item` to the list under `key` (an absent key counts as an
@@ -453,7 +476,7 @@ impl Session {
     pub fn push<T: Serialize>(&self, key: &str, item: T) -> Result<(), Error> {
         let item =
             serde_json::to_value(item).map_err(|e| Error::with_source(ErrorKind::Serialize, e))?;
-        self.read().merge(key, Merge::Push(item)).map(drop)
+        self.read().merge(key, Merge::Push(item))
     }
 
     /// Sets `member` of the map (a JSON object) under `key` to `value` (an
@@ -481,7 +504,7 @@ impl Session {
         let value =
             serde_json::to_value(value).map_err(|e| Error::with_source(ErrorKind::Serialize, e))?;
         let merge = Merge::Insert(member.into(), value);
-        self.read().merge(key, merge).map(drop)
+        self.read().merge(key, merge)
     }
 
     /// Removes `member` from the map under `key`, a merge operation like
@@ -495,7 +518,7 @@ impl Session {
     /// [`ErrorKind::Conflict`].
     pub fn map_remove(&self, key: &str, member: &str) -> Result<(), Error> {
         let merge = Merge::Remove(member.to_owned());
-        self.read().merge(key, merge).map(drop)
+        self.read().merge(key, merge)
     }
 
     /// Removes the value under `key` and returns it as `T`.
@@ -956,6 +979,39 @@ mod tests {
         let changes = changes(&s);
         assert!(changes.merges.is_empty());
         assert_eq!(changes.expected, [("n".to_owned(), Some(json!(1)))]);
+    }
+
+    /// A handler that merges, then reads the merged value and writes a
+    /// value made from it (trims the cart it just pushed to, doubles the
+    /// counter it just incremented) depends on what it loaded: the write
+    /// carries the loaded value, or a concurrent merge by another request
+    /// would be overwritten and lost behind a 200.
+    #[test]
+    fn a_write_of_a_value_read_after_a_merge_carries_what_was_loaded() {
+        let s = stored(json!({"cart": ["a"], "n": 1, "_flashes": [["m", "old"]]}));
+        s.push("cart", "b").unwrap();
+        let cart: Vec<String> = s.get("cart").unwrap().unwrap();
+        s.insert("cart", &cart[1..]).unwrap();
+        s.increment("n", 1).unwrap();
+        s.update("n", |n: Option<i64>| n.unwrap_or(0) * 2).unwrap();
+        s.flash("m", "new").unwrap();
+        s.take_flashes().unwrap();
+        let changes = changes(&s);
+        assert!(changes.merges.is_empty(), "{changes:?}");
+        assert_eq!(
+            changes.expected,
+            [
+                ("_flashes".to_owned(), Some(json!([["m", "old"]]))),
+                ("cart".to_owned(), Some(json!(["a"]))),
+                ("n".to_owned(), Some(json!(1))),
+            ],
+            "what was loaded, before this request's merges"
+        );
+        // A write after a merge that read nothing stays blind.
+        let s = stored(json!({"n": 1}));
+        s.increment("n", 1).unwrap();
+        s.insert("n", 7).unwrap();
+        assert!(changes_of(&s).is_empty());
     }
 
     #[test]

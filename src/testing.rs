@@ -44,6 +44,7 @@ pub async fn check_store<S: SessionStore + ?Sized>(store: Arc<S>) {
     concurrent_writes_to_distinct_keys_all_survive(store.clone()).await;
     expectations_guard_what_was_read(&*store).await;
     merges_apply_to_what_the_store_holds(&*store).await;
+    many_merges_in_one_apply(&*store).await;
     concurrent_read_modify_writes_never_lose_silently(store.clone()).await;
     concurrent_merges_all_survive(store.clone()).await;
     leases_exclude_each_other(&*store).await;
@@ -612,6 +613,84 @@ pub async fn merges_apply_to_what_the_store_holds<S: SessionStore + ?Sized>(stor
     assert_eq!(
         Value::Object(load(store, &id).await.expect("record").data),
         json!({"n": 2, "list": [1]})
+    );
+    store.delete(&id).await.expect("delete");
+}
+
+/// One request making thousands of merges (a handler pushing every item
+/// of a long form): all apply, each key's in its order, the pushes in a
+/// row onto one list beside pushes onto another, and a run of pushes onto
+/// a value that is no list conflicts as one push does.
+pub async fn many_merges_in_one_apply<S: SessionStore + ?Sized>(store: &S) {
+    let id = created(store, &record(json!({"old": ["x"], "s": "text"}))).await;
+    let expires = now() + 3600;
+    let mut merges = Vec::new();
+    for i in 0..3000 {
+        merges.push(("old".to_owned(), Merge::Push(json!(i))));
+        merges.push(("old".to_owned(), Merge::Push(json!({"i": [i, "],"]}))));
+        if i % 1000 == 0 {
+            merges.push(("other".to_owned(), Merge::Push(json!(i))));
+            merges.push(("n".to_owned(), Merge::Add(1)));
+        }
+    }
+    let changes = Changes {
+        merges,
+        ..Changes::expiry(now(), expires)
+    };
+    let applied = store.apply(&id, &changes).await;
+    assert!(
+        matches!(applied, Ok(true)),
+        "many merges apply: {applied:?}"
+    );
+    let loaded = load(store, &id).await.expect("record");
+    let mut old = vec![json!("x")];
+    for i in 0..3000 {
+        old.extend([json!(i), json!({"i": [i, "],"]})]);
+    }
+    assert_eq!(loaded.data["old"], Value::Array(old), "in order");
+    assert_eq!(loaded.data["other"], json!([0, 1000, 2000]));
+    assert_eq!(loaded.data["n"], json!(3));
+    // Thousands of members set and removed in one map ("mark these as
+    // seen"), between members already there.
+    let mut merges = vec![("seen".to_owned(), Merge::Insert("m".into(), json!(0)))];
+    for i in 0..5000 {
+        merges.push((
+            "seen".to_owned(),
+            Merge::Insert(format!("k{i}\"}}"), json!([i])),
+        ));
+        if i % 2 == 1 {
+            merges.push(("seen".to_owned(), Merge::Remove(format!("k{}\"}}", i - 1))));
+        }
+    }
+    merges.push(("seen".to_owned(), Merge::Remove("m".into())));
+    merges.push(("seen".to_owned(), Merge::Insert("a".into(), json!(null))));
+    let changes = Changes {
+        merges,
+        ..Changes::expiry(now(), expires)
+    };
+    let applied = store.apply(&id, &changes).await;
+    assert!(
+        matches!(applied, Ok(true)),
+        "many map merges apply: {applied:?}"
+    );
+    let mut seen: serde_json::Map<String, Value> = (1..5000)
+        .step_by(2)
+        .map(|i| (format!("k{i}\"}}"), json!([i])))
+        .collect();
+    seen.insert("a".into(), Value::Null);
+    let loaded = load(store, &id).await.expect("record");
+    assert_eq!(loaded.data["seen"], Value::Object(seen), "every member");
+    let misfit = Changes {
+        merges: (0..3)
+            .map(|i| ("s".to_owned(), Merge::Push(json!(i))))
+            .collect(),
+        ..Changes::expiry(now(), expires)
+    };
+    let refused = store.apply(&id, &misfit).await;
+    assert!(is_conflict(&refused), "pushes onto a string: {refused:?}");
+    assert_eq!(
+        load(store, &id).await.expect("record").data["s"],
+        json!("text")
     );
     store.delete(&id).await.expect("delete");
 }

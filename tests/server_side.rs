@@ -32,6 +32,8 @@ struct Probe {
     deletes: AtomicUsize,
     fail_loads: AtomicBool,
     fail_saves: AtomicBool,
+    fail_deletes: AtomicBool,
+    fail_applies: AtomicBool,
     lose_records: AtomicBool,
 }
 
@@ -66,7 +68,7 @@ impl SessionStore for Probe {
     }
     async fn apply(&self, id: &SessionId, changes: &Changes) -> Result<bool, Error> {
         self.applies.fetch_add(1, Ordering::SeqCst);
-        if self.fail_saves.load(Ordering::SeqCst) {
+        if self.fail_saves.load(Ordering::SeqCst) || self.fail_applies.load(Ordering::SeqCst) {
             return Err(self.down());
         }
         if self.lose_records.load(Ordering::SeqCst) {
@@ -76,6 +78,9 @@ impl SessionStore for Probe {
     }
     async fn delete(&self, id: &SessionId) -> Result<(), Error> {
         self.deletes.fetch_add(1, Ordering::SeqCst);
+        if self.fail_deletes.load(Ordering::SeqCst) {
+            return Err(self.down());
+        }
         self.inner.delete(id).await
     }
     async fn take(&self, id: &SessionId, now: u64) -> Result<Option<Record>, Error> {
@@ -1101,4 +1106,254 @@ async fn concurrent_blind_writes_of_one_key_apply_as_they_come() {
     let stored: serde_json::Value = serde_json::from_str(&show(&mut jar, &app).await).unwrap();
     let cart: Vec<u32> = serde_json::from_value(stored["cart"].clone()).unwrap();
     assert!(cart.len() == 1 && cart[0] < 20, "one of them: {cart:?}");
+}
+
+/// Takes the lease of `id` as "probe" within a few seconds (a release the
+/// layer left to a task of its own has run by then), then gives it back.
+async fn lease_comes_free(store: &MemoryStore, id: &SessionId) -> bool {
+    for _ in 0..500 {
+        if store
+            .lease(id, "probe", Duration::from_secs(1))
+            .await
+            .unwrap()
+        {
+            store.release(id, "probe").await.unwrap();
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    false
+}
+
+/// A request that never finishes its save (the client went away and its
+/// future was dropped, or its handler panicked) gives the session's lease
+/// back: the user's next requests must not wait out the whole hold (an
+/// hour here) behind a request that is no more.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dropped_or_panicking_request_gives_its_lease_back() {
+    let store = Arc::new(MemoryStore::new());
+    let (entered_tx, mut entered) = tokio::sync::mpsc::unbounded_channel::<()>();
+    let hang = move |session: Session| async move {
+        let _ = session.get_value("n");
+        let _ = entered_tx.send(());
+        std::future::pending::<()>().await;
+        "never"
+    };
+    let app = Router::new()
+        .route(
+            "/start",
+            post(|session: Session| async move { session.insert("n", 1) }),
+        )
+        .route("/hang", post(hang))
+        .route(
+            "/panic",
+            post(|session: Session| async move {
+                let _ = session.get_value("n");
+                if session.contains_key("n") {
+                    panic!("the handler failed");
+                }
+                "unreachable"
+            }),
+        )
+        .layer(
+            SessionLayer::new(Key::from_bytes(&[5; 32]).unwrap())
+                .serialize_requests(Duration::from_secs(3600))
+                .with_store(store.clone()),
+        );
+    let mut jar = Jar::new();
+    let start = http::Request::post("/start").body(axum::body::Body::empty());
+    jar.send(&app, start.unwrap()).await;
+    let cookie = jar.header().unwrap();
+    let id = cookie.split('=').nth(1).unwrap().split('.').next().unwrap();
+    let id = SessionId::parse(id).unwrap();
+    let request = |uri: &str| {
+        http::Request::post(uri)
+            .header(http::header::COOKIE, cookie.clone())
+            .body(axum::body::Body::empty())
+            .unwrap()
+    };
+    let hanging = tokio::spawn(app.clone().oneshot(request("/hang")));
+    entered.recv().await.unwrap();
+    assert!(
+        !store
+            .lease(&id, "probe", Duration::from_secs(1))
+            .await
+            .unwrap(),
+        "the running request holds the lease"
+    );
+    hanging.abort();
+    assert!(hanging.await.unwrap_err().is_cancelled());
+    assert!(
+        lease_comes_free(&store, &id).await,
+        "a dropped request kept the lease for its whole hold"
+    );
+    let panicking = tokio::spawn(app.clone().oneshot(request("/panic")));
+    assert!(panicking.await.unwrap_err().is_panic());
+    assert!(
+        lease_comes_free(&store, &id).await,
+        "a panicking handler kept the lease for its whole hold"
+    );
+}
+
+/// A login refused for a stale read puts the old record back before it
+/// cleans up the new one: a store that fails that clean-up must not leave
+/// the session, and every write acknowledged to it, gone.
+#[tokio::test]
+async fn a_refused_login_keeps_the_old_session_when_the_clean_up_fails() {
+    let store = Arc::new(Probe::default());
+    let (loaded, go) = (
+        Arc::new(tokio::sync::Notify::new()),
+        Arc::new(tokio::sync::Notify::new()),
+    );
+    let login = {
+        let (loaded, go) = (loaded.clone(), go.clone());
+        move |session: Session| async move {
+            let note: Option<String> = session.get("note")?;
+            loaded.notify_one();
+            go.notified().await;
+            session.cycle_id();
+            session.insert("note", format!("{note:?} and signed in"))?;
+            Ok::<_, Error>("signed in")
+        }
+    };
+    let app = Router::new()
+        .route("/", get(read))
+        .route("/set/{key}/{value}", get(set))
+        .route("/login", post(login))
+        .layer(SessionLayer::new(Key::from_bytes(&[5; 32]).unwrap()).with_store(store.clone()));
+    let mut jar = Jar::new();
+    jar.send(&app, get_req("/set/note/first")).await;
+    let old = jar.header().unwrap();
+    let signing_in = tokio::spawn({
+        let (app, old) = (app.clone(), old.clone());
+        async move {
+            let request = http::Request::post("/login")
+                .header(http::header::COOKIE, old)
+                .body(axum::body::Body::empty())
+                .unwrap();
+            app.oneshot(request).await.unwrap()
+        }
+    });
+    loaded.notified().await;
+    let changed = jar.send(&app, get_req("/set/note/changed")).await;
+    assert_eq!(changed.status(), StatusCode::OK, "acknowledged");
+    store.fail_deletes.store(true, Ordering::SeqCst);
+    go.notify_one();
+    let response = signing_in.await.unwrap();
+    assert!(response.status().is_client_error() || response.status().is_server_error());
+    store.fail_deletes.store(false, Ordering::SeqCst);
+    assert_eq!(jar.header().unwrap(), old, "the old id is kept");
+    let shown: serde_json::Value = serde_json::from_str(&show(&mut jar, &app).await).unwrap();
+    assert_eq!(
+        shown,
+        serde_json::json!({"note": "changed"}),
+        "the old session, with the write acknowledged to it"
+    );
+}
+
+/// A handler that increments a counter, reads it back and writes a value
+/// made from it, while another request's increment lands: the write
+/// depends on the value loaded, so it answers 409 and the other increment
+/// stays, rather than a 200 that overwrites it.
+#[tokio::test]
+async fn a_write_made_from_a_merged_value_does_not_overwrite_another_merge() {
+    let store = Arc::new(MemoryStore::new());
+    let (loaded, go) = (
+        Arc::new(tokio::sync::Notify::new()),
+        Arc::new(tokio::sync::Notify::new()),
+    );
+    let scale = {
+        let (loaded, go) = (loaded.clone(), go.clone());
+        move |session: Session| async move {
+            session.increment("n", 1)?;
+            let n: i64 = session.get("n")?.unwrap_or(0);
+            loaded.notify_one();
+            go.notified().await;
+            session.insert("n", n * 100)?;
+            Ok::<_, Error>("scaled")
+        }
+    };
+    let bump = |session: Session| async move { session.increment("n", 1).map(|n| n.to_string()) };
+    let app = Router::new()
+        .route("/", get(read))
+        .route("/set/{key}/{value}", get(set))
+        .route("/scale", post(scale))
+        .route("/bump", post(bump))
+        .layer(SessionLayer::new(Key::from_bytes(&[5; 32]).unwrap()).with_store(store));
+    let mut jar = Jar::new();
+    jar.send(&app, get_req("/set/other/1")).await;
+    let cookie = jar.header().unwrap();
+    let post_with = |uri: &str| {
+        http::Request::post(uri)
+            .header(http::header::COOKIE, cookie.clone())
+            .body(axum::body::Body::empty())
+            .unwrap()
+    };
+    let scaling = tokio::spawn(app.clone().oneshot(post_with("/scale")));
+    loaded.notified().await;
+    let bumped = app.clone().oneshot(post_with("/bump")).await.unwrap();
+    assert_eq!(bumped.status(), StatusCode::OK);
+    go.notify_one();
+    let scaled = scaling.await.unwrap().unwrap();
+    let shown: serde_json::Value = serde_json::from_str(&show(&mut jar, &app).await).unwrap();
+    assert_eq!(scaled.status(), StatusCode::CONFLICT, "stored: {shown}");
+    assert_eq!(shown["n"], 1, "the other request's increment is kept");
+}
+
+/// A login whose carry-over of what other requests wrote meanwhile fails
+/// (the store timed out on that one write) puts the old record back: the
+/// request answers the store's error, and the session, with the write
+/// acknowledged to the other request, is still there under the old id.
+#[tokio::test]
+async fn a_login_whose_carry_over_fails_keeps_the_old_session() {
+    let store = Arc::new(Probe::default());
+    let (loaded, go) = (
+        Arc::new(tokio::sync::Notify::new()),
+        Arc::new(tokio::sync::Notify::new()),
+    );
+    let login = {
+        let (loaded, go) = (loaded.clone(), go.clone());
+        move |session: Session| async move {
+            let _ = session.get_value("note");
+            loaded.notify_one();
+            go.notified().await;
+            session.cycle_id();
+            session.insert("user", "ann")?;
+            Ok::<_, Error>("signed in")
+        }
+    };
+    let app = Router::new()
+        .route("/", get(read))
+        .route("/set/{key}/{value}", get(set))
+        .route("/login", post(login))
+        .layer(SessionLayer::new(Key::from_bytes(&[5; 32]).unwrap()).with_store(store.clone()));
+    let mut jar = Jar::new();
+    jar.send(&app, get_req("/set/note/first")).await;
+    let old = jar.header().unwrap();
+    let signing_in = tokio::spawn({
+        let (app, old) = (app.clone(), old.clone());
+        async move {
+            let request = http::Request::post("/login")
+                .header(http::header::COOKIE, old)
+                .body(axum::body::Body::empty())
+                .unwrap();
+            app.oneshot(request).await.unwrap()
+        }
+    });
+    loaded.notified().await;
+    let changed = jar.send(&app, get_req("/set/cart/pear")).await;
+    assert_eq!(changed.status(), StatusCode::OK, "acknowledged");
+    store.fail_applies.store(true, Ordering::SeqCst);
+    go.notify_one();
+    let response = signing_in.await.unwrap();
+    assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
+    store.fail_applies.store(false, Ordering::SeqCst);
+    assert_eq!(jar.header().unwrap(), old, "the old id is kept");
+    let shown: serde_json::Value = serde_json::from_str(&show(&mut jar, &app).await).unwrap();
+    assert_eq!(
+        shown,
+        serde_json::json!({"cart": "pear", "note": "first"}),
+        "the old session, with the write acknowledged to it"
+    );
+    assert_eq!(store.inner.len(), 1, "the new record went");
 }

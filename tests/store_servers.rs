@@ -1112,7 +1112,8 @@ mod sql {
 #[cfg(feature = "memcached-store")]
 mod memcached {
     use super::*;
-    use session_layer::store::MemcachedStore;
+    use session_layer::store::{MemcachedStore, SessionId, SessionStore};
+    use std::time::Duration;
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
     async fn memcached_store_conforms() {
@@ -1126,6 +1127,29 @@ mod memcached {
                 missing(&format!("Memcached at {url} is unreachable ({e})"));
             }
         }
+    }
+
+    /// Memcached reads a TTL past thirty days as a Unix time (one in 1970
+    /// for a hold of 31 days): a lease held that long must still exclude
+    /// another holder, not be gone at once.
+    #[tokio::test]
+    async fn memcached_a_lease_longer_than_thirty_days_holds() {
+        let url = env_or("MEMCACHED_URL", "memcache://127.0.0.1:11211");
+        let Ok(store) = MemcachedStore::connect(&url).await else {
+            missing(&format!("Memcached at {url} is unreachable"));
+            return;
+        };
+        let store = store.prefix(format!("test-lease:{}:", std::process::id()));
+        let id = SessionId::generate();
+        let month = Duration::from_secs(31 * 24 * 3600);
+        assert!(store.lease(&id, "first", month).await.unwrap());
+        assert!(
+            !store.lease(&id, "second", month).await.unwrap(),
+            "the first holder's lease vanished"
+        );
+        store.release(&id, "first").await.unwrap();
+        assert!(store.lease(&id, "second", month).await.unwrap());
+        store.release(&id, "second").await.unwrap();
     }
 }
 

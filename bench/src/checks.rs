@@ -71,7 +71,10 @@ async fn configs(dir: &std::path::Path) -> Vec<(&'static str, Router)> {
     let mut configs = vec![
         ("signed cookie", router(SessionLayer::signed(key()))),
         ("MemoryStore", with(MemoryStore::new())),
-        ("FileStore", with(FileStore::new(dir.join("files")).unwrap())),
+        (
+            "FileStore",
+            with(FileStore::new(dir.join("files")).unwrap()),
+        ),
     ];
     match RedisStore::connect("redis://127.0.0.1:6379").await {
         Ok(store) => configs.push(("RedisStore", with(store.prefix("bench:checks:")))),

@@ -231,6 +231,10 @@ impl MemcachedStore {
     }
 }
 
+/// The longest TTL Memcached takes as seconds from now (thirty days);
+/// past it, a TTL is a Unix time.
+const MAX_RELATIVE_TTL: u64 = 30 * 24 * 3600;
+
 /// async-memcached's error, made a `std::error::Error` to keep as a source.
 #[derive(Debug)]
 struct McFailure(McError);
@@ -328,8 +332,14 @@ impl SessionStore for MemcachedStore {
     /// `hold` as its TTL in whole seconds (rounded up: Memcached counts in
     /// seconds): one round trip.
     async fn lease(&self, id: &SessionId, holder: &str, hold: Duration) -> Result<bool, Error> {
-        let seconds = hold.as_secs() + u64::from(hold.subsec_nanos() > 0);
-        let add = [String::from("ME"), format!("T{}", seconds.max(1))];
+        let seconds = (hold.as_secs() + u64::from(hold.subsec_nanos() > 0)).max(1);
+        // Memcached reads a TTL past thirty days as a Unix time: a longer
+        // hold goes as the time it ends.
+        let ttl = match seconds > MAX_RELATIVE_TTL {
+            true => super::now().saturating_add(seconds),
+            false => seconds,
+        };
+        let add = [String::from("ME"), format!("T{ttl}")];
         let value = holder.as_bytes().to_vec();
         match self
             .set(self.deadline(), &self.lease_key(id), value, add)

@@ -47,6 +47,7 @@ mod redis_store;
 ))]
 mod sql;
 
+use std::collections::BTreeMap;
 use std::fmt::Debug;
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -220,38 +221,57 @@ impl Merge {
     /// string, say) or the sum leaves `i64`: the store then applies none of
     /// the request's changes, as for a failed expectation.
     pub fn apply(&self, current: Option<&Value>) -> Result<Option<Value>, Error> {
+        let mut value = current.cloned();
+        self.make(&mut value)?;
+        Ok(value)
+    }
+
+    /// [`apply`](Self::apply) in place, on the value under the key
+    /// (`None`: absent), without copying it: a request that pushes
+    /// thousands of items onto one list costs linear time, not quadratic.
+    /// On an error `value` is unchanged.
+    pub(crate) fn make(&self, value: &mut Option<Value>) -> Result<(), Error> {
+        if let Some(wanted) = self.misfit(value.as_ref()) {
+            return Err(merge_conflict(wanted));
+        }
+        match (self, value) {
+            (Self::Add(by), value) => {
+                let held = value.as_ref().and_then(Value::as_i64).unwrap_or(0);
+                *value = held.checked_add(*by).map(Value::from);
+            }
+            (Self::Push(item), value @ None) => *value = Some(Value::Array(vec![item.clone()])),
+            (Self::Push(item), Some(Value::Array(items))) => items.push(item.clone()),
+            (Self::Insert(member, item), value @ None) => {
+                let mut map = SessionData::new();
+                map.insert(member.clone(), item.clone());
+                *value = Some(Value::Object(map));
+            }
+            (Self::Insert(member, item), Some(Value::Object(map))) => {
+                map.insert(member.clone(), item.clone());
+            }
+            (Self::Remove(member), Some(Value::Object(map))) => {
+                map.remove(member);
+            }
+            (Self::Remove(_), None) | (_, Some(_)) => {}
+        }
+        Ok(())
+    }
+
+    /// What the merge needs under its key when `current` does not fit it
+    /// (a value of another kind, or a sum that leaves `i64`).
+    pub(crate) fn misfit(&self, current: Option<&Value>) -> Option<&'static str> {
         match (self, current) {
-            (Self::Add(by), None) => Ok(Some(Value::from(*by))),
+            (_, None) => None,
             (Self::Add(by), Some(Value::Number(n))) => n
                 .as_i64()
                 .and_then(|n| n.checked_add(*by))
-                .map(|sum| Some(Value::from(sum)))
-                .ok_or_else(|| merge_conflict("an integer that the sum fits")),
-            (Self::Push(item), None) => Ok(Some(Value::Array(vec![item.clone()]))),
-            (Self::Push(item), Some(Value::Array(items))) => {
-                let mut items = items.clone();
-                items.push(item.clone());
-                Ok(Some(Value::Array(items)))
-            }
-            (Self::Insert(member, value), None) => {
-                let mut map = SessionData::new();
-                map.insert(member.clone(), value.clone());
-                Ok(Some(Value::Object(map)))
-            }
-            (Self::Insert(member, value), Some(Value::Object(map))) => {
-                let mut map = map.clone();
-                map.insert(member.clone(), value.clone());
-                Ok(Some(Value::Object(map)))
-            }
-            (Self::Remove(_), None) => Ok(None),
-            (Self::Remove(member), Some(Value::Object(map))) => {
-                let mut map = map.clone();
-                map.remove(member);
-                Ok(Some(Value::Object(map)))
-            }
-            (Self::Add(_), Some(_)) => Err(merge_conflict("an integer")),
-            (Self::Push(_), Some(_)) => Err(merge_conflict("a list")),
-            (Self::Insert(..) | Self::Remove(_), Some(_)) => Err(merge_conflict("a map")),
+                .is_none()
+                .then_some("an integer that the sum fits"),
+            (Self::Push(_), Some(Value::Array(_)))
+            | (Self::Insert(..) | Self::Remove(_), Some(Value::Object(_))) => None,
+            (Self::Add(_), Some(_)) => Some("an integer"),
+            (Self::Push(_), Some(_)) => Some("a list"),
+            (Self::Insert(..) | Self::Remove(_), Some(_)) => Some("a map"),
         }
     }
 }
@@ -261,6 +281,26 @@ fn merge_conflict(wanted: &str) -> Error {
         crate::error::ErrorKind::Conflict,
         format!("a merge found something other than {wanted} under its key"),
     )
+}
+
+/// Whether two values are the same JSON: as `==`, except that floats
+/// compare bit for bit, so that `-0.0` is not `0.0` (the JSON texts differ,
+/// and the stores that compare texts see a change there too).
+fn identical(a: &Value, b: &Value) -> bool {
+    match (a, b) {
+        (Value::Number(x), Value::Number(y)) if x.is_f64() && y.is_f64() => {
+            x.as_f64().map(f64::to_bits) == y.as_f64().map(f64::to_bits)
+        }
+        (Value::Array(x), Value::Array(y)) => {
+            x.len() == y.len() && x.iter().zip(y).all(|(x, y)| identical(x, y))
+        }
+        (Value::Object(x), Value::Object(y)) => {
+            x.len() == y.len()
+                && x.iter()
+                    .all(|(key, x)| y.get(key).is_some_and(|y| identical(x, y)))
+        }
+        _ => a == b,
+    }
 }
 
 impl Changes {
@@ -294,7 +334,11 @@ impl Changes {
     /// (never its value), when a key no longer holds what the request read.
     pub fn check(&self, data: &SessionData) -> Result<(), Error> {
         for (key, read) in &self.expected {
-            if data.get(key) != read.as_ref() {
+            let same = match (data.get(key), read) {
+                (Some(held), Some(read)) => identical(held, read),
+                (held, read) => held.is_none() && read.is_none(),
+            };
+            if !same {
                 return Err(Error::with_message(
                     crate::error::ErrorKind::Conflict,
                     format!("{key:?} changed since the request read it"),
@@ -340,16 +384,16 @@ impl Changes {
     }
 
     /// The merged values, computed before anything is written so that a
-    /// merge that does not fit leaves the record as it was.
-    fn merged(&self, record: &Record) -> Result<Vec<(&str, Option<Value>)>, Error> {
-        let mut merged: Vec<(&str, Option<Value>)> = Vec::new();
+    /// merge that does not fit leaves the record as it was: each merged
+    /// key's value copied once, then every merge made on it in place.
+    fn merged(&self, record: &Record) -> Result<BTreeMap<&str, Option<Value>>, Error> {
+        let mut merged: BTreeMap<&str, Option<Value>> = BTreeMap::new();
         for (key, merge) in &self.merges {
-            let current = match merged.iter().rposition(|(k, _)| k == key) {
-                Some(at) => merged[at].1.clone(),
-                None if self.cleared => None,
-                None => record.data.get(key).cloned(),
-            };
-            merged.push((key, merge.apply(current.as_ref())?));
+            let value = merged.entry(key).or_insert_with(|| match self.cleared {
+                true => None,
+                false => record.data.get(key).cloned(),
+            });
+            merge.make(value)?;
         }
         Ok(merged)
     }
@@ -767,6 +811,44 @@ mod tests {
         cleared.apply_to(&mut record).unwrap();
         assert_eq!(Value::Object(record.data), json!({"z": 0}));
         assert!(Changes::expiry(1, 5).is_expiry_only());
+    }
+
+    /// Expectations compare values exactly: `-0.0` is not `0.0` (another
+    /// request wrote it), as the stores that compare JSON text (Redis,
+    /// MongoDB) already see it; `1` is not `1.0`; nested maps compare
+    /// member by member whatever order they were written in.
+    #[test]
+    fn expectations_compare_values_exactly() {
+        let record = |value: Value| {
+            let data = json!({ "x": value }).as_object().unwrap().clone();
+            Record::new(data, false, 10, 20)
+        };
+        let expecting = |value: Value| Changes {
+            expected: vec![("x".into(), Some(value))],
+            set: vec![("x".into(), json!(5))],
+            ..Changes::expiry(20, 30)
+        };
+        let negative_zero = Value::from(-0.0_f64);
+        for (held, read) in [
+            (negative_zero.clone(), json!(0.0)),
+            (json!(0.0), negative_zero.clone()),
+            (json!([1, {"z": negative_zero}]), json!([1, {"z": 0.0}])),
+            (json!(1.0), json!(1)),
+        ] {
+            let error = expecting(read.clone())
+                .apply_to(&mut record(held.clone()))
+                .unwrap_err();
+            assert_eq!(
+                error.kind(),
+                crate::ErrorKind::Conflict,
+                "{held} read as {read}"
+            );
+        }
+        let nested: Value =
+            serde_json::from_str(r#"{"b": [1.5, -0.0], "a": {"d": 1, "c": null}}"#).unwrap();
+        let same: Value =
+            serde_json::from_str(r#"{"a": {"c": null, "d": 1}, "b": [1.5, -0.0]}"#).unwrap();
+        expecting(same).apply_to(&mut record(nested)).unwrap();
     }
 
     #[test]

@@ -416,10 +416,11 @@ impl SessionStore for MongoStore {
         if unsets(changes) > MAX_UNSET || !changes.merges.is_empty() {
             return self.rewrite(id, changes).await;
         }
-        let live = doc! { "_id": id.as_str(), "expires_at": { "$gt": to_i64(changes.now) } };
+        let live = || doc! { "_id": id.as_str(), "expires_at": { "$gt": to_i64(changes.now) } };
         // What the request read is part of the filter: the update matches
-        // only a document whose fields still hold it, atomically.
-        let mut filter = live.clone();
+        // only a document whose fields still hold it, atomically. (A blind
+        // write builds the filter once, as before the checks.)
+        let mut filter = live();
         for (key, read) in &changes.expected {
             match read {
                 Some(value) => filter.insert(data_path(key), json_text(value)),
@@ -437,7 +438,10 @@ impl SessionStore for MongoStore {
             return Ok(updated.matched_count == 1);
         }
         // Nothing matched: no live record, or one whose fields moved on.
-        let found = self.collection.find_one(live).projection(doc! { "_id": 1 });
+        let found = self
+            .collection
+            .find_one(live())
+            .projection(doc! { "_id": 1 });
         match bounded(self.timeout, found.into_future()).await? {
             Some(_) => Err(Error::conflict(
                 "a session value changed since the request read it",

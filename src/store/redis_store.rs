@@ -65,16 +65,43 @@ for i = checks, ops - 1, 2 do
     if held then return -2 end
   elseif held ~= ARGV[i + 1] then return -2 end
 end
-local merged, order = {}, {}
-for i = ops, sets - 1, 4 do
-  local current = merged[ARGV[i]]
+local merged, order, pending, waiting = {}, {}, {}, {}
+local function current_of(field)
+  local current = merged[field]
   if current == nil then
-    order[#order + 1] = ARGV[i]
-    current = ARGV[11] ~= '1' and redis.call('HGET', KEYS[1], ARGV[i])
+    order[#order + 1] = field
+    current = ARGV[11] ~= '1' and redis.call('HGET', KEYS[1], field)
   end
-  current = merge(current, ARGV[i + 1], ARGV[i + 2], ARGV[i + 3])
-  if current == nil then return -2 end
-  merged[ARGV[i]] = current
+  return current
+end
+-- A field's map ops so far, made at once on its text (see map_batch).
+local function flush(field)
+  local batch = pending[field]
+  if not batch then return true end
+  pending[field] = nil
+  local current = map_batch(current_of(field), batch)
+  if current == nil then return false end
+  merged[field] = current
+  return true
+end
+for i = ops, sets - 1, 4 do
+  local field, op = ARGV[i], ARGV[i + 1]
+  if op == 'i' or op == 'r' then
+    if not pending[field] then
+      pending[field] = {}
+      waiting[#waiting + 1] = field
+    end
+    local batch = pending[field]
+    batch[#batch + 1] = {op, ARGV[i + 2], ARGV[i + 3]}
+  else
+    if not flush(field) then return -2 end
+    local current = merge(current_of(field), op, ARGV[i + 2], ARGV[i + 3])
+    if current == nil then return -2 end
+    merged[field] = current
+  end
+end
+for _, field in ipairs(waiting) do
+  if not flush(field) then return -2 end
 end
 if ARGV[11] == '1' then
   for _, field in ipairs(redis.call('HKEYS', KEYS[1])) do
@@ -113,7 +140,8 @@ return 1
 /// Ops: `a` adds the integer `a` (exactly, in 64 bits: Redis' own `HINCRBY`
 /// on a scratch field `m:t`, removed at once, so a non-integer or an
 /// overflow is refused as it is in Rust); `p` appends the item `a` to a
-/// list; `i` sets member `a` (its JSON string) of a map to `b`; `r`
+/// list. `map_batch(current, ops)` makes a field's map ops in a row at
+/// once: `i` sets member `a` (its JSON string) of a map to `b`, `r`
 /// removes member `a`. The text is the crate's compact JSON (serde_json's),
 /// and stays so: a map's members stay in the byte order of their keys, so
 /// that the text of a value is the same whichever store or path wrote it,
@@ -154,31 +182,42 @@ local function bytes_before(a, b)
   end
   return #a < #b
 end
-local function map_merge(current, op, member, value)
-  local name = cjson.decode(member)
-  local out, placed = {}, op == 'r'
+-- The map ops of one field in a row ({op, member, value}), made on its
+-- text at once: the members parsed once, changed in a table, written back
+-- in the byte order of their names (a thousand members set in one
+-- request cost one pass, not a thousand). False when the field stays
+-- absent, nil when it holds something other than a map.
+local function map_batch(current, batch)
+  if not current then
+    for _, o in ipairs(batch) do
+      if o[1] == 'i' then current = '{}' end
+    end
+    if not current then return false end
+  end
+  if string.sub(current, 1, 1) ~= '{' then return nil end
+  local texts, names = {}, {}
   if string.sub(current, 2, 2) ~= '}' then
     local i = 2
     while true do
       local key_end = value_end(current, i)
       local value_last = value_end(current, key_end + 2)
-      local key = string.sub(current, i, key_end)
-      local decoded = cjson.decode(key)
-      if not placed and bytes_before(name, decoded) then
-        out[#out + 1] = member .. ':' .. value
-        placed = true
-      end
-      if decoded ~= name then
-        out[#out + 1] = string.sub(current, i, value_last)
-      elseif op == 'i' then
-        out[#out + 1] = member .. ':' .. value
-        placed = true
-      end
+      local name = cjson.decode(string.sub(current, i, key_end))
+      texts[name] = string.sub(current, i, value_last)
+      names[#names + 1] = name
       if string.sub(current, value_last + 1, value_last + 1) ~= ',' then break end
       i = value_last + 2
     end
   end
-  if not placed then out[#out + 1] = member .. ':' .. value end
+  for _, o in ipairs(batch) do
+    local name = cjson.decode(o[2])
+    if texts[name] == nil then names[#names + 1] = name end
+    if o[1] == 'i' then texts[name] = o[2] .. ':' .. o[3] else texts[name] = false end
+  end
+  table.sort(names, bytes_before)
+  local out = {}
+  for _, name in ipairs(names) do
+    if texts[name] then out[#out + 1] = texts[name] end
+  end
   return '{' .. table.concat(out, ',') .. '}'
 end
 local function merge(current, op, a, b)
@@ -196,12 +235,7 @@ local function merge(current, op, a, b)
     if current == '[]' then return '[' .. a .. ']' end
     return string.sub(current, 1, -2) .. ',' .. a .. ']'
   end
-  if not current then
-    if op == 'r' then return false end
-    return '{' .. a .. ':' .. b .. '}'
-  end
-  if string.sub(current, 1, 1) ~= '{' then return nil end
-  return map_merge(current, op, a, b)
+  return nil
 end
 "#;
 
@@ -626,7 +660,25 @@ fn apply_tail(changes: &Changes) -> Vec<Vec<u8>> {
         args.push(field(key));
         args.push(read.as_ref().map(value).unwrap_or_default());
     }
+    let mut ops = 0_usize;
+    let mut last_push: Option<(&str, usize)> = None;
     for (key, merge) in &changes.merges {
+        // Pushes in a row onto one list go as one op whose item text is
+        // theirs joined by commas (`MERGE_LUA` splices it in as it is):
+        // the script then copies the list once, not once per item.
+        if let Merge::Push(item) = merge {
+            if let Some((pushed, at)) = last_push
+                && pushed == key
+            {
+                args[at].push(b',');
+                args[at].extend(value(item));
+                continue;
+            }
+            last_push = Some((key, args.len() + 2));
+        } else {
+            last_push = None;
+        }
+        ops += 1;
         args.push(field(key));
         let (op, a, b) = match merge {
             Merge::Add(by) => ("a", by.to_string().into_bytes(), Vec::new()),
@@ -636,6 +688,7 @@ fn apply_tail(changes: &Changes) -> Vec<Vec<u8>> {
         };
         args.extend([op.as_bytes().to_vec(), a, b]);
     }
+    args[6] = ops.to_string().into_bytes();
     for (key, json) in &changes.set {
         args.push(field(key));
         args.push(value(json));
