@@ -369,11 +369,12 @@ impl Lease {
 
 impl Drop for Lease {
     fn drop(&mut self) {
-        if !self.held {
-            return;
-        }
+        // Without Tokio there is no task to give it back from: the lease
+        // then ends after its hold.
         #[cfg(feature = "tokio")]
-        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+        if self.held
+            && let Ok(runtime) = tokio::runtime::Handle::try_current()
+        {
             let (store, id) = (self.store.clone(), self.id.clone());
             let holder = std::mem::take(&mut self.holder);
             runtime.spawn(async move {
