@@ -313,16 +313,7 @@ async fn a_write_racing_cycle_id_is_carried_to_the_new_id() {
     let mut jar = Jar::new();
     jar.send(&app, get_req("/set/cart/apple")).await;
     let old = jar.header().unwrap();
-    let signing_in = tokio::spawn({
-        let (app, old) = (app.clone(), old.clone());
-        async move {
-            let request = http::Request::post("/login")
-                .header(http::header::COOKIE, old)
-                .body(axum::body::Body::empty())
-                .unwrap();
-            app.oneshot(request).await.unwrap()
-        }
-    });
+    let signing_in = login_in_background(&app, &old);
     loaded.notified().await;
     let write = app
         .clone()
@@ -1037,16 +1028,7 @@ async fn a_cycle_keeps_racing_merges_and_refuses_a_stale_read() {
         let mut jar = Jar::new();
         jar.send(&app, get_req("/set/note/first")).await;
         let old = jar.header().unwrap();
-        let signing_in = tokio::spawn({
-            let (app, old) = (app.clone(), old.clone());
-            async move {
-                let request = http::Request::post("/login")
-                    .header(http::header::COOKIE, old)
-                    .body(axum::body::Body::empty())
-                    .unwrap();
-                app.oneshot(request).await.unwrap()
-            }
-        });
+        let signing_in = login_in_background(&app, &old);
         loaded.notified().await;
         let request = http::Request::post("/push")
             .header(http::header::COOKIE, old.clone())
@@ -1224,16 +1206,7 @@ async fn a_refused_login_keeps_the_old_session_when_the_clean_up_fails() {
     let mut jar = Jar::new();
     jar.send(&app, get_req("/set/note/first")).await;
     let old = jar.header().unwrap();
-    let signing_in = tokio::spawn({
-        let (app, old) = (app.clone(), old.clone());
-        async move {
-            let request = http::Request::post("/login")
-                .header(http::header::COOKIE, old)
-                .body(axum::body::Body::empty())
-                .unwrap();
-            app.oneshot(request).await.unwrap()
-        }
-    });
+    let signing_in = login_in_background(&app, &old);
     loaded.notified().await;
     let changed = jar.send(&app, get_req("/set/note/changed")).await;
     assert_eq!(changed.status(), StatusCode::OK, "acknowledged");
@@ -1330,16 +1303,7 @@ async fn a_login_whose_carry_over_fails_keeps_the_old_session() {
     let mut jar = Jar::new();
     jar.send(&app, get_req("/set/note/first")).await;
     let old = jar.header().unwrap();
-    let signing_in = tokio::spawn({
-        let (app, old) = (app.clone(), old.clone());
-        async move {
-            let request = http::Request::post("/login")
-                .header(http::header::COOKIE, old)
-                .body(axum::body::Body::empty())
-                .unwrap();
-            app.oneshot(request).await.unwrap()
-        }
-    });
+    let signing_in = login_in_background(&app, &old);
     loaded.notified().await;
     let changed = jar.send(&app, get_req("/set/cart/pear")).await;
     assert_eq!(changed.status(), StatusCode::OK, "acknowledged");
@@ -1356,4 +1320,20 @@ async fn a_login_whose_carry_over_fails_keeps_the_old_session() {
         "the old session, with the write acknowledged to it"
     );
     assert_eq!(store.inner.len(), 1, "the new record went");
+}
+
+/// Sends `POST /login` with the cookie `old` from a task of its own, for a
+/// login handler that pauses midway while the test races it.
+fn login_in_background(
+    app: &Router,
+    old: &str,
+) -> tokio::task::JoinHandle<http::Response<axum::body::Body>> {
+    let (app, old) = (app.clone(), old.to_owned());
+    tokio::spawn(async move {
+        let request = http::Request::post("/login")
+            .header(http::header::COOKIE, old)
+            .body(axum::body::Body::empty())
+            .unwrap();
+        app.oneshot(request).await.unwrap()
+    })
 }
