@@ -32,3 +32,18 @@ pub fn chunk_join(first: &[u8], chunks: &[(usize, &[u8])], max_chunks: usize) ->
 pub fn verify_id(keys: &Keyring, value: &[u8]) -> bool {
     crate::id::verify(keys, "session", value).is_some()
 }
+
+/// Reads a Flask-Session record as `FlaskSessionStore` does; what reads
+/// writes back (unchanged, as a save of another key does) to a record that
+/// reads the same.
+#[cfg(feature = "flask-session")]
+pub fn flask_session_record(bytes: &[u8]) {
+    use crate::codec::flask_session::{Serialization, decode, encode};
+    let Some(decoded) = decode(bytes) else { return };
+    for format in [Serialization::Msgpack, Serialization::Json] {
+        let written = encode(format, &decoded.data, decoded.permanent, Some(&decoded));
+        let again = decode(&written).expect("a record written here reads back");
+        assert_eq!(again.data, decoded.data);
+        assert_eq!(again.permanent, decoded.permanent);
+    }
+}

@@ -6,7 +6,6 @@
 mod memcached;
 #[cfg(feature = "mongodb-store")]
 mod mongo;
-mod record;
 #[cfg(feature = "redis-store")]
 mod redis;
 #[cfg(any(
@@ -20,7 +19,8 @@ use std::fmt;
 
 use async_trait::async_trait;
 
-pub use record::Serialization;
+use crate::codec::flask_session as record;
+pub use crate::codec::flask_session::Serialization;
 
 use super::net::backoff;
 use super::{Changes, IdCookie, Record, SessionId, SessionStore};

@@ -1,4 +1,5 @@
-//! Flask-Session 0.8's record: `dict(session)` as msgspec MessagePack (or
+//! Flask-Session 0.8's server-side record (the format `FlaskSessionStore`
+//! keeps on each server; no I/O here): `dict(session)` as msgspec MessagePack (or
 //! msgspec JSON), the permanent flag kept in the dict under `_permanent`.
 //!
 //! Reading, each MessagePack type becomes the JSON a Rust type
@@ -28,7 +29,7 @@ use time::format_description::well_known::Rfc3339;
 use crate::data::SessionData;
 
 /// The key Flask-Session marks permanent sessions with.
-pub(super) const PERMANENT_KEY: &str = "_permanent";
+pub(crate) const PERMANENT_KEY: &str = "_permanent";
 
 /// The deepest nesting a record may have.
 const MAX_DEPTH: usize = 128;
@@ -38,7 +39,7 @@ const TIMESTAMP: i8 = -1;
 
 /// The most a record may hold: far above what a session needs, and a bound
 /// on what a hostile or corrupt record can make a server allocate.
-pub(super) const MAX_RECORD: usize = 1 << 20;
+pub(crate) const MAX_RECORD: usize = 1 << 20;
 
 /// How records are serialized (Flask-Session's
 /// `SESSION_SERIALIZATION_FORMAT`). Either way both are read, as
@@ -56,9 +57,9 @@ pub enum Serialization {
 /// A record read back: its data without `_permanent`, the flag, and each
 /// top-level value as it was stored.
 #[derive(Debug, Clone, Default, PartialEq)]
-pub(super) struct Decoded {
-    pub(super) data: SessionData,
-    pub(super) permanent: bool,
+pub(crate) struct Decoded {
+    pub(crate) data: SessionData,
+    pub(crate) permanent: bool,
     originals: BTreeMap<String, (Original, Value)>,
 }
 
@@ -88,7 +89,7 @@ impl PartialEq for Original {
 /// when it starts as a map does, JSON otherwise. `None` for anything else,
 /// pickle included: a pickle is never loaded (unpickling runs code), so a
 /// record from Flask-Session before 0.7 reads as no session.
-pub(super) fn decode(bytes: &[u8]) -> Option<Decoded> {
+pub(crate) fn decode(bytes: &[u8]) -> Option<Decoded> {
     if bytes.len() > MAX_RECORD {
         return None;
     }
@@ -143,7 +144,7 @@ fn decode_json(bytes: &[u8]) -> Option<Decoded> {
 /// go back as they were. The flag alone decides `_permanent`: a value a
 /// handler put under that key is dropped, since the layer set the cookie's
 /// expiry by the flag and the record must say the same.
-pub(super) fn encode(
+pub(crate) fn encode(
     format: Serialization,
     data: &SessionData,
     permanent: bool,
@@ -244,12 +245,14 @@ fn to_json(value: &Mp) -> Value {
             .unwrap_or(Value::Null),
         Mp::F32(f) => Number::from_f64(f64::from(*f)).map_or(Value::Null, Value::Number),
         Mp::F64(f) => Number::from_f64(*f).map_or(Value::Null, Value::Number),
-        // msgspec writes only valid UTF-8; anything else is shown lossily.
-        Mp::String(text) => Value::String(text.as_str().map_or_else(
-            || String::from_utf8_lossy(text.as_bytes()).into_owned(),
-            str::to_owned,
-        )),
-        Mp::Binary(bytes) => Value::Array(bytes.iter().map(|b| Value::from(*b)).collect()),
+        Mp::String(text) => match text.as_str() {
+            Some(text) => Value::String(text.to_owned()),
+            // msgspec writes only valid UTF-8. Other bytes in a text are
+            // bytes to Rust, as rmpv writes them back (bin), so a record
+            // reads the same after a save of another key.
+            None => bytes_json(text.as_bytes()),
+        },
+        Mp::Binary(bytes) => bytes_json(bytes),
         Mp::Array(items) => Value::Array(items.iter().map(to_json).collect()),
         Mp::Map(entries) => Value::Object(
             entries
@@ -264,6 +267,11 @@ fn to_json(value: &Mp) -> Value {
         // no JSON for them (an unchanged value still goes back as stored).
         Mp::Ext(..) => Value::Null,
     }
+}
+
+/// Bytes as plain JSON: an array of numbers (`Vec<u8>`).
+fn bytes_json(bytes: &[u8]) -> Value {
+    Value::Array(bytes.iter().map(|b| Value::from(*b)).collect())
 }
 
 /// The MessagePack of `value`, keeping the type of `like` (the value it
@@ -439,6 +447,18 @@ mod tests {
             value.as_map().unwrap()[1].1,
             Mp::Array(vec![Mp::from(1), Mp::from(256)])
         );
+    }
+
+    /// Found by the `flask_session_record` fuzz target: text that is not
+    /// UTF-8 (msgspec never writes it) read as lossy text, but rmpv writes
+    /// it back as bin, so the record read differently after a save.
+    #[test]
+    fn text_that_is_not_utf8_reads_as_the_bytes_it_is_written_back_as() {
+        let record = b"\x81\xa1k\xa3\xe2\x00\x00";
+        let decoded = decode(record).unwrap();
+        assert_eq!(decoded.data, data(json!({"k": [226, 0, 0]})));
+        let written = encode(Serialization::Msgpack, &decoded.data, false, Some(&decoded));
+        assert_eq!(decode(&written).unwrap().data, decoded.data);
     }
 
     #[test]
